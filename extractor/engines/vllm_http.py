@@ -1,0 +1,181 @@
+"""`vllm-http`: any vLLM OpenAI-compatible server, through the `openai` async client.
+
+Request building (`chat_request`) is pure and unit-tested; `VllmHttpEngine`
+does the I/O: bounded concurrency over one pooled connection set, timeouts,
+backoff with jitter on 429/503 and dropped connections (honouring
+Retry-After), and a start-up check that the server really enforces the JSON
+schema (a server that silently ignores `response_format` is refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import httpx2
+import openai
+
+from ..errors import EngineError, EngineOverloaded, EngineTimeout, EngineUnavailable, GrammarNotEnforced
+from .base import GenerationRequest, GenerationResult, TokenLogprob
+
+#: a schema no model writes by chance: the start-up probe checks the server enforced it
+PROBE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"probe": {"type": "string", "enum": ["zq-7-enforced"]}, "n": {"type": "integer", "enum": [7321]}},
+    "required": ["probe", "n"],
+    "additionalProperties": False,
+}
+
+
+def chat_request(request: GenerationRequest, model: str) -> dict[str, Any]:
+    """The keyword arguments of `chat.completions.create` for one request."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [dict(m) for m in request.messages],
+        "temperature": request.temperature,
+        "seed": request.seed,
+        "max_tokens": request.max_tokens,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "extraction", "schema": dict(request.schema), "strict": True},
+        },
+    }
+    if request.logprobs:
+        body["logprobs"] = True
+    if request.repetition_penalty != 1.0:
+        body["extra_body"] = {"repetition_penalty": request.repetition_penalty}
+    return body
+
+
+def parse_choice(response: Any) -> GenerationResult:
+    choice = response.choices[0]
+    logprobs = None
+    if choice.logprobs is not None and choice.logprobs.content is not None:
+        logprobs = tuple(TokenLogprob(t.token, float(t.logprob)) for t in choice.logprobs.content)
+    usage = response.usage
+    return GenerationResult(
+        text=choice.message.content or "",
+        finish_reason="length" if choice.finish_reason == "length" else "stop",
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        logprobs=logprobs,
+    )
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    value = exc.response.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class VllmHttpEngine:
+    name = "vllm-http"
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", *, model: str | None = None, api_key: str = "EMPTY",
+                 concurrency: int = 256, timeout: float = 120.0, max_retries: int = 4, backoff_s: float = 0.5,
+                 verify_grammar: bool = True, transport: httpx2.AsyncBaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model or ""
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.verify_grammar = verify_grammar
+        self.server_version: str | None = None
+        self._http = httpx2.AsyncClient(
+            transport=transport, timeout=timeout,
+            limits=httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0,
+                                          http_client=self._http, timeout=timeout)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._ready: asyncio.Task[None] | None = None
+
+    # -- start-up -------------------------------------------------------------
+    async def start(self) -> None:
+        """Read the served models and version; check the grammar is enforced."""
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self._start())
+        try:
+            await asyncio.shield(self._ready)
+        except BaseException:
+            self._ready = None
+            raise
+
+    async def _start(self) -> None:
+        models = await self._call(self._client.models.list)
+        served = [m.id for m in models.data]
+        if not served:
+            raise EngineUnavailable(f"{self.base_url} serves no model")
+        if not self.model:
+            self.model = served[0]
+        elif self.model not in served:
+            raise EngineUnavailable(f"{self.base_url} does not serve {self.model!r}; it serves {', '.join(served)}")
+        root = self.base_url.removesuffix("/v1")
+        try:
+            version = await self._http.get(f"{root}/version")
+            self.server_version = version.json().get("version") if version.status_code == 200 else None
+        except (httpx2.HTTPError, ValueError):
+            self.server_version = None
+        if self.verify_grammar:
+            await self._probe()
+
+    async def _probe(self) -> None:
+        probe = GenerationRequest(messages=({"role": "user", "content": "Say hello in one word."},),
+                                  schema=PROBE_SCHEMA, max_tokens=40)
+        result = parse_choice(await self._call(self._client.chat.completions.create, **chat_request(probe, self.model)))
+        try:
+            data = json.loads(result.text)
+        except json.JSONDecodeError:
+            data = None
+        if data != {"probe": "zq-7-enforced", "n": 7321}:
+            raise GrammarNotEnforced(
+                f"{self.base_url} (vLLM {self.server_version or 'unknown version'}) ignored the JSON schema in "
+                f"response_format: it answered {result.text[:80]!r}; refusing to trust its outputs")
+
+    # -- generation -------------------------------------------------------------
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        await self.start()
+        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+
+    async def _one(self, request: GenerationRequest) -> GenerationResult:
+        async with self._slots:
+            response = await self._call(self._client.chat.completions.create, **chat_request(request, self.model))
+        return parse_choice(response)
+
+    async def _call(self, fn: Any, **kwargs: Any) -> Any:
+        """Call the server; back off and retry on 429, 5xx and dropped connections."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return await fn(**kwargs)
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                if status not in (429, 500, 502, 503, 504) or attempt == self.max_retries:
+                    raise self._typed(exc) from exc
+                delay = _retry_after(exc)
+            except openai.APITimeoutError as exc:
+                if attempt == self.max_retries:
+                    raise EngineTimeout(f"{self.base_url} did not answer in time") from exc
+                delay = None
+            except openai.APIConnectionError as exc:
+                if attempt == self.max_retries:
+                    raise EngineUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
+                delay = None
+            await asyncio.sleep(delay if delay is not None else self.backoff_s * 2 ** attempt * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _typed(self, exc: openai.APIStatusError) -> EngineError:
+        status = exc.status_code
+        detail = f"{self.base_url} answered {status}: {exc.message}"[:500]
+        if status == 429:
+            return EngineOverloaded(detail, retry_after=_retry_after(exc))
+        if status == 504:
+            return EngineTimeout(detail)
+        if status >= 500:
+            return EngineUnavailable(detail, retry_after=_retry_after(exc))
+        return EngineError(detail)
+
+    async def aclose(self) -> None:
+        await self._client.close()

@@ -1,0 +1,133 @@
+"""One error tree for the whole library, and its mapping to HTTP statuses.
+
+    ExtractorError
+    ├── SchemaError ................ the contract itself is at fault
+    │   ├── UnknownSchema .......... no schema registered under that name (404)
+    │   └── SchemaRejected ......... compiles to nothing an engine can enforce (422)
+    ├── DocumentError .............. the document cannot be extracted from
+    │   ├── EmptyDocument .......... empty or whitespace only (422)
+    │   ├── UndecodableDocument .... not UTF-8 text (400)
+    │   └── DocumentTooLarge ....... over the byte or token budget (413)
+    ├── EngineError ................ the engine could not produce an output (503)
+    │   ├── EngineUnavailable ...... down, not started, not reachable (503)
+    │   ├── EngineOverloaded ....... asked us to back off (429)
+    │   ├── EngineTimeout .......... slower than the deadline (504)
+    │   └── GrammarNotEnforced ..... the engine ignores the JSON schema (502)
+    └── ExtractionFailed ........... outputs kept failing validation (422)
+
+`http_status(exc)` is the one place where an error becomes a status code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ExtractorError(Exception):
+    """Base of every error this library raises on purpose."""
+
+    #: stable machine-readable identifier (RFC 9457 `type` suffix)
+    code = "extractor-error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SchemaError(ExtractorError):
+    code = "schema-error"
+
+
+class UnknownSchema(SchemaError):
+    code = "unknown-schema"
+
+
+class SchemaRejected(SchemaError):
+    """The schema cannot be enforced; `path` is a JSON path into the schema."""
+
+    code = "schema-rejected"
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}", path=path, reason=reason)
+        self.path = path
+        self.reason = reason
+
+
+class DocumentError(ExtractorError):
+    code = "document-error"
+
+
+class EmptyDocument(DocumentError):
+    code = "empty-document"
+
+
+class UndecodableDocument(DocumentError):
+    code = "undecodable-document"
+
+
+class DocumentTooLarge(DocumentError):
+    code = "document-too-large"
+
+
+class EngineError(ExtractorError):
+    code = "engine-error"
+
+
+class EngineUnavailable(EngineError):
+    code = "engine-unavailable"
+
+
+class EngineOverloaded(EngineError):
+    code = "engine-overloaded"
+
+
+class EngineTimeout(EngineError):
+    code = "engine-timeout"
+
+
+class GrammarNotEnforced(EngineError):
+    code = "grammar-not-enforced"
+
+
+class ExtractionFailed(ExtractorError):
+    """Every attempt produced output that failed validation.
+
+    `errors` holds, per attempt, the validation messages that were seen.
+    """
+
+    code = "extraction-failed"
+
+    def __init__(self, message: str, *, attempts: int, errors: list[list[str]]) -> None:
+        super().__init__(message, attempts=attempts, errors=errors)
+        self.attempts = attempts
+        self.errors = errors
+
+
+_HTTP_STATUS: dict[type[ExtractorError], int] = {
+    UnknownSchema: 404,
+    SchemaRejected: 422,
+    SchemaError: 422,
+    EmptyDocument: 422,
+    UndecodableDocument: 400,
+    DocumentTooLarge: 413,
+    DocumentError: 422,
+    EngineOverloaded: 429,
+    EngineTimeout: 504,
+    GrammarNotEnforced: 502,
+    EngineUnavailable: 503,
+    EngineError: 503,
+    ExtractionFailed: 422,
+    ExtractorError: 500,
+}
+
+
+def http_status(exc: ExtractorError) -> int:
+    """The HTTP status for an error: the entry of its nearest class in the tree."""
+    for cls in type(exc).__mro__:
+        if cls in _HTTP_STATUS:
+            return _HTTP_STATUS[cls]
+    return 500

@@ -1,0 +1,68 @@
+"""`Extractor`: the in-process SDK entry point."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar, overload
+
+from pydantic import BaseModel
+
+from .contract import Task
+from .engines import Engine, create_engine
+from .registry import SchemaRegistry, default_registry
+from .result import Extraction
+from .retry import RetryPolicy, extract_one
+
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
+
+
+def _run(coro: Coroutine[Any, Any, R]) -> R:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    raise RuntimeError("called a sync Extractor method inside an event loop; use the `a...` method and await it")
+
+
+class Extractor:
+    """Extract typed records from documents.
+
+    >>> Extractor().extract(Person, "Alice Smith, 34, lives in Lisbon.")
+    Person(name='Alice Smith', age=34, city='Lisbon', email=None)
+
+    `engine` is an engine name (`"local"` by default) or any object that
+    implements the `Engine` protocol.
+    """
+
+    def __init__(self, engine: str | Engine = "local", *, max_retries: int = 2,
+                 registry: SchemaRegistry | None = None, logprobs: bool = False, **engine_options: Any) -> None:
+        self.engine: Engine = create_engine(engine, **engine_options) if isinstance(engine, str) else engine
+        self.registry = registry if registry is not None else default_registry()
+        self.policy = RetryPolicy(max_attempts=max_retries + 1, logprobs=logprobs)
+
+    def task(self, schema: str | type[BaseModel] | Task[Any]) -> Task[Any]:
+        return self.registry.resolve(schema)
+
+    async def arun(self, schema: str | type[BaseModel] | Task[Any], text: str) -> Extraction[Any]:
+        """Extract with metadata: an `Extraction` (data + meta)."""
+        return await extract_one(self.engine, self.task(schema), text, self.policy)
+
+    def run(self, schema: str | type[BaseModel] | Task[Any], text: str) -> Extraction[Any]:
+        return _run(self.arun(schema, text))
+
+    @overload
+    async def aextract(self, schema: type[M], text: str) -> M: ...
+    @overload
+    async def aextract(self, schema: str | Task[Any], text: str) -> Any: ...
+    async def aextract(self, schema: Any, text: str) -> Any:
+        """Extract and return only the validated value (a model instance for a model)."""
+        return (await self.arun(schema, text)).data
+
+    @overload
+    def extract(self, schema: type[M], text: str) -> M: ...
+    @overload
+    def extract(self, schema: str | Task[Any], text: str) -> Any: ...
+    def extract(self, schema: Any, text: str) -> Any:
+        return _run(self.aextract(schema, text))

@@ -1,0 +1,73 @@
+"""The extraction loop: generate, validate, feed the errors back, repeat.
+
+Never returns an unvalidated value: it returns an `Extraction` whose data
+passed every gate, or raises `ExtractionFailed` with the errors of every
+attempt. An output cut at `max_tokens` is a failure; the next attempt gets
+a doubled budget (once), then the loop gives up on length.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .contract import Task
+from .engines.base import Engine, GenerationRequest
+from .errors import EmptyDocument, ExtractionFailed
+from .prompt import Message, build_messages, feedback_message
+from .result import Extraction, Meta
+from .validate import Invalid, validate_output
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    length_growth: int = 2
+    seed: int = 0
+    logprobs: bool = False
+    #: small models loop on list items under greedy decoding; 1.1 breaks the loops
+    repetition_penalty: float = 1.1
+    #: temperature of the attempts after a validation failure: greedy decoding
+    #: would repeat the same mistake, a little sampling explores alternatives
+    retry_temperature: float = 0.7
+
+
+async def extract_one(engine: Engine, task: Task[Any], document: str, policy: RetryPolicy = RetryPolicy()) -> Extraction[Any]:
+    if not document.strip():
+        raise EmptyDocument("the document is empty")
+    start = time.perf_counter()
+    messages: list[Message] = build_messages(task, document)
+    max_tokens = task.max_tokens
+    grew = False
+    seen: list[list[str]] = []
+    prompt_tokens = completion_tokens = 0
+    for attempt in range(1, policy.max_attempts + 1):
+        resampling = bool(seen) and not seen[-1][0].startswith("output cut off")
+        request = GenerationRequest(messages=tuple(messages), schema=task.strict_schema, max_tokens=max_tokens,
+                                    temperature=policy.retry_temperature if resampling else 0.0,
+                                    seed=policy.seed + attempt - 1, logprobs=policy.logprobs,
+                                    repetition_penalty=policy.repetition_penalty)
+        (result,) = await engine.generate([request])
+        prompt_tokens += result.prompt_tokens
+        completion_tokens += result.completion_tokens
+        if result.finish_reason == "length":
+            errors = [f"output cut off at max_tokens={max_tokens} before the JSON was complete"]
+            seen.append(errors)
+            if grew:
+                break
+            max_tokens *= policy.length_growth
+            grew = True
+            continue
+        outcome = validate_output(task, result.text, document)
+        if isinstance(outcome, Invalid):
+            seen.append(outcome.errors)
+            messages = [*messages, {"role": "assistant", "content": result.text}, feedback_message(outcome.errors)]
+            continue
+        meta = Meta(schema=task.name, version=task.version, engine=engine.name, model=engine.model,
+                    attempts=attempt, errors=seen, prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens, latency_ms=(time.perf_counter() - start) * 1000)
+        return Extraction(data=outcome.value, meta=meta)
+    last = "; ".join(seen[-1]) if seen else "no attempt made"
+    raise ExtractionFailed(f"{task.name}: no valid output after {len(seen)} attempt(s): {last}",
+                           attempts=len(seen), errors=seen)

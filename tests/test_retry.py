@@ -1,0 +1,106 @@
+"""The validation loop, driven by a scripted engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from extractor import EmptyDocument, ExtractionFailed, Extractor, GenerationResult, ScriptedEngine, task_from_model
+from extractor.retry import RetryPolicy, extract_one
+from schemas import Invoice, Person
+
+GOOD = '{"name":"Alice Smith","age":34,"city":"Lisbon","email":null}'
+DOC = "Alice Smith is 34 years old and lives in Lisbon."
+
+
+def test_valid_first_output_is_returned_typed() -> None:
+    engine = ScriptedEngine([GOOD])
+    result = Extractor(engine).run(Person, DOC)
+    assert result.data == Person(name="Alice Smith", age=34, city="Lisbon", email=None)
+    assert result.meta.attempts == 1
+    assert result.meta.errors == []
+    assert (result.meta.engine, result.meta.model, result.meta.schema, result.meta.version) == (
+        "fake", "scripted", "person", "1")
+
+
+def test_schema_error_is_fed_back_exactly_then_retried() -> None:
+    engine = ScriptedEngine(['{"name":"Alice Smith","age":"34","city":"Lisbon","email":null}', GOOD])
+    result = Extractor(engine).run(Person, DOC)
+    assert result.meta.attempts == 2
+    assert result.meta.errors == [["$.age: '34' is not of type 'integer'"]]
+    retry_messages = engine.requests[1].messages
+    assert retry_messages[-2] == {"role": "assistant",
+                                  "content": '{"name":"Alice Smith","age":"34","city":"Lisbon","email":null}'}
+    assert retry_messages[-1] == {
+        "role": "user",
+        "content": "That JSON was rejected:\n- $.age: '34' is not of type 'integer'\n"
+                   "Return the corrected JSON object for the same document.",
+    }
+    # the first request is untouched by the retry
+    assert len(engine.requests[0].messages) == len(retry_messages) - 2
+
+
+def test_model_validator_error_is_fed_back() -> None:
+    bad = {"vendor": "V", "invoice_number": "1", "date": "2024-01-02", "currency": "EUR",
+           "line_items": [{"description": "a", "quantity": 2, "unit_price": 5}], "total": 11}
+    good = {**bad, "total": 10}
+    engine = ScriptedEngine([json.dumps(bad), json.dumps(good)])
+    result = Extractor(engine).run(Invoice, "an invoice")
+    assert result.data.total == 10
+    assert result.meta.errors == [[
+        "$: line items add up to 10.00 but total is 11.00; check quantities, unit prices and the total"]]
+    assert "line items add up to 10.00" in engine.requests[1].messages[-1]["content"]
+
+
+def test_validators_see_the_document_as_context() -> None:
+    engine = ScriptedEngine(['{"name":"Alice Smith","age":34,"city":"Lisbon","email":"a@b.c"}',
+                             '{"name":"Alice Smith","age":34,"city":"Lisbon","email":"alice@x.org"}'])
+    extractor = Extractor(engine)
+    assert extractor.extract(Person, DOC).email is None  # invented: not in the document
+    assert extractor.extract(Person, DOC + " Mail: alice@x.org").email == "alice@x.org"
+
+
+def test_invalid_json_error_then_exhaustion_raises_typed_error() -> None:
+    engine = ScriptedEngine(["{not json", "[]", '{"name":1}'])
+    with pytest.raises(ExtractionFailed) as info:
+        Extractor(engine, max_retries=2).run(Person, DOC)
+    assert info.value.attempts == 3
+    assert info.value.errors[0] == ["not valid JSON: Expecting property name enclosed in double quotes at character 1"]
+    assert info.value.errors[1] == ["$: [] is not of type 'object'"]
+    assert len(engine.requests) == 3
+
+
+def test_length_is_a_failure_retried_once_with_a_larger_budget() -> None:
+    cut = GenerationResult(text='{"name":"Ali', finish_reason="length", prompt_tokens=10, completion_tokens=5)
+    engine = ScriptedEngine([cut, GOOD])
+    task = task_from_model(Person)
+    result = asyncio.run(extract_one(engine, task, DOC))
+    assert result.meta.attempts == 2
+    assert engine.requests[1].max_tokens == 2 * engine.requests[0].max_tokens
+    assert engine.requests[1].messages == engine.requests[0].messages  # nothing fed back for a cut output
+
+
+def test_length_twice_gives_up_even_with_attempts_left() -> None:
+    cut = GenerationResult(text="{", finish_reason="length", prompt_tokens=10, completion_tokens=5)
+    engine = ScriptedEngine([cut, cut, GOOD])
+    with pytest.raises(ExtractionFailed, match="cut off"):
+        asyncio.run(extract_one(engine, task_from_model(Person), DOC, RetryPolicy(max_attempts=5)))
+    assert len(engine.requests) == 2
+
+
+def test_empty_document_never_reaches_the_engine() -> None:
+    engine = ScriptedEngine([])
+    with pytest.raises(EmptyDocument):
+        Extractor(engine).run(Person, " \n\t ")
+    assert engine.requests == []
+
+
+def test_tokens_are_summed_over_attempts() -> None:
+    engine = ScriptedEngine([
+        GenerationResult("{", "stop", 100, 1),
+        GenerationResult(GOOD, "stop", 120, 20),
+    ])
+    meta = Extractor(engine).run(Person, DOC).meta
+    assert (meta.prompt_tokens, meta.completion_tokens) == (220, 21)
