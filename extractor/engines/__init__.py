@@ -13,6 +13,7 @@ from .fake import ScriptedEngine
 ENGINES: dict[str, str] = {
     "local": "extractor.engines.local:LocalEngine",
     "vllm-http": "extractor.engines.vllm_http:VllmHttpEngine",
+    "vllm": "extractor.engines.vllm_inprocess:VllmEngine",
 }
 
 

@@ -1,0 +1,362 @@
+"""The 2048-record person benchmark on a GPU: raw vLLM against our engines, side by side.
+
+    python bench/gpu_person.py all --model DIR --out RESULTS_DIR
+
+runs, each in its own process so that GPU memory is freed in between:
+
+  offline   raw `LLM.generate` with the JSON schema   vs  `Extractor("vllm")` (in-process engine)
+  http      raw async openai client, 256 concurrent   vs  `Extractor("vllm-http")` at 256
+  service   raw async openai client, 256 concurrent   vs  our service (`POST /extract/person`) at 256
+
+Raw and ours get the same prompt (the person task's messages), the same strict schema and the
+same token budget. Every phase writes one JSON object; `all` gathers them into
+`gpu_person.json` (one object per comparison) and a plot `gpu_person.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.person_records import exact, person_records  # noqa: E402
+
+N = 2048
+CONCURRENCY = 256
+SERVED = "SmolLM2-135M-Instruct"
+
+
+def _task() -> Any:
+    from extractor import task_from_model
+    from schemas import Person
+
+    return task_from_model(Person)
+
+
+def _check(texts: list[str | None], records: list[dict[str, Any]]) -> tuple[int, int]:
+    """(valid, exact) of raw outputs: valid = parses and validates against the strict schema and the model."""
+    from extractor.validate import Valid, validate_output
+
+    task = _task()
+    valid = ok = 0
+    for text, rec in zip(texts, records, strict=True):
+        if text is None:
+            continue
+        outcome = validate_output(task, text, rec["text"])
+        if isinstance(outcome, Valid):
+            valid += 1
+            ok += exact(outcome.value.model_dump(), rec["expected"])
+    return valid, ok
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        return str(torch.cuda.get_device_name(0))
+    except Exception:
+        return "unknown"
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return str(vllm.__version__)
+
+
+# -- offline: LLM.generate vs the in-process engine ---------------------------------
+def phase_offline_raw(model: str) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from extractor.engines.base import GenerationRequest
+    from extractor.engines.vllm_inprocess import render_prompt
+    from extractor.prompt import build_messages
+
+    task, records = _task(), person_records(N)
+    tok = AutoTokenizer.from_pretrained(model)
+    prompts = [{"prompt_token_ids": render_prompt(tok, GenerationRequest(build_messages(task, r["text"]), {}, 0))}
+               for r in records]
+    llm = LLM(model=model, gpu_memory_utilization=0.5, disable_log_stats=True)
+    params = SamplingParams(temperature=0, max_tokens=task.max_tokens,
+                            structured_outputs=StructuredOutputsParams(json=task.strict_schema))
+    llm.generate(prompts[:64], params, use_tqdm=False)  # warm-up (compile, grammar cache)
+    start = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    texts: list[str | None] = [o.outputs[0].text for o in outs]
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    valid, ok = _check(texts, records)
+    return {"docs_per_s": N / elapsed, "tok_per_s": tokens / elapsed, "valid": valid, "exact": ok, "seconds": elapsed}
+
+
+async def _ours(extractor: Any) -> dict[str, Any]:
+    from schemas import Person
+
+    records = person_records(N)
+    await asyncio.gather(*(extractor.arun(Person, r["text"]) for r in records[:64]))  # warm-up
+    start = time.perf_counter()
+    results = await asyncio.gather(*(extractor.arun(Person, r["text"]) for r in records), return_exceptions=True)
+    elapsed = time.perf_counter() - start
+    good = [(r, rec) for r, rec in zip(results, records, strict=True) if not isinstance(r, BaseException)]
+    errors = [repr(r)[:200] for r in results if isinstance(r, BaseException)]
+    tokens = sum(r.meta.completion_tokens for r, _ in good)
+    return {"docs_per_s": N / elapsed, "tok_per_s": tokens / elapsed, "valid": len(good),
+            "exact": sum(exact(r.data.model_dump(), rec["expected"]) for r, rec in good), "seconds": elapsed,
+            "retried": sum(r.meta.attempts > 1 for r, _ in good), "errors": errors[:5],
+            "records": [r.data_dict() if not isinstance(r, BaseException) else None for r in results]}
+
+
+def phase_offline_ours(model: str) -> dict[str, Any]:
+    from extractor import Extractor
+
+    extractor = Extractor("vllm", model=model, served_model_name=SERVED, gpu_memory_utilization=0.5)
+    try:
+        return asyncio.run(_ours(extractor))
+    finally:
+        extractor.engine.close()  # type: ignore[attr-defined]
+
+
+# -- http: raw openai client vs the vllm-http engine ----------------------------------
+async def _raw_http(url: str) -> dict[str, Any]:
+    import httpx2
+    import openai
+
+    from extractor.prompt import build_messages
+
+    task, records = _task(), person_records(N)
+    http = httpx2.AsyncClient(limits=httpx2.Limits(max_connections=CONCURRENCY), timeout=600)
+    client = openai.AsyncOpenAI(base_url=url, api_key="EMPTY", http_client=http, max_retries=0)
+    slots = asyncio.Semaphore(CONCURRENCY)
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": task.strict_schema, "strict": True}}
+
+    async def one(rec: dict[str, Any]) -> tuple[str | None, int]:
+        async with slots:
+            try:
+                r = await client.chat.completions.create(model=SERVED, messages=build_messages(task, rec["text"]),  # type: ignore[arg-type]
+                                                         temperature=0, max_tokens=task.max_tokens,
+                                                         response_format=fmt)  # type: ignore[arg-type]
+            except openai.APIError:
+                return None, 0
+            return r.choices[0].message.content, r.usage.completion_tokens if r.usage else 0
+
+    await asyncio.gather(*(one(r) for r in records[:64]))
+    start = time.perf_counter()
+    outs = await asyncio.gather(*(one(r) for r in records))
+    elapsed = time.perf_counter() - start
+    await client.close()
+    valid, ok = _check([t for t, _ in outs], records)
+    return {"docs_per_s": N / elapsed, "tok_per_s": sum(n for _, n in outs) / elapsed, "valid": valid, "exact": ok,
+            "seconds": elapsed}
+
+
+def phase_http_raw(url: str) -> dict[str, Any]:
+    return asyncio.run(_raw_http(url))
+
+
+def phase_http_ours(url: str) -> dict[str, Any]:
+    from extractor import Extractor
+
+    extractor = Extractor("vllm-http", base_url=url, concurrency=CONCURRENCY)
+    return asyncio.run(_ours(extractor))
+
+
+# -- service: our FastAPI service in front of the vLLM server --------------------------------
+async def _service(url: str) -> dict[str, Any]:
+    import httpx2
+
+    records = person_records(N)
+    slots = asyncio.Semaphore(CONCURRENCY)
+    added: list[float] = []
+    async with httpx2.AsyncClient(base_url=url, timeout=600,
+                                  limits=httpx2.Limits(max_connections=CONCURRENCY)) as http:
+        async def one(rec: dict[str, Any]) -> dict[str, Any] | None:
+            async with slots:
+                t0 = time.perf_counter()
+                r = await http.post("/extract/person", json={"text": rec["text"]})
+                wall = (time.perf_counter() - t0) * 1000
+            if r.status_code != 200:
+                return None
+            body: dict[str, Any] = r.json()
+            engine_ms = body["meta"].get("engine_ms")
+            if engine_ms is not None:
+                added.append(wall - float(engine_ms))
+            return body
+
+        await asyncio.gather(*(one(r) for r in records[:64]))
+        added.clear()
+        start = time.perf_counter()
+        outs = await asyncio.gather(*(one(r) for r in records))
+        elapsed = time.perf_counter() - start
+    good = [(o, rec) for o, rec in zip(outs, records, strict=True) if o is not None]
+    added.sort()
+    return {"docs_per_s": N / elapsed, "valid": len(good), "seconds": elapsed,
+            "exact": sum(exact(o["data"], rec["expected"]) for o, rec in good),
+            "tok_per_s": sum(o["meta"]["tokens"]["completion"] for o, _ in good) / elapsed,
+            "added_latency_p50_ms": added[len(added) // 2] if added else None}
+
+
+def phase_service(url: str) -> dict[str, Any]:
+    return asyncio.run(_service(url))
+
+
+# -- orchestration ------------------------------------------------------------------
+def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{url}: server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    raise SystemExit(f"{url} not ready after {timeout:.0f} s")
+
+
+def _phase(name: str, *args: str, timeout: float = 400) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, name, *args]
+    print(f"== {name}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, timeout=timeout, check=False)
+    lines = proc.stdout.decode().strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        print(f"{name} failed ({proc.returncode})", flush=True)
+        return {"error": f"exit {proc.returncode}"}
+    result: dict[str, Any] = json.loads(lines[-1])
+    print(f"   {name}: {result.get('docs_per_s', 0):.1f} docs/s, valid {result.get('valid')}, "
+          f"exact {result.get('exact')} ({time.perf_counter() - start:.0f} s with start-up)", flush=True)
+    return result
+
+
+def _spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_all(model: str, out: Path, phases: set[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    r: dict[str, dict[str, Any]] = {}
+    if "offline" in phases:
+        r["offline_raw"] = _phase("offline-raw", "--model", model)
+        r["offline_ours"] = _phase("offline-ours", "--model", model)
+    if phases & {"http", "service"}:
+        port = 8011
+        server = _spawn([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+                         "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port),
+                         "--gpu-memory-utilization", "0.5", "--disable-log-stats"], out / "vllm_server.log")
+        service = None
+        try:
+            _wait(f"http://127.0.0.1:{port}/health", server, 300)
+            url = f"http://127.0.0.1:{port}/v1"
+            if "http" in phases:
+                r["http_raw"] = _phase("http-raw", "--url", url)
+                r["http_ours"] = _phase("http-ours", "--url", url)
+            if "service" in phases:
+                service = _spawn([sys.executable, "-m", "extractor", "serve", "--engine", "vllm-http",
+                                  "--engine-option", f"base_url={url}", "--host", "127.0.0.1", "--port", "8020"],
+                                 out / "service.log")
+                _wait("http://127.0.0.1:8020/readyz", service, 120)
+                r["service_ours"] = _phase("service", "--url", "http://127.0.0.1:8020")
+        finally:
+            if service is not None:
+                _stop(service)
+            _stop(server)
+    write_results(r, out, model)
+
+
+def write_results(r: dict[str, dict[str, Any]], out: Path, model: str) -> None:
+    meta = {"device": _device(), "vllm": _vllm_version(), "date": dt.date.today().isoformat(),
+            "model": Path(model).name, "total": N, "concurrency": CONCURRENCY}
+    rows = []
+    pairs = [("offline", "vllm", "LLM.generate", "offline_ours", "offline_raw"),
+             ("http", "vllm-http", "openai async client @256", "http_ours", "http_raw"),
+             ("service", "service -> vllm-http", "openai async client @256", "service_ours", "http_raw")]
+    for bench, engine, baseline, ours_key, raw_key in pairs:
+        ours, raw = r.get(ours_key), r.get(raw_key)
+        if not ours or not raw or "error" in ours or "error" in raw:
+            continue
+        row = {"benchmark": f"person_{N}_{bench}", "engine": engine, "baseline": baseline,
+               "ours_docs_per_s": round(ours["docs_per_s"], 1), "baseline_docs_per_s": round(raw["docs_per_s"], 1),
+               "ratio": round(ours["docs_per_s"] / raw["docs_per_s"], 3),
+               "valid": ours["valid"], "baseline_valid": raw["valid"], "exact": ours["exact"],
+               "baseline_exact": raw["exact"], "ours_tok_per_s": round(ours["tok_per_s"], 1),
+               "baseline_tok_per_s": round(raw["tok_per_s"], 1), "retried": ours.get("retried"),
+               **meta}
+        if "added_latency_p50_ms" in ours:
+            row["added_latency_p50_ms"] = ours["added_latency_p50_ms"]
+        rows.append(row)
+    a, b = r.get("offline_ours", {}).get("records"), r.get("http_ours", {}).get("records")
+    if a and b:
+        same = sum(x == y for x, y in zip(a, b, strict=True))
+        for row in rows:
+            row["records_same_inprocess_vs_http"] = same
+    (out / "gpu_person.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "gpu_person_raw.json").write_text(json.dumps(
+        {k: {kk: vv for kk, vv in v.items() if kk != "records"} for k, v in r.items()}, indent=2) + "\n")
+    print(json.dumps(rows, indent=2))
+    if rows:
+        plot(rows, out / "gpu_person.png")
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [row["baseline_docs_per_s"] for row in rows], 0.4, label="raw vLLM", color="#999999")
+    ax.bar([x + 0.2 for x in xs], [row["ours_docs_per_s"] for row in rows], 0.4, label="ours", color="#4c72b0")
+    for x, row in zip(xs, rows, strict=True):
+        ax.text(x + 0.2, row["ours_docs_per_s"], f"{row['ratio']:.2f}x\n{row['valid']}/{row['total']} valid",
+                ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(list(xs), [row["engine"] for row in rows])
+    ax.set_ylabel("docs/s")
+    ax.set_title(f"person x{N}, SmolLM2-135M, vLLM {rows[0]['vllm']}, {rows[0]['device']}", fontsize=9)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("phase", choices=["all", "offline-raw", "offline-ours", "http-raw", "http-ours", "service"])
+    ap.add_argument("--model", default=os.environ.get("SMOLLM2_DIR", ""))
+    ap.add_argument("--url", default="")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--phases", default="offline,http,service")
+    args = ap.parse_args()
+    if args.phase == "all":
+        run_all(args.model, Path(args.out), set(args.phases.split(",")))
+        return
+    fn = {"offline-raw": lambda: phase_offline_raw(args.model), "offline-ours": lambda: phase_offline_ours(args.model),
+          "http-raw": lambda: phase_http_raw(args.url), "http-ours": lambda: phase_http_ours(args.url),
+          "service": lambda: phase_service(args.url)}[args.phase]
+    print(json.dumps(fn()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
