@@ -77,7 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for _, err in docs:
             print(f"extract: {err}", file=sys.stderr)
         return EXIT_FAILED
-    extractor = Extractor(args.engine, max_retries=args.max_retries, registry=registry)
+    from .engines import parse_options
+
+    extractor = Extractor(args.engine, max_retries=args.max_retries, registry=registry,
+                          **parse_options(args.engine_option or []))
     return asyncio.run(_run_all(extractor, task, docs, show_progress=len(docs) > 1 and not args.no_progress))
 
 
@@ -176,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("schema", help="a registered schema name or a JSON Schema file")
     run.add_argument("files", nargs="+", metavar="FILE", help="documents (UTF-8 text); - reads stdin")
     run.add_argument("--engine", default="local", choices=engine_names())
+    run.add_argument("--engine-option", action="append", metavar="KEY=VALUE",
+                     help="an engine option, repeatable (e.g. base_url=http://gpu:8000/v1, model=DIR)")
     run.add_argument("--max-retries", type=int, default=2, help="retries after a failed validation (default 2)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--schemas", action="append", metavar="MODULE", dest="schemas_run",

