@@ -213,6 +213,30 @@ def phase_service(url: str) -> dict[str, Any]:
     return asyncio.run(_service(url))
 
 
+# -- batch: `extract batch` on the in-process engine --------------------------------------
+def phase_batch(model: str) -> dict[str, Any]:
+    import tempfile
+
+    records = person_records(N)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst, summary = Path(tmp, "in.jsonl"), Path(tmp, "out.jsonl"), Path(tmp, "summary.json")
+        src.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in records))
+        proc = subprocess.run([sys.executable, "-m", "extractor", "batch", "person", str(src), "-o", str(dst),
+                               "--engine", "vllm", "--engine-option", f"model={model}",
+                               "--engine-option", "gpu_memory_utilization=0.5", "--concurrency", "2048",
+                               "--no-progress", "--summary-json", str(summary)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+        if not summary.exists():
+            raise SystemExit(f"extract batch failed: {proc.stderr[-2000:]}")
+        s = json.loads(summary.read_text())
+        by_id = {r["id"]: r for r in records}
+        rows = [json.loads(line) for line in dst.read_text().splitlines()]
+    good = [r for r in rows if "data" in r]
+    return {"docs_per_s": s["docs_per_s"], "valid": len(good), "seconds": s["seconds"], "retried": s["retried"],
+            "exact": sum(exact(r["data"], by_id[r["id"]]["expected"]) for r in good),
+            "tok_per_s": sum(r["meta"]["tokens"]["completion"] for r in good) / s["seconds"]}
+
+
 # -- orchestration ------------------------------------------------------------------
 def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
@@ -261,6 +285,8 @@ def run_all(model: str, out: Path, phases: set[str]) -> None:
     if "offline" in phases:
         r["offline_raw"] = _phase("offline-raw", "--model", model)
         r["offline_ours"] = _phase("offline-ours", "--model", model)
+    if "batch" in phases:
+        r["batch_ours"] = _phase("batch", "--model", model)
     if phases & {"http", "service"}:
         port = 8011
         server = _spawn([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
@@ -291,6 +317,7 @@ def write_results(r: dict[str, dict[str, Any]], out: Path, model: str) -> None:
             "model": Path(model).name, "total": N, "concurrency": CONCURRENCY}
     rows = []
     pairs = [("offline", "vllm", "LLM.generate", "offline_ours", "offline_raw"),
+             ("batch", "extract batch --engine vllm", "LLM.generate", "batch_ours", "offline_raw"),
              ("http", "vllm-http", "openai async client @256", "http_ours", "http_raw"),
              ("service", "service -> vllm-http", "openai async client @256", "service_ours", "http_raw")]
     for bench, engine, baseline, ours_key, raw_key in pairs:
@@ -343,16 +370,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["all", "offline-raw", "offline-ours", "http-raw", "http-ours", "service"])
+    ap.add_argument("phase", choices=["all", "offline-raw", "offline-ours", "batch", "http-raw", "http-ours", "service"])
     ap.add_argument("--model", default=os.environ.get("SMOLLM2_DIR", ""))
     ap.add_argument("--url", default="")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--phases", default="offline,http,service")
+    ap.add_argument("--phases", default="offline,batch,http,service")
     args = ap.parse_args()
     if args.phase == "all":
         run_all(args.model, Path(args.out), set(args.phases.split(",")))
         return
     fn = {"offline-raw": lambda: phase_offline_raw(args.model), "offline-ours": lambda: phase_offline_ours(args.model),
+          "batch": lambda: phase_batch(args.model),
           "http-raw": lambda: phase_http_raw(args.url), "http-ours": lambda: phase_http_ours(args.url),
           "service": lambda: phase_service(args.url)}[args.phase]
     print(json.dumps(fn()), flush=True)

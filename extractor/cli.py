@@ -4,6 +4,7 @@
     extract schemas                   list registered schemas
     extract schemas show NAME         print the compiled strict JSON schema
     extract schemas check FILE...     compile raw schema files, one JSON line each
+    extract serve [--engine ...]      the HTTP service (service/), JSON log lines on stderr
 
 Exit status: 0 when every document gave a valid record; 1 when a document
 or its extraction failed; 2 for usage errors and unknown schemas; 3 when the
@@ -146,6 +147,25 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return _fail(f"unknown action {action!r}; use list, show or check", EXIT_USAGE)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the extraction service (flags override `EXTRACTOR_*` environment variables)."""
+    from service.server import serve
+    from service.settings import Settings, parse_engine_option
+
+    try:
+        settings = Settings.from_env()
+        engine_options = {**settings.engine_options, **dict(parse_engine_option(o) for o in args.engine_option or [])}
+        settings = settings.merged(
+            engine=args.engine, host=args.host, port=args.port, max_inflight=args.max_inflight,
+            max_waiting=args.max_waiting, deadline_s=args.deadline, max_body_bytes=args.max_body_bytes,
+            max_retries=args.max_retries, api_keys_file=args.api_keys_file, engine_options=engine_options,
+            schemas=tuple(args.schemas) if args.schemas else None)
+    except ValueError as exc:
+        return _fail(f"serve: {exc}", EXIT_USAGE)
+    serve(settings, log_level=args.log_level)
+    return EXIT_OK
+
+
 def _check(files: Sequence[str], timeout: float) -> int:
     from .contract import task_from_file
     from .grammar_check import GrammarChecker
@@ -187,11 +207,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
+    from . import cli_batch
+
+    cli_batch.add_parser(sub, engine_names())
+
     schemas = sub.add_parser("schemas", help="list, show or check schemas")
     schemas.add_argument("action", nargs="?", choices=["list", "show", "check"])
     schemas.add_argument("names", nargs="*", metavar="NAME_OR_FILE")
     schemas.add_argument("--timeout", type=float, default=10.0, help="seconds allowed per grammar compile")
     schemas.set_defaults(func=cmd_schemas)
+
+    serve = sub.add_parser("serve", help="run the HTTP extraction service",
+                           description="Flags override the EXTRACTOR_* environment variables (see service/settings.py).")
+    serve.add_argument("--engine", choices=engine_names(), help="engine (env EXTRACTOR_ENGINE; default local)")
+    serve.add_argument("--engine-option", action="append", metavar="KEY=VALUE",
+                       help="engine option, VALUE read as JSON when it parses (repeatable; env EXTRACTOR_ENGINE_OPTIONS)")
+    serve.add_argument("--host", help="address to listen on (env EXTRACTOR_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (env EXTRACTOR_PORT; default 8080)")
+    serve.add_argument("--max-inflight", type=int, help="requests extracting at once (env EXTRACTOR_MAX_INFLIGHT; 32)")
+    serve.add_argument("--max-waiting", type=int, help="requests queued behind them (env EXTRACTOR_MAX_WAITING; 128)")
+    serve.add_argument("--deadline", type=float, help="per-request deadline in seconds (env EXTRACTOR_DEADLINE_S; 60)")
+    serve.add_argument("--max-body-bytes", type=int, help="request body limit (env EXTRACTOR_MAX_BODY_BYTES; 10 MiB)")
+    serve.add_argument("--max-retries", type=int, help="retries after a failed validation (env EXTRACTOR_MAX_RETRIES; 2)")
+    serve.add_argument("--api-keys-file", help="file of sha256 digests of API keys (env EXTRACTOR_API_KEYS_FILE)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
