@@ -13,7 +13,7 @@ demo:
 	extract run person fixtures/person/alice.txt
 
 lint:
-	$(PYTHON) -m ruff check extractor schemas tests bench
+	$(PYTHON) -m ruff check extractor schemas service tests bench
 
 typecheck:
 	$(PYTHON) -m mypy

@@ -1,9 +1,12 @@
 """Typed, validated records from documents, with JSON-schema contracts."""
 
+from typing import TYPE_CHECKING, Any
+
 from .compile import Limits, compile_strict_schema
 from .contract import Contract, Example, Task, task_from_file, task_from_json_schema, task_from_model
 from .engines import Engine, GenerationRequest, GenerationResult, ScriptedEngine, create_engine
 from .errors import (
+    DeadlineExceeded,
     DocumentError,
     DocumentTooLarge,
     EmptyDocument,
@@ -14,21 +17,41 @@ from .errors import (
     ExtractionFailed,
     ExtractorError,
     GrammarNotEnforced,
+    InvalidRequest,
+    MalformedRequest,
+    QueueFull,
+    RequestError,
     SchemaError,
     SchemaRejected,
+    Unauthorized,
     UndecodableDocument,
     UnknownSchema,
+    UnsupportedMediaType,
+    error_class,
     http_status,
 )
 from .extractor import Extractor
 from .registry import SchemaRegistry, default_registry
 from .result import Extraction, Meta
 
+if TYPE_CHECKING:
+    from .client import AsyncClient, Client
+
+
+def __getattr__(name: str) -> Any:
+    """`Client` and `AsyncClient` are imported on first use (they bring in the HTTP client)."""
+    if name in ("Client", "AsyncClient"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
-    "Contract", "DocumentError", "DocumentTooLarge", "EmptyDocument", "Engine", "EngineError",
+    "AsyncClient", "Client", "Contract", "DeadlineExceeded", "DocumentError", "DocumentTooLarge", "EmptyDocument", "Engine", "EngineError",
     "EngineOverloaded", "EngineTimeout", "EngineUnavailable", "Example", "Extraction", "ExtractionFailed",
-    "Extractor", "ExtractorError", "GenerationRequest", "GenerationResult", "GrammarNotEnforced", "Limits",
-    "Meta", "SchemaError", "SchemaRegistry", "SchemaRejected", "ScriptedEngine", "Task", "UndecodableDocument",
-    "UnknownSchema", "compile_strict_schema", "create_engine", "default_registry", "http_status",
+    "Extractor", "ExtractorError", "GenerationRequest", "GenerationResult", "GrammarNotEnforced", "InvalidRequest",
+    "Limits", "MalformedRequest", "Meta", "QueueFull", "RequestError", "SchemaError", "SchemaRegistry", "SchemaRejected",
+    "ScriptedEngine", "Task", "Unauthorized", "UndecodableDocument", "UnknownSchema", "UnsupportedMediaType",
+    "compile_strict_schema", "create_engine", "default_registry", "error_class", "http_status",
     "task_from_file", "task_from_json_schema", "task_from_model",
 ]

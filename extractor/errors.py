@@ -6,16 +6,24 @@
     │   └── SchemaRejected ......... compiles to nothing an engine can enforce (422)
     ├── DocumentError .............. the document cannot be extracted from
     │   ├── EmptyDocument .......... empty or whitespace only (422)
-    │   ├── UndecodableDocument .... not UTF-8 text (400)
+    │   ├── UndecodableDocument .... not UTF-8 text, or an unreadable PDF (400)
     │   └── DocumentTooLarge ....... over the byte or token budget (413)
     ├── EngineError ................ the engine could not produce an output (503)
     │   ├── EngineUnavailable ...... down, not started, not reachable (503)
     │   ├── EngineOverloaded ....... asked us to back off (429)
+    │   │   └── QueueFull .......... the service's request queue is full (429)
     │   ├── EngineTimeout .......... slower than the deadline (504)
+    │   │   └── DeadlineExceeded ... the request's deadline passed, queued or running (504)
     │   └── GrammarNotEnforced ..... the engine ignores the JSON schema (502)
+    ├── RequestError ............... the HTTP request itself is at fault (service, 400)
+    │   ├── MalformedRequest ....... body not parseable as its content type (400)
+    │   ├── InvalidRequest ......... body parsed but does not match the request model (422)
+    │   ├── UnsupportedMediaType ... a content type or file type the service does not read (415)
+    │   └── Unauthorized ........... missing or unknown API key (401)
     └── ExtractionFailed ........... outputs kept failing validation (422)
 
-`http_status(exc)` is the one place where an error becomes a status code.
+`http_status(exc)` is the one place where an error becomes a status code;
+`error_class(code)` turns a `code` (an RFC 9457 problem `type`'s last segment) back into its class.
 """
 
 from __future__ import annotations
@@ -93,6 +101,40 @@ class GrammarNotEnforced(EngineError):
     code = "grammar-not-enforced"
 
 
+class QueueFull(EngineOverloaded):
+    """The service already holds as many requests as it may (in flight plus waiting)."""
+
+    code = "queue-full"
+
+
+class DeadlineExceeded(EngineTimeout):
+    """The request's deadline passed while it waited in the queue or ran."""
+
+    code = "deadline-exceeded"
+
+
+class RequestError(ExtractorError):
+    code = "request-error"
+
+
+class MalformedRequest(RequestError):
+    code = "malformed-request"
+
+
+class InvalidRequest(RequestError):
+    """`errors` lists what did not match, one message per problem, each with its JSON path."""
+
+    code = "invalid-request"
+
+
+class UnsupportedMediaType(RequestError):
+    code = "unsupported-media-type"
+
+
+class Unauthorized(RequestError):
+    code = "unauthorized"
+
+
 class ExtractionFailed(ExtractorError):
     """Every attempt produced output that failed validation.
 
@@ -115,11 +157,18 @@ _HTTP_STATUS: dict[type[ExtractorError], int] = {
     UndecodableDocument: 400,
     DocumentTooLarge: 413,
     DocumentError: 422,
+    QueueFull: 429,
     EngineOverloaded: 429,
+    DeadlineExceeded: 504,
     EngineTimeout: 504,
     GrammarNotEnforced: 502,
     EngineUnavailable: 503,
     EngineError: 503,
+    MalformedRequest: 400,
+    InvalidRequest: 422,
+    UnsupportedMediaType: 415,
+    Unauthorized: 401,
+    RequestError: 400,
     ExtractionFailed: 422,
     ExtractorError: 500,
 }
@@ -131,3 +180,15 @@ def http_status(exc: ExtractorError) -> int:
         if cls in _HTTP_STATUS:
             return _HTTP_STATUS[cls]
     return 500
+
+
+def _subclasses(cls: type[ExtractorError]) -> list[type[ExtractorError]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _subclasses(sub))]
+
+
+def error_class(code: str) -> type[ExtractorError]:
+    """The class of this tree whose `code` is `code`; `ExtractorError` for an unknown code."""
+    for cls in _subclasses(ExtractorError):
+        if cls.__module__ == __name__ and cls.code == code:
+            return cls
+    return ExtractorError

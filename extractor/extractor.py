@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar, overload
+from collections.abc import Coroutine, Sequence
+from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel
 
 from .contract import Task
 from .engines import Engine, create_engine
+from .errors import ExtractorError
 from .registry import SchemaRegistry, default_registry
 from .result import Extraction
 from .retry import RetryPolicy, extract_one
@@ -66,3 +67,42 @@ class Extractor:
     def extract(self, schema: str | Task[Any], text: str) -> Any: ...
     def extract(self, schema: Any, text: str) -> Any:
         return _run(self.aextract(schema, text))
+
+    @overload
+    async def aextract_many(self, schema: type[M], texts: Sequence[str], *,
+                            return_exceptions: Literal[False] = False) -> list[M]: ...
+    @overload
+    async def aextract_many(self, schema: type[M], texts: Sequence[str], *,
+                            return_exceptions: Literal[True]) -> list[M | ExtractorError]: ...
+    @overload
+    async def aextract_many(self, schema: str | Task[Any], texts: Sequence[str], *,
+                            return_exceptions: bool = False) -> list[Any]: ...
+    async def aextract_many(self, schema: Any, texts: Sequence[str], *, return_exceptions: bool = False) -> list[Any]:
+        """One value per text, in order; all run concurrently (the engine batches them).
+
+        With `return_exceptions`, a failed document gives its `ExtractorError` in its place
+        instead of raising the first one.
+        """
+        task = self.task(schema)
+
+        async def one(text: str) -> Any:
+            try:
+                return await self.aextract(task, text)
+            except ExtractorError as exc:
+                if return_exceptions:
+                    return exc
+                raise
+
+        return list(await asyncio.gather(*(one(t) for t in texts)))
+
+    @overload
+    def extract_many(self, schema: type[M], texts: Sequence[str], *,
+                     return_exceptions: Literal[False] = False) -> list[M]: ...
+    @overload
+    def extract_many(self, schema: type[M], texts: Sequence[str], *,
+                     return_exceptions: Literal[True]) -> list[M | ExtractorError]: ...
+    @overload
+    def extract_many(self, schema: str | Task[Any], texts: Sequence[str], *,
+                     return_exceptions: bool = False) -> list[Any]: ...
+    def extract_many(self, schema: Any, texts: Sequence[str], *, return_exceptions: bool = False) -> list[Any]:
+        return _run(self.aextract_many(schema, texts, return_exceptions=return_exceptions))

@@ -3,7 +3,9 @@
 Never returns an unvalidated value: it returns an `Extraction` whose data
 passed every gate, or raises `ExtractionFailed` with the errors of every
 attempt. An output cut at `max_tokens` is a failure; the next attempt gets
-a doubled budget (once), then the loop gives up on length.
+a doubled budget (once), then the loop gives up on length. The first attempt
+is greedy; retries sample at `retry_temperature` with a per-attempt seed, so
+they do not walk greedy decoding's path into the same error again.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ class RetryPolicy:
     length_growth: int = 2
     seed: int = 0
     logprobs: bool = False
-    #: small models loop on list items under greedy decoding; 1.1 breaks the loops
-    repetition_penalty: float = 1.1
+    #: off by default: a penalty also lowers the odds of the JSON's own structural tokens
+    #: (quotes, commas), which measurably sends strings running to max_tokens on vLLM
+    repetition_penalty: float = 1.0
     #: temperature of the attempts after a validation failure: greedy decoding
     #: would repeat the same mistake, a little sampling explores alternatives
     retry_temperature: float = 0.7
@@ -43,7 +46,9 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, policy: Re
     seen: list[list[str]] = []
     prompt_tokens = completion_tokens = 0
     for attempt in range(1, policy.max_attempts + 1):
-        resampling = bool(seen) and not seen[-1][0].startswith("output cut off")
+        # any retry samples a little: greedy decoding would walk the same path again
+        # (into the same validation error, or the same loop up to max_tokens)
+        resampling = bool(seen)
         request = GenerationRequest(messages=tuple(messages), schema=task.strict_schema, max_tokens=max_tokens,
                                     temperature=policy.retry_temperature if resampling else 0.0,
                                     seed=policy.seed + attempt - 1, logprobs=policy.logprobs,

@@ -22,10 +22,10 @@ class Person(Contract):
         ),
     )
 
-    name: str = Field(description="Full name as written in the document")
+    name: str = Field(max_length=120, description="Full name as written in the document")
     age: int = Field(ge=0, le=150, description="Age in years")
-    city: str = Field(description="City where the person lives")
-    email: str | None = Field(default=None, description="Email address only if the document contains one, otherwise null")
+    city: str = Field(max_length=120, description="City where the person lives")
+    email: str | None = Field(default=None, max_length=254, description="Email address only if the document contains one, otherwise null")
 
     @field_validator("email")
     @classmethod

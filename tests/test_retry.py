@@ -104,3 +104,12 @@ def test_tokens_are_summed_over_attempts() -> None:
     ])
     meta = Extractor(engine).run(Person, DOC).meta
     assert (meta.prompt_tokens, meta.completion_tokens) == (220, 21)
+
+
+def test_first_attempt_is_greedy_and_retries_sample_with_fresh_seeds() -> None:
+    cut = GenerationResult(text='{"name":"Ali', finish_reason="length", prompt_tokens=10, completion_tokens=5)
+    engine = ScriptedEngine([cut, '{"name":1}', GOOD])
+    asyncio.run(extract_one(engine, task_from_model(Person), DOC, RetryPolicy(max_attempts=3, retry_temperature=0.7)))
+    assert [r.temperature for r in engine.requests] == [0.0, 0.7, 0.7]
+    assert len({r.seed for r in engine.requests}) == 3
+    assert all(r.repetition_penalty == 1.0 for r in engine.requests)

@@ -1,0 +1,169 @@
+"""The FastAPI app: routes only; each concern lives in its own module.
+
+    POST /extract/{schema}   one typed path per registered schema (JSON, text, markdown, PDF, multipart)
+    GET  /schemas            registered schemas
+    GET  /schemas/{name}     a schema's strict JSON schema
+    GET  /healthz            the process is up
+    GET  /readyz             the engine answers a real tiny generation
+    GET  /metrics            Prometheus
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.params import Depends as DependsParam
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
+
+from extractor.contract import Task
+from extractor.engines import Engine
+from extractor.errors import ExtractionFailed, UnknownSchema
+from extractor.registry import SchemaRegistry, default_registry
+
+from . import openapi, problems
+from .access_log import RequestContext
+from .auth import ApiKeys
+from .engine import EngineHolder
+from .metrics import Metrics
+from .models import response_model
+from .pipeline import Pipeline
+from .queue import AdmissionQueue
+from .settings import Settings
+from .upload import read_document
+
+
+class SchemaInfo(BaseModel):
+    name: str
+    version: str
+    instructions: str
+    path: str
+
+
+def _version() -> str:
+    try:
+        return version("extractor")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "0"
+
+
+# documentation of the two ways to send a key; `ApiKeys.check` reads the headers itself
+_API_KEY_HEADER = Security(APIKeyHeader(name="X-API-Key", auto_error=False))
+_BEARER = Security(HTTPBearer(auto_error=False))
+
+
+def _key_check(keys: ApiKeys) -> list[DependsParam]:
+    """The API-key dependency (documented as security schemes only when keys are on)."""
+    if not keys.enabled:
+        return []
+
+    async def require_key(request: Request, _header: str | None = _API_KEY_HEADER,
+                          _bearer: HTTPAuthorizationCredentials | None = _BEARER) -> None:
+        keys.check(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+    return [Depends(require_key)]
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
+               registry: SchemaRegistry | None = None) -> FastAPI:
+    """The service. `engine` (an `Engine` object) overrides `settings.engine` (a name, loaded at start-up)."""
+    settings = settings if settings is not None else Settings.from_env()
+    registry = registry if registry is not None else default_registry()
+    for module in settings.schemas:
+        registry.load_module(module)
+    keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
+    metrics = Metrics()
+    engines = EngineHolder(settings.engine, settings.engine_options, engine=engine,
+                           retry_after_s=settings.retry_after_s, ready_timeout_s=settings.ready_timeout_s,
+                           ready_cache_s=settings.ready_cache_s)
+    queue = AdmissionQueue(settings.max_inflight, settings.max_waiting, retry_after_s=settings.retry_after_s,
+                           on_change=metrics.queue_depth)
+    pipeline = Pipeline(engines, queue, metrics, deadline_s=settings.deadline_s, max_retries=settings.max_retries)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        engines.start()
+        yield
+        await engines.close()
+
+    app = FastAPI(title="extractor", version=_version(), lifespan=lifespan,
+                  description="Typed, validated records from documents. Errors are RFC 9457 problems whose `type` is "
+                              "`urn:extractor:problem:` + a stable code.")
+    app.state.settings, app.state.engines, app.state.queue, app.state.metrics = settings, engines, queue, metrics
+    problems.install(app, retry_after_s=settings.retry_after_s)
+    app.add_middleware(RequestContext, metrics=metrics)
+    openapi.install(app)
+    secured = _key_check(keys)
+
+    def lookup(name: str) -> Task[Any]:
+        if name not in registry.names():  # registered names only: never a file path from a URL
+            raise UnknownSchema(f"unknown schema {name!r}; known: {', '.join(registry.names())}", schema=name)
+        return registry.get(name)
+
+    async def extract(request: Request, name: str) -> Response:
+        task = lookup(name)
+        doc = await read_document(request, max_body_bytes=settings.max_body_bytes,
+                                  max_document_chars=settings.max_document_chars)
+        fields: dict[str, Any] = request.state.log
+        fields.update(schema=task.name, source=doc.source, chars=len(doc.text))
+        try:
+            outcome = await pipeline.extract(task, doc.text, doc.options)
+        except ExtractionFailed as exc:
+            fields["attempts"] = exc.attempts
+            raise
+        meta = outcome.extraction.meta
+        engine_ms, queue_ms = round(outcome.engine_s * 1000, 1), round(outcome.queue_s * 1000, 1)
+        fields.update(attempts=meta.attempts, engine_ms=engine_ms, queue_ms=queue_ms,
+                      tokens=meta.prompt_tokens + meta.completion_tokens)
+        body = outcome.extraction.to_dict()
+        body["meta"].update(engine_ms=engine_ms, queue_ms=queue_ms)
+        timing = f"queue;dur={queue_ms}, engine;dur={engine_ms}, extract;dur={round(meta.latency_ms, 1)}"
+        return JSONResponse(body, headers={"Server-Timing": timing})
+
+    def typed_endpoint(name: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await extract(request, name)
+        return endpoint
+
+    for name in registry.names():
+        task = registry.get(name)
+        app.add_api_route(f"/extract/{name}", typed_endpoint(name), methods=["POST"], tags=["extract"],
+                          response_model=response_model(task), responses=openapi.EXTRACT_RESPONSES,
+                          openapi_extra={"requestBody": openapi.EXTRACT_BODY}, dependencies=secured,
+                          operation_id=f"extract_{name}", summary=f"Extract a {name} (v{task.version})",
+                          description=task.instructions)
+
+    @app.post("/extract/{schema}", include_in_schema=False, dependencies=secured)
+    async def extract_any(request: Request, schema: str) -> Response:
+        return await extract(request, schema)
+
+    @app.get("/schemas", tags=["schemas"], dependencies=secured, responses=openapi.AUTH_RESPONSES)
+    async def list_schemas() -> list[SchemaInfo]:
+        tasks = [registry.get(n) for n in registry.names()]
+        return [SchemaInfo(name=t.name, version=t.version, instructions=t.instructions, path=f"/extract/{t.name}")
+                for t in tasks]
+
+    @app.get("/schemas/{name}", tags=["schemas"], dependencies=secured,
+             responses={**openapi.AUTH_RESPONSES, 404: openapi.problem("unknown schema")})
+    async def show_schema(name: str) -> dict[str, Any]:
+        return lookup(name).strict_schema
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: openapi.retry_problem("the engine does not answer")})
+    async def readyz() -> dict[str, Any]:
+        return await engines.probe()
+
+    @app.get("/metrics", tags=["ops"], response_class=Response,
+             responses={200: {"content": {metrics.content_type: {"schema": {"type": "string"}}}}})
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return app

@@ -1,0 +1,81 @@
+"""The OpenAPI document: FastAPI's, plus what it cannot infer from handlers
+that read their own bodies: the request body of each extraction path (JSON,
+text, markdown, PDF or a multipart upload) and the problem responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from .models import ExtractRequest, Problem
+from .problems import MEDIA_TYPE
+
+REF = "#/components/schemas/{model}"
+
+EXTRACT_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": REF.format(model="ExtractRequest")}},
+        "text/plain": {"schema": {"type": "string"}},
+        "text/markdown": {"schema": {"type": "string"}},
+        "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {"schema": {
+            "type": "object",
+            "properties": {
+                "file": {"type": "string", "format": "binary", "description": "a text, markdown or PDF file"},
+                "options": {"type": "string", "description": "a JSON object of ExtractOptions"},
+            },
+            "required": ["file"],
+        }},
+    },
+}
+
+
+def problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {MEDIA_TYPE: {"schema": {"$ref": REF.format(model="Problem")}}}}
+
+
+def retry_problem(description: str) -> dict[str, Any]:
+    return {**problem(description), "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                                                 "description": "seconds to wait"}}}
+
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {401: problem("missing or unknown API key (when keys are configured)")}
+
+EXTRACT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **AUTH_RESPONSES,
+    400: problem("malformed JSON, multipart or PDF, or text that is not in its charset"),
+    413: problem("body over the byte limit, or document over the character or token budget"),
+    415: problem("unsupported content type or file type"),
+    422: problem("invalid body or options, empty document, or no valid output after every retry "
+                 "(`attempts` and `errors` included)"),
+    429: retry_problem("the queue is full"),
+    503: retry_problem("the engine is starting, down or failing"),
+    504: problem("past the request's deadline"),
+}
+
+
+def _components(models: tuple[type[BaseModel], ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=REF)
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
+
+
+def install(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, description=app.description,
+                                   routes=app.routes)
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in _components((ExtractRequest, Problem)).items():
+                schemas.setdefault(name, schema)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,95 @@
+"""One extraction request's way through the service: admission (bounded
+queue), the deadline (queue wait and every attempt), the extraction loop
+against a timed view of the engine, and the metrics of the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from extractor.contract import Task
+from extractor.engines import Engine, GenerationRequest, GenerationResult
+from extractor.errors import DeadlineExceeded, ExtractionFailed
+from extractor.result import Extraction
+from extractor.retry import RetryPolicy, extract_one
+
+from .engine import EngineHolder
+from .metrics import Metrics
+from .models import ExtractOptions
+from .queue import AdmissionQueue
+
+
+class TimedEngine:
+    """The engine, seen by one request: counts the time spent in `generate`, calls and tokens."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.inner = engine
+        self.name = engine.name
+        self.model = engine.model
+        self.seconds = 0.0
+        self.calls = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        started = time.perf_counter()
+        self.calls += 1
+        try:
+            results = await self.inner.generate(requests)
+        finally:
+            self.seconds += time.perf_counter() - started
+        self.prompt_tokens += sum(r.prompt_tokens for r in results)
+        self.completion_tokens += sum(r.completion_tokens for r in results)
+        return results
+
+
+@dataclass(frozen=True)
+class Outcome:
+    extraction: Extraction[Any]
+    engine_s: float
+    queue_s: float
+
+
+class Pipeline:
+    def __init__(self, engines: EngineHolder, queue: AdmissionQueue, metrics: Metrics, *,
+                 deadline_s: float, max_retries: int) -> None:
+        self.engines = engines
+        self.queue = queue
+        self.metrics = metrics
+        self.deadline_s = deadline_s
+        self.max_retries = max_retries
+
+    async def extract(self, task: Task[Any], text: str, options: ExtractOptions) -> Outcome:
+        engine = TimedEngine(self.engines.get())
+        retries = self.max_retries if options.max_retries is None else options.max_retries
+        policy = RetryPolicy(max_attempts=retries + 1)
+        deadline = min(options.timeout_s or self.deadline_s, self.deadline_s)
+        started = time.perf_counter()
+        queue_s = 0.0
+        outcome = "error"
+        failures = 0
+        try:
+            async with asyncio.timeout(deadline) as timer:
+                async with self.queue.slot():
+                    queue_s = time.perf_counter() - started
+                    self.metrics.queue_wait.observe(queue_s)
+                    result = await extract_one(engine, task, text, policy)
+            outcome, failures = "ok", len(result.meta.errors)
+            return Outcome(result, engine.seconds, queue_s)
+        except TimeoutError as exc:
+            if not timer.expired():
+                raise
+            where = "in the queue" if engine.calls == 0 else f"after {engine.calls} engine call(s)"
+            raise DeadlineExceeded(f"no result within the {deadline:g} s deadline ({where})",
+                                   deadline_s=deadline) from exc
+        except ExtractionFailed as exc:
+            outcome, failures = "failed", exc.attempts
+            raise
+        finally:
+            if engine.calls:
+                self.metrics.extraction(task.name, outcome=outcome, attempts=engine.calls, failures=failures,
+                                        engine_s=engine.seconds, prompt_tokens=engine.prompt_tokens,
+                                        completion_tokens=engine.completion_tokens)

@@ -1,0 +1,100 @@
+"""The service's settings: engine, limits and access, from flags or `EXTRACTOR_*` environment variables.
+
+    EXTRACTOR_ENGINE            engine name (default local)
+    EXTRACTOR_ENGINE_OPTIONS    JSON object of engine options, e.g. {"base_url": "http://127.0.0.1:8000/v1"}
+    EXTRACTOR_HOST / _PORT      where to listen (127.0.0.1:8080)
+    EXTRACTOR_MAX_INFLIGHT      requests extracting at once, batched into the engine (32)
+    EXTRACTOR_MAX_WAITING       requests queued behind them before 429 (128)
+    EXTRACTOR_DEADLINE_S        per-request deadline, queue wait included (60); a request may ask for less
+    EXTRACTOR_MAX_BODY_BYTES    request body limit (10 MiB)
+    EXTRACTOR_MAX_DOCUMENT_CHARS  document text limit after decoding or PDF extraction (200000)
+    EXTRACTOR_MAX_RETRIES       retries after a failed validation (2)
+    EXTRACTOR_API_KEYS          comma-separated sha256 hex digests of the accepted API keys
+    EXTRACTOR_API_KEYS_FILE     file with one sha256 hex digest per line (# comments allowed)
+    EXTRACTOR_SCHEMAS           comma-separated modules whose Contract subclasses get registered
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+PREFIX = "EXTRACTOR_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    engine: str = "local"
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_inflight: int = 32
+    max_waiting: int = 128
+    deadline_s: float = 60.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_document_chars: int = 200_000
+    max_retries: int = 2
+    api_keys: tuple[str, ...] = ()
+    api_keys_file: str | None = None
+    schemas: tuple[str, ...] = ()
+    #: seconds a client is told to wait (Retry-After) after a 429 or a 503
+    retry_after_s: int = 1
+    #: seconds /readyz waits for its probe generation, and how long a good probe is trusted
+    ready_timeout_s: float = 30.0
+    ready_cache_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_inflight", "max_body_bytes", "max_document_chars", "port"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_waiting < 0 or self.max_retries < 0:
+            raise ValueError("max_waiting and max_retries must not be negative")
+        if self.deadline_s <= 0:
+            raise ValueError("deadline_s must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, raw)
+        return cls(**values)
+
+    def merged(self, **overrides: Any) -> Settings:
+        """These settings with every override that is not None (flags over the environment)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _parse(name: str, raw: str) -> Any:
+    default = Settings.__dataclass_fields__[name].default
+    if name == "engine_options":
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            raise ValueError(f"{PREFIX}ENGINE_OPTIONS must be a JSON object")
+        return value
+    if name in ("api_keys", "schemas"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def parse_engine_option(item: str) -> tuple[str, Any]:
+    """`KEY=VALUE` from the command line; VALUE is read as JSON when it parses (numbers, booleans)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {item!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
