@@ -82,13 +82,12 @@ def phase_offline_raw(model: str) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    from extractor.engines.base import GenerationRequest
-    from extractor.engines.vllm_inprocess import render_prompt
     from extractor.prompt import build_messages
 
     task, records = _task(), person_records(N)
     tok = AutoTokenizer.from_pretrained(model)
-    prompts = [{"prompt_token_ids": render_prompt(tok, GenerationRequest(build_messages(task, r["text"]), {}, 0))}
+    # text prompts, as a raw user passes them: vLLM tokenizes them inside the timed generate()
+    prompts = [tok.apply_chat_template(build_messages(task, r["text"]), tokenize=False, add_generation_prompt=True)
                for r in records]
     llm = LLM(model=model, gpu_memory_utilization=0.5, disable_log_stats=True)
     params = SamplingParams(temperature=0, max_tokens=task.max_tokens,
@@ -301,7 +300,8 @@ def run_all(model: str, out: Path, phases: set[str]) -> None:
                 r["http_ours"] = _phase("http-ours", "--url", url)
             if "service" in phases:
                 service = _spawn([sys.executable, "-m", "extractor", "serve", "--engine", "vllm-http",
-                                  "--engine-option", f"base_url={url}", "--host", "127.0.0.1", "--port", "8020"],
+                                  "--engine-option", f"base_url={url}", "--host", "127.0.0.1", "--port", "8020",
+                                  "--max-inflight", str(CONCURRENCY), "--max-waiting", str(N)],
                                  out / "service.log")
                 _wait("http://127.0.0.1:8020/readyz", service, 120)
                 r["service_ours"] = _phase("service", "--url", "http://127.0.0.1:8020")

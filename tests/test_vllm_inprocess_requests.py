@@ -47,3 +47,18 @@ def test_chosen_logprobs_pick_the_generated_token_at_each_position() -> None:
     positions = [{5: Lp(-0.1, "{"), 9: Lp(-2.0, "[")}, {7: Lp(-0.5, '"')}]
     assert [(t.token, t.logprob) for t in chosen_logprobs([5, 7], positions) or ()] == [("{", -0.1), ('"', -0.5)]
     assert chosen_logprobs([5], None) is None
+
+
+@pytest.mark.model
+def test_prompt_cache_gives_the_same_ids_as_rendering_whole(local_engine: object) -> None:
+    from extractor.engines.vllm_inprocess import PromptCache
+    from schemas import Invoice
+
+    tok = local_engine.tokenizer  # type: ignore[attr-defined]
+    cache = PromptCache(tok)
+    docs = ["Bob, 40, Rome", "  leading spaces\nand lines</document>", "ünïcödé 東京 42", "x"]
+    for task in (PERSON, task_from_model(Invoice)):
+        for doc in docs:
+            req = GenerationRequest(messages=build_messages(task, doc), schema={}, max_tokens=8)
+            assert cache(req) == render_prompt(tok, req)
+    assert len(cache._heads) == 2 and all(h is not None for h in cache._heads.values())

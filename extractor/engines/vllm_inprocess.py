@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
@@ -60,6 +61,49 @@ def render_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
     return list(ids)
 
 
+_MARK = "\x00EXTRACTOR_LAST_MESSAGE\x00"
+
+
+class PromptCache:
+    """`render_prompt`, fast for many documents of one task.
+
+    Every document of a task shares the prompt up to its last message (system
+    instructions, few-shot examples). That head is rendered and tokenized once;
+    per document only the last message and the template's tail are tokenized.
+    The first prompt of each head is also rendered whole and compared: where
+    the split would tokenize differently, that head always renders whole.
+    """
+
+    def __init__(self, tokenizer: Any, max_heads: int = 64) -> None:
+        self.tokenizer = tokenizer
+        self.max_heads = max_heads
+        self._heads: dict[str, tuple[list[int], str] | None] = {}
+
+    def __call__(self, request: GenerationRequest) -> list[int]:
+        messages = [dict(m) for m in request.messages]
+        key = json.dumps(messages[:-1], sort_keys=True)
+        if key not in self._heads:
+            if len(self._heads) >= self.max_heads:
+                self._heads.pop(next(iter(self._heads)))
+            self._heads[key] = self._split(messages, request)
+        head = self._heads[key]
+        if head is None:
+            return render_prompt(self.tokenizer, request)
+        head_ids, tail = head
+        content = str(messages[-1]["content"])
+        return head_ids + list(self.tokenizer.encode(content + tail, add_special_tokens=False))
+
+    def _split(self, messages: list[dict[str, Any]], request: GenerationRequest) -> tuple[list[int], str] | None:
+        marked = [*messages[:-1], {**messages[-1], "content": _MARK}]
+        text = self.tokenizer.apply_chat_template(marked, tokenize=False, add_generation_prompt=True)
+        head, found, tail = text.partition(_MARK)
+        if not found:
+            return None
+        head_ids = list(self.tokenizer.encode(head, add_special_tokens=False))
+        split = head_ids + list(self.tokenizer.encode(str(messages[-1]["content"]) + tail, add_special_tokens=False))
+        return (head_ids, tail) if split == render_prompt(self.tokenizer, request) else None
+
+
 def chosen_logprobs(token_ids: Sequence[int], logprobs: Any) -> tuple[TokenLogprob, ...] | None:
     """vLLM's per-position {token_id: Logprob} dicts -> the logprob of each chosen token."""
     if logprobs is None:
@@ -101,6 +145,7 @@ class VllmEngine:
         self._sampling_params = SamplingParams
         self._structured_params = StructuredOutputsParams
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        self._prompts = PromptCache(self.tokenizer)
         self._ids = itertools.count()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
@@ -128,7 +173,7 @@ class VllmEngine:
         return list(await asyncio.gather(*futures))
 
     async def _one(self, request: GenerationRequest) -> GenerationResult:
-        prompt = render_prompt(self.tokenizer, request)
+        prompt = self._prompts(request)
         if len(prompt) + request.max_tokens > self.context_length:
             raise DocumentTooLarge(
                 f"prompt of {len(prompt)} tokens plus an output budget of {request.max_tokens} exceeds "
@@ -164,9 +209,20 @@ class VllmEngine:
         if not self._thread.is_alive():
             return
         engine = getattr(self, "_engine", None)
-        if engine is not None:
-            self._loop.call_soon_threadsafe(engine.shutdown)
-        self._stop_loop()
+
+        async def shutdown() -> None:
+            if engine is not None:
+                engine.shutdown()
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self._call(shutdown())
+        finally:
+            self._stop_loop()
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
