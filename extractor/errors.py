@@ -19,7 +19,9 @@
     │   ├── MalformedRequest ....... body not parseable as its content type (400)
     │   ├── InvalidRequest ......... body parsed but does not match the request model (422)
     │   ├── UnsupportedMediaType ... a content type or file type the service does not read (415)
-    │   └── Unauthorized ........... missing or unknown API key (401)
+    │   ├── Unauthorized ........... missing or unknown API key (401)
+    │   ├── UnknownBatch ........... no batch job with that id (404)
+    │   └── IdempotencyConflict .... an Idempotency-Key reused with a different body (409)
     └── ExtractionFailed ........... outputs kept failing validation (422)
 
 `http_status(exc)` is the one place where an error becomes a status code;
@@ -135,6 +137,18 @@ class Unauthorized(RequestError):
     code = "unauthorized"
 
 
+class UnknownBatch(RequestError):
+    """No batch job (service, `/batches/{id}`) has that id."""
+
+    code = "unknown-batch"
+
+
+class IdempotencyConflict(RequestError):
+    """The `Idempotency-Key` already named a batch job created from a different body."""
+
+    code = "idempotency-conflict"
+
+
 class ExtractionFailed(ExtractorError):
     """Every attempt produced output that failed validation.
 
@@ -168,6 +182,8 @@ _HTTP_STATUS: dict[type[ExtractorError], int] = {
     InvalidRequest: 422,
     UnsupportedMediaType: 415,
     Unauthorized: 401,
+    UnknownBatch: 404,
+    IdempotencyConflict: 409,
     RequestError: 400,
     ExtractionFailed: 422,
     ExtractorError: 500,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel
 
+from .batch import Document, ItemResult, extract_many, iterate_in_thread
 from .contract import Task
 from .engines import Engine, create_engine
 from .errors import ExtractorError
@@ -106,3 +107,41 @@ class Extractor:
                      return_exceptions: bool = False) -> list[Any]: ...
     def extract_many(self, schema: Any, texts: Sequence[str], *, return_exceptions: bool = False) -> list[Any]:
         return _run(self.aextract_many(schema, texts, return_exceptions=return_exceptions))
+
+    async def aiter_many(self, schema: str | type[BaseModel] | Task[Any],
+                         docs: Iterable[str | Document | tuple[str, str]] | AsyncIterable[Any], *,
+                         concurrency: int = 64, ordered: bool = True, progress: bool = False,
+                         total: int | None = None) -> AsyncIterator[ItemResult]:
+        """Stream `ItemResult`s for many documents (strings, `(id, text)` pairs or `Document`s):
+        at most `concurrency` in flight, in input order or (`ordered=False`) as completed.
+        A bad document is an item with an `error`; an engine failure raises `EngineError`."""
+        task = self.task(schema)
+        bar = None
+        if progress:
+            import sys
+
+            from tqdm import tqdm
+
+            if total is None and isinstance(docs, Sequence):
+                total = len(docs)
+            bar = tqdm(total=total, unit="doc", file=sys.stderr)
+
+        async def run(text: str) -> Extraction[Any]:
+            return await extract_one(self.engine, task, text, self.policy)
+
+        try:
+            async for item in extract_many(run, docs, concurrency=concurrency, ordered=ordered):
+                if bar is not None:
+                    bar.update(1)
+                yield item
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def iter_many(self, schema: str | type[BaseModel] | Task[Any], docs: Iterable[str | Document | tuple[str, str]], *,
+                  concurrency: int = 64, ordered: bool = True, progress: bool = False) -> Iterator[ItemResult]:
+        """`aiter_many` for sync code: results stream in as they are ready (the batch runs in
+        a private event loop thread), so millions of documents need no list in memory."""
+        total = len(docs) if isinstance(docs, Sequence) else None
+        return iterate_in_thread(lambda: self.aiter_many(schema, docs, concurrency=concurrency, ordered=ordered,
+                                                         progress=progress, total=total))

@@ -18,6 +18,7 @@ from extractor import (
     ExtractionFailed,
     Extractor,
     GenerationRequest,
+    GenerationResult,
     GrammarNotEnforced,
 )
 from extractor.engines.vllm_http import PROBE_SCHEMA, VllmHttpEngine, chat_request
@@ -71,16 +72,30 @@ def engine_for(handler: Callable[[httpx2.Request], httpx2.Response], **kw: Any) 
     return VllmHttpEngine("http://vllm.test/v1", transport=httpx2.MockTransport(handler), backoff_s=0.001, **kw)
 
 
-def test_request_carries_strict_schema_compact_whitespace_and_backend() -> None:
+def test_request_carries_the_strict_schema_greedy_seeded() -> None:
     req = GenerationRequest(messages=({"role": "user", "content": "x"},), schema={"type": "object"}, max_tokens=64,
                             seed=3, repetition_penalty=1.1)
-    body = chat_request(req, "m", backend="xgrammar")
+    body = chat_request(req, "m")
     assert body["response_format"] == {"type": "json_schema",
                                        "json_schema": {"name": "extraction", "schema": {"type": "object"}, "strict": True}}
     assert (body["temperature"], body["seed"], body["max_tokens"]) == (0.0, 3, 64)
-    assert body["extra_body"] == {"repetition_penalty": 1.1,
-                                  "structured_outputs": {"disable_any_whitespace": True, "backend": "xgrammar"}}
-    assert "extra_body" not in chat_request(GenerationRequest(req.messages, req.schema, 64), "m", compact_whitespace=False)
+    # vLLM refuses a per-request `structured_outputs` without a schema (400): never sent
+    assert body["extra_body"] == {"repetition_penalty": 1.1}
+    assert "extra_body" not in chat_request(GenerationRequest(req.messages, req.schema, 64), "m")
+
+
+@pytest.mark.parametrize(("text", "finish", "enforced"), [
+    ('{"probe":"zq-7-enforced","n":7321}', "stop", True),
+    ('{\n  "probe" : "zq-7-enforced",\n "n": 7321 }', "stop", True),
+    ('{\n\n  "probe"\n\n:\n\n\n', "length", True),   # any-whitespace server, padded to max_tokens
+    ("Hello", "stop", False),
+    ('{"name":"Alice"}', "stop", False),
+    ("Hello Hello Hello", "length", False),
+])
+def test_probe_tells_an_enforcing_server_from_one_that_ignores_the_schema(text: str, finish: str, enforced: bool) -> None:
+    from extractor.engines.vllm_http import probe_enforced
+
+    assert probe_enforced(GenerationResult(text, finish, 1, 1)) is enforced  # type: ignore[arg-type]
 
 
 def test_429_then_503_are_retried_with_backoff_then_succeed() -> None:

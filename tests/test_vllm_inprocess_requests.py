@@ -7,25 +7,37 @@ from dataclasses import dataclass
 import pytest
 
 from extractor import GenerationRequest, task_from_model
-from extractor.engines.vllm_inprocess import chosen_logprobs, render_prompt, sampling_options
+from extractor.engines.vllm_inprocess import (
+    chosen_logprobs,
+    render_prompt,
+    sampling_options,
+    structured_outputs_config,
+)
 from extractor.prompt import build_messages
 from schemas import Person
 
 PERSON = task_from_model(Person)
 
 
-def test_sampling_options_carry_the_strict_schema_compact_and_greedy() -> None:
+def test_sampling_options_carry_the_strict_schema_greedy() -> None:
     req = GenerationRequest(messages=(), schema=PERSON.strict_schema, max_tokens=80, repetition_penalty=1.1)
     sampling, structured = sampling_options(req)
-    assert structured == {"json": PERSON.strict_schema, "disable_any_whitespace": True}
+    assert structured == {"json": PERSON.strict_schema}
     assert sampling == {"temperature": 0.0, "max_tokens": 80, "repetition_penalty": 1.1}
 
 
 def test_sampling_options_seed_only_when_sampling_and_logprobs_when_asked() -> None:
     req = GenerationRequest(messages=(), schema={}, max_tokens=8, temperature=0.7, seed=5, logprobs=True)
-    sampling, structured = sampling_options(req, compact_whitespace=False, backend="guidance")
+    sampling, _ = sampling_options(req)
     assert sampling["seed"] == 5 and sampling["logprobs"] == 0
-    assert structured == {"json": {}, "backend": "guidance"}
+
+
+def test_whitespace_and_backend_are_engine_wide_settings() -> None:
+    assert structured_outputs_config(compact_whitespace=True, backend=None) == {
+        "disable_any_whitespace": True, "backend": "xgrammar"}
+    assert structured_outputs_config(compact_whitespace=False, backend=None) == {"disable_any_whitespace": False}
+    assert structured_outputs_config(compact_whitespace=False, backend="guidance") == {
+        "disable_any_whitespace": False, "backend": "guidance"}
 
 
 @pytest.mark.model

@@ -32,14 +32,12 @@ T = TypeVar("T")
 MODEL_DIR_ENV = "EXTRACTOR_VLLM_MODEL_DIR"
 
 
-def sampling_options(request: GenerationRequest, *, compact_whitespace: bool = True,
-                     backend: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Keyword arguments of `SamplingParams` and of `StructuredOutputsParams` for a request."""
+def sampling_options(request: GenerationRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword arguments of `SamplingParams` and of `StructuredOutputsParams` for a request.
+
+    Whitespace and backend are engine-wide in vLLM (`structured_outputs_config`),
+    not per request."""
     structured: dict[str, Any] = {"json": dict(request.schema)}
-    if compact_whitespace:
-        structured["disable_any_whitespace"] = True
-    if backend:
-        structured["backend"] = backend
     sampling: dict[str, Any] = {
         "temperature": request.temperature,
         "max_tokens": request.max_tokens,
@@ -50,6 +48,16 @@ def sampling_options(request: GenerationRequest, *, compact_whitespace: bool = T
     if request.logprobs:
         sampling["logprobs"] = 0  # the chosen token's logprob only
     return sampling, structured
+
+
+def structured_outputs_config(*, compact_whitespace: bool, backend: str | None) -> dict[str, Any]:
+    """vLLM's engine-wide structured output settings."""
+    config: dict[str, Any] = {"disable_any_whitespace": compact_whitespace}
+    if backend:
+        config["backend"] = backend
+    elif compact_whitespace:
+        config["backend"] = "xgrammar"  # vLLM's "auto" refuses disable_any_whitespace
+    return config
 
 
 def render_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
@@ -134,15 +142,15 @@ class VllmEngine:
             raise EngineUnavailable(f"the vllm engine needs a model folder: pass model=... or set ${MODEL_DIR_ENV}")
         try:
             from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
-            from vllm.sampling_params import StructuredOutputsParams
+            from vllm.config import StructuredOutputsConfig
+            from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         except ImportError as exc:
             raise EngineUnavailable(f"the vllm engine needs vLLM: pip install '.[vllm]' ({exc})") from exc
         from transformers import AutoTokenizer
 
         self.model = served_model_name or os.path.basename(os.path.normpath(path))
-        self.compact_whitespace = compact_whitespace
-        self.backend = backend
         self._sampling_params = SamplingParams
+        self._final_only = RequestOutputKind.FINAL_ONLY
         self._structured_params = StructuredOutputsParams
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
         self._prompts = PromptCache(self.tokenizer)
@@ -150,7 +158,12 @@ class VllmEngine:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
         self._thread.start()
-        args = {"model": path, "disable_log_stats": True, **engine_args}
+        try:
+            config = StructuredOutputsConfig(**structured_outputs_config(compact_whitespace=compact_whitespace,
+                                                                          backend=backend))
+        except ValueError as exc:
+            raise EngineUnavailable(f"vLLM refused the structured output settings: {exc}") from exc
+        args = {"model": path, "disable_log_stats": True, "structured_outputs_config": config, **engine_args}
 
         async def build() -> Any:
             return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**args))
@@ -178,9 +191,11 @@ class VllmEngine:
             raise DocumentTooLarge(
                 f"prompt of {len(prompt)} tokens plus an output budget of {request.max_tokens} exceeds "
                 f"the model's context of {self.context_length} tokens")
-        sampling, structured = sampling_options(request, compact_whitespace=self.compact_whitespace,
-                                                backend=self.backend)
-        params = self._sampling_params(**sampling, structured_outputs=self._structured_params(**structured))
+        sampling, structured = sampling_options(request)
+        # one output per request when it finishes, as LLM.generate asks: streaming every
+        # step's cumulative output to 2048 waiting requests costs a third of the throughput
+        params = self._sampling_params(**sampling, structured_outputs=self._structured_params(**structured),
+                                       output_kind=self._final_only)
         final = None
         try:
             async for output in self._engine.generate({"prompt_token_ids": prompt}, params, f"x{next(self._ids)}"):
