@@ -159,6 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             engine=args.engine, host=args.host, port=args.port, max_inflight=args.max_inflight,
             max_waiting=args.max_waiting, deadline_s=args.deadline, max_body_bytes=args.max_body_bytes,
             max_retries=args.max_retries, api_keys_file=args.api_keys_file, engine_options=engine_options,
+            batch_db=args.batch_db,
             schemas=tuple(args.schemas) if args.schemas else None)
     except ValueError as exc:
         return _fail(f"serve: {exc}", EXIT_USAGE)
@@ -230,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, help="request body limit (env EXTRACTOR_MAX_BODY_BYTES; 10 MiB)")
     serve.add_argument("--max-retries", type=int, help="retries after a failed validation (env EXTRACTOR_MAX_RETRIES; 2)")
     serve.add_argument("--api-keys-file", help="file of sha256 digests of API keys (env EXTRACTOR_API_KEYS_FILE)")
+    serve.add_argument("--batch-db", metavar="PATH_OR_URL",
+                       help="batch jobs' database: a SQLite file or postgresql://... (env EXTRACTOR_BATCH_DB; "
+                            "default ./extractor-batches.sqlite3)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
     return parser

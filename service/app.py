@@ -6,6 +6,8 @@
     GET  /healthz            the process is up
     GET  /readyz             the engine answers a real tiny generation
     GET  /metrics            Prometheus
+    POST /batches, GET /batches/{id}, GET /batches/{id}/results, DELETE /batches/{id}
+                             durable batch jobs (batch_routes; run by batch_worker, stored by batch_store)
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from extractor.engines import Engine
 from extractor.errors import ExtractionFailed, UnknownSchema
 from extractor.registry import SchemaRegistry, default_registry
 
-from . import openapi, problems
+from . import batch_routes, openapi, problems
 from .access_log import RequestContext
 from .auth import ApiKeys
+from .batch_store import BatchStore, database_url
+from .batch_worker import BatchWorker
 from .engine import EngineHolder
 from .metrics import Metrics
 from .models import response_model
@@ -84,26 +88,34 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     queue = AdmissionQueue(settings.max_inflight, settings.max_waiting, retry_after_s=settings.retry_after_s,
                            on_change=metrics.queue_depth)
     pipeline = Pipeline(engines, queue, metrics, deadline_s=settings.deadline_s, max_retries=settings.max_retries)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        engines.start()
-        yield
-        await engines.close()
-
-    app = FastAPI(title="extractor", version=_version(), lifespan=lifespan,
-                  description="Typed, validated records from documents. Errors are RFC 9457 problems whose `type` is "
-                              "`urn:extractor:problem:` + a stable code.")
-    app.state.settings, app.state.engines, app.state.queue, app.state.metrics = settings, engines, queue, metrics
-    problems.install(app, retry_after_s=settings.retry_after_s)
-    app.add_middleware(RequestContext, metrics=metrics)
-    openapi.install(app)
-    secured = _key_check(keys)
+    batches = BatchStore(database_url(settings.batch_db))
 
     def lookup(name: str) -> Task[Any]:
         if name not in registry.names():  # registered names only: never a file path from a URL
             raise UnknownSchema(f"unknown schema {name!r}; known: {', '.join(registry.names())}", schema=name)
         return registry.get(name)
+
+    worker = BatchWorker(batches, pipeline, lookup, claim=settings.batch_claim, lease_s=settings.batch_lease_s,
+                         poll_s=settings.batch_poll_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        engines.start()
+        worker.start()  # resumes unfinished batch jobs: pending items, and expired leases of a dead worker
+        yield
+        await worker.stop()
+        await engines.close()
+        batches.dispose()
+
+    app = FastAPI(title="extractor", version=_version(), lifespan=lifespan,
+                  description="Typed, validated records from documents. Errors are RFC 9457 problems whose `type` is "
+                              "`urn:extractor:problem:` + a stable code.")
+    app.state.settings, app.state.engines, app.state.queue, app.state.metrics = settings, engines, queue, metrics
+    app.state.batches, app.state.batch_worker = batches, worker
+    problems.install(app, retry_after_s=settings.retry_after_s)
+    app.add_middleware(RequestContext, metrics=metrics)
+    openapi.install(app, models=(batch_routes.BatchRequest,))
+    secured = _key_check(keys)
 
     async def extract(request: Request, name: str) -> Response:
         task = lookup(name)
@@ -152,6 +164,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
              responses={**openapi.AUTH_RESPONSES, 404: openapi.problem("unknown schema")})
     async def show_schema(name: str) -> dict[str, Any]:
         return lookup(name).strict_schema
+
+    batch_routes.install(app, store=batches, worker=worker, lookup=lookup, settings=settings, secured=secured)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

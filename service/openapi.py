@@ -67,13 +67,14 @@ def _components(models: tuple[type[BaseModel], ...]) -> dict[str, Any]:
     return out
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, models: tuple[type[BaseModel], ...] = ()) -> None:
+    """FastAPI's document, plus the components of `models` (request bodies the handlers read themselves)."""
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = get_openapi(title=app.title, version=app.version, description=app.description,
                                    routes=app.routes)
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            for name, schema in _components((ExtractRequest, Problem)).items():
+            for name, schema in _components((ExtractRequest, Problem, *models)).items():
                 schemas.setdefault(name, schema)
             app.openapi_schema = document
         return app.openapi_schema

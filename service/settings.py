@@ -12,6 +12,12 @@
     EXTRACTOR_API_KEYS          comma-separated sha256 hex digests of the accepted API keys
     EXTRACTOR_API_KEYS_FILE     file with one sha256 hex digest per line (# comments allowed)
     EXTRACTOR_SCHEMAS           comma-separated modules whose Contract subclasses get registered
+    EXTRACTOR_BATCH_DB          batch jobs' database: a SQLite file (./extractor-batches.sqlite3) or a
+                                postgresql://user@host/db URL
+    EXTRACTOR_BATCH_CLAIM       items a batch worker leases at a time (16)
+    EXTRACTOR_BATCH_LEASE_S     seconds a lease lasts without renewal; a dead worker's items wait this long (60)
+    EXTRACTOR_BATCH_POLL_S      seconds between looks for batch work when idle (1)
+    EXTRACTOR_BATCH_MAX_ITEMS   items one batch may hold (100000)
 """
 
 from __future__ import annotations
@@ -45,15 +51,21 @@ class Settings:
     #: seconds /readyz waits for its probe generation, and how long a good probe is trusted
     ready_timeout_s: float = 30.0
     ready_cache_s: float = 5.0
+    #: batch jobs: where they live, and how the worker leases their items
+    batch_db: str = "./extractor-batches.sqlite3"
+    batch_claim: int = 16
+    batch_lease_s: float = 60.0
+    batch_poll_s: float = 1.0
+    batch_max_items: int = 100_000
 
     def __post_init__(self) -> None:
-        for name in ("max_inflight", "max_body_bytes", "max_document_chars", "port"):
+        for name in ("max_inflight", "max_body_bytes", "max_document_chars", "port", "batch_claim", "batch_max_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_waiting < 0 or self.max_retries < 0:
             raise ValueError("max_waiting and max_retries must not be negative")
-        if self.deadline_s <= 0:
-            raise ValueError("deadline_s must be positive")
+        if self.deadline_s <= 0 or self.batch_lease_s <= 0 or self.batch_poll_s <= 0:
+            raise ValueError("deadline_s, batch_lease_s and batch_poll_s must be positive")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

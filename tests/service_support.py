@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ from service import Settings, create_app
 GOOD = '{"name":"Alice Smith","age":34,"city":"Lisbon","email":null}'
 DOC = "Alice Smith is 34 years old and lives in Lisbon."
 BASE = "http://service.test"
+#: batch jobs of apps that name no database go here, never into the working directory
+_BATCH_DIR = tempfile.TemporaryDirectory(prefix="extractor-test-batches-")
 
 
 def answer(request: GenerationRequest) -> str:
@@ -43,6 +46,7 @@ class GatedEngine(ScriptedEngine):
 
 
 def make_app(engine: Any = None, **settings: Any) -> FastAPI:
+    settings.setdefault("batch_db", f"{_BATCH_DIR.name}/batches.sqlite3")
     return create_app(Settings(**settings), engine=engine if engine is not None else ScriptedEngine(answer))
 
 

@@ -20,6 +20,11 @@ def _pdf_bytes(ctx: Any, value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
 
 
+@schemathesis.serializer("application/x-ndjson")
+def _jsonl_bytes(ctx: Any, value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
+
+
 APP = make_app(max_body_bytes=64 * 1024)
 SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
