@@ -292,9 +292,7 @@ def run_all(model: str, out: Path, phases: set[str]) -> None:
         port = 8011
         server = _spawn([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                          "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port),
-                         "--gpu-memory-utilization", "0.5", "--disable-log-stats",
-                         # the deployment the README recommends; raw and ours share this one server
-                         "--structured-outputs-config", json.dumps({"disable_any_whitespace": True})],
+                         "--gpu-memory-utilization", "0.5", "--disable-log-stats"],
                         out / "vllm_server.log")
         service = None
         try:
