@@ -306,8 +306,12 @@ def run_all(model: str, out: Path, phases: set[str]) -> None:
                                   "--engine-option", f"base_url={url}", "--host", "127.0.0.1", "--port", "8020",
                                   "--max-inflight", str(CONCURRENCY), "--max-waiting", str(N)],
                                  out / "service.log")
-                _wait("http://127.0.0.1:8020/readyz", service, 120)
-                r["service_ours"] = _phase("service", "--url", "http://127.0.0.1:8020")
+                try:
+                    _wait("http://127.0.0.1:8020/readyz", service, 120)
+                    r["service_ours"] = _phase("service", "--url", "http://127.0.0.1:8020")
+                except SystemExit as exc:
+                    print(f"service phase failed: {exc}", flush=True)
+                    r["service_ours"] = {"error": str(exc)}
         finally:
             if service is not None:
                 _stop(service)
