@@ -392,6 +392,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.text(x + 0.2, row["ours_docs_per_s"], f"{row['ratio']:.2f}x\n{row['valid']}/{row['total']} valid",
                 ha="center", va="bottom", fontsize=7)
     ax.set_xticks(list(xs), [row["engine"] for row in rows])
+    ax.set_ylim(0, 1.25 * max(max(row["ours_docs_per_s"], row["baseline_docs_per_s"]) for row in rows))
     ax.set_ylabel("docs/s")
     ax.set_title(f"person x{N}, SmolLM2-135M, vLLM {rows[0]['vllm']}, {rows[0]['device']}", fontsize=9)
     ax.legend(loc="lower right")
