@@ -43,6 +43,17 @@ class _Session:
     client: openai.AsyncOpenAI
     slots: asyncio.Semaphore
     start_lock: asyncio.Lock
+    #: generation clients, each with its own small connection pool (see POOL_SIZE)
+    pools: list[tuple[openai.AsyncOpenAI, list[int]]]
+
+    def least_busy(self) -> tuple[openai.AsyncOpenAI, list[int]]:
+        return min(self.pools, key=lambda p: p[1][0])
+
+
+#: connections per pool. httpx's pool checks every idle connection of the pool each time a
+#: request starts or ends; with one pool of 256 that check was half of the service's CPU per
+#: request (py-spy, bench/service_overhead.py), with pools of 16 it is negligible.
+POOL_SIZE = 16
 
 
 def chat_request(request: GenerationRequest, model: str) -> dict[str, Any]:
@@ -130,12 +141,18 @@ class VllmHttpEngine:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.loop is not loop:
             n = self._concurrency
-            http = httpx2.AsyncClient(transport=self._transport, timeout=self._timeout,
-                                      limits=httpx2.Limits(max_connections=n, max_keepalive_connections=n))
-            client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0,
-                                        http_client=http, timeout=self._timeout)
-            self._session = _Session(loop, http, client, asyncio.Semaphore(n), asyncio.Lock())
+            clients = [self._new_client(min(POOL_SIZE, n - i)) for i in range(0, n, POOL_SIZE)]
+            http, client = clients[0]
+            self._session = _Session(loop, http, client, asyncio.Semaphore(n), asyncio.Lock(),
+                                     [(c, [0]) for _, c in clients])
         return self._session
+
+    def _new_client(self, connections: int) -> tuple[httpx2.AsyncClient, openai.AsyncOpenAI]:
+        http = httpx2.AsyncClient(transport=self._transport, timeout=self._timeout,
+                                  limits=httpx2.Limits(max_connections=connections,
+                                                       max_keepalive_connections=connections))
+        return http, openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0,
+                                        http_client=http, timeout=self._timeout)
 
     @property
     def _client(self) -> openai.AsyncOpenAI:
@@ -187,8 +204,14 @@ class VllmHttpEngine:
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
     async def _one(self, request: GenerationRequest) -> GenerationResult:
-        async with self._current().slots:
-            response = await self._call(self._client.chat.completions.create, **self._body(request))
+        session = self._current()
+        async with session.slots:
+            client, busy = session.least_busy()
+            busy[0] += 1
+            try:
+                response = await self._call(client.chat.completions.create, **self._body(request))
+            finally:
+                busy[0] -= 1
         return parse_choice(response)
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
@@ -228,5 +251,6 @@ class VllmHttpEngine:
 
     async def aclose(self) -> None:
         if self._session is not None:
-            await self._session.client.close()
+            for client, _ in self._session.pools:
+                await client.close()
             self._session = None
