@@ -141,3 +141,14 @@ def test_extract_batch_survives_kill_9_and_resumes_without_loss_or_repeats(tmp_p
     assert f"{first} already done" in rerun.stderr
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert sorted(ids) == sorted(r["id"] for r in records)  # nothing lost, nothing twice
+
+
+def test_read_documents_parquet_with_id_and_text_columns(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"doc_id": ["x1", "x2"], "body": ["first", "second"]}), tmp_path / "in.parquet")
+    docs = list(read_documents(tmp_path / "in.parquet", text_field="body", id_field="doc_id"))
+    assert [(d.id, d.text) for d in docs] == [("x1", "first"), ("x2", "second")]
+    with pytest.raises(Exception, match="no 'text' column"):
+        list(read_documents(tmp_path / "in.parquet"))
