@@ -31,6 +31,7 @@ from typing import Any
 from ..errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
 from ..prompt import JSON_SEPARATORS
 from .base import FinishReason, GenerationRequest, GenerationResult, TokenLogprob
+from .worker import Job, settle
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,7 @@ def converted_model_dir(gguf: Path | None = None) -> Path:
 
 
 @dataclass
-class _Job:
-    request: GenerationRequest
-    future: asyncio.Future[GenerationResult]
-    loop: asyncio.AbstractEventLoop
+class _Job(Job):
     prefix_ids: list[int] = field(default_factory=list)
     suffix_ids: list[int] = field(default_factory=list)
 
@@ -126,18 +124,6 @@ def _buffered_cache(layers: Any, rows: int, capacity: int) -> Any:
             self._views()
 
     return Cache(layers=[BufferedLayer(k, v) for k, v in layers])
-
-
-def _deliver(job: _Job, result: GenerationResult | BaseException) -> None:
-    def settle() -> None:
-        if job.future.done():
-            return
-        if isinstance(result, BaseException):
-            job.future.set_exception(result)
-        else:
-            job.future.set_result(result)
-
-    job.loop.call_soon_threadsafe(settle)
 
 
 class LocalEngine:
@@ -237,7 +223,7 @@ class LocalEngine:
             try:
                 self._tokenize(job)
             except Exception as exc:
-                _deliver(job, exc)
+                settle(job, exc)
                 continue
             groups.setdefault(tuple(job.prefix_ids), []).append(job)
         for prefix, jobs in groups.items():
@@ -247,10 +233,10 @@ class LocalEngine:
                 log.exception("local engine failed on a batch of %d", len(jobs))
                 err = exc if isinstance(exc, (SchemaRejected, EngineError)) else EngineError(f"local engine failed: {exc}")
                 for job in jobs:
-                    _deliver(job, err)
+                    settle(job, err)
                 continue
             for job, result in zip(jobs, results, strict=True):
-                _deliver(job, result)
+                settle(job, result)
 
     def _prefix_cache(self, prefix: tuple[int, ...]) -> Any:
         if prefix in self._prefixes:

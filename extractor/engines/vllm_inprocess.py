@@ -26,11 +26,11 @@ import os
 import queue
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DocumentTooLarge, EngineError, EngineUnavailable
 from .base import FinishReason, GenerationRequest, GenerationResult, TokenLogprob
+from .worker import Job, settle
 
 log = logging.getLogger(__name__)
 
@@ -131,25 +131,6 @@ def chosen_logprobs(token_ids: Sequence[int], logprobs: Any) -> tuple[TokenLogpr
     return tuple(out)
 
 
-@dataclass
-class _Job:
-    request: GenerationRequest
-    future: asyncio.Future[GenerationResult]
-    loop: asyncio.AbstractEventLoop
-
-
-def _settle(job: _Job, outcome: GenerationResult | BaseException) -> None:
-    def settle() -> None:
-        if job.future.done():
-            return
-        if isinstance(outcome, BaseException):
-            job.future.set_exception(outcome)
-        else:
-            job.future.set_result(outcome)
-
-    job.loop.call_soon_threadsafe(settle)
-
-
 def to_result(output: Any, prompt_len: int, want_logprobs: bool) -> GenerationResult:
     """A finished vLLM `RequestOutput` -> our `GenerationResult`."""
     choice = output.outputs[0]
@@ -206,7 +187,7 @@ class VllmEngine:
         self._engine: Any = self._llm.llm_engine
         self.context_length = int(self._engine.model_config.max_model_len)
         self._ids = itertools.count()
-        self._inbox: queue.Queue[_Job | None] = queue.Queue()
+        self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._failed: BaseException | None = None
         self._worker = threading.Thread(target=self._run, name="vllm-engine", daemon=True)
         self._worker.start()
@@ -216,7 +197,7 @@ class VllmEngine:
         if self._failed is not None or not self._worker.is_alive():
             raise EngineUnavailable(f"the vllm engine is not running ({self._failed or 'closed'})")
         loop = asyncio.get_running_loop()
-        jobs = [_Job(r, loop.create_future(), loop) for r in requests]
+        jobs = [Job(r, loop.create_future(), loop) for r in requests]
         for job in jobs:
             self._inbox.put(job)
         return list(await asyncio.gather(*(j.future for j in jobs)))
@@ -233,7 +214,7 @@ class VllmEngine:
         await asyncio.to_thread(self.close)
 
     # -- worker -------------------------------------------------------------
-    def _add(self, job: _Job, running: dict[str, tuple[_Job, int]]) -> None:
+    def _add(self, job: Job, running: dict[str, tuple[Job, int]]) -> None:
         request = job.request
         prompt = self._prompts(request)
         if len(prompt) + request.max_tokens > self.context_length:
@@ -248,11 +229,11 @@ class VllmEngine:
         running[request_id] = (job, len(prompt))
 
     def _run(self) -> None:
-        running: dict[str, tuple[_Job, int]] = {}
+        running: dict[str, tuple[Job, int]] = {}
         closing = False
         while not (closing and not running):
             # take what has arrived; wait only when there is nothing to step
-            arrived: list[_Job | None] = []
+            arrived: list[Job | None] = []
             if not running and not closing:
                 arrived.append(self._inbox.get())
             while True:
@@ -267,7 +248,7 @@ class VllmEngine:
                 try:
                     self._add(job, running)
                 except Exception as exc:
-                    _settle(job, exc if isinstance(exc, (DocumentTooLarge, EngineError))
+                    settle(job, exc if isinstance(exc, (DocumentTooLarge, EngineError))
                             else EngineError(f"vLLM refused the request: {exc}"))
             if not running:
                 continue
@@ -277,7 +258,7 @@ class VllmEngine:
                 log.exception("vLLM engine step failed")
                 self._failed = exc
                 for job, _ in running.values():
-                    _settle(job, EngineUnavailable(f"vLLM failed: {exc}"))
+                    settle(job, EngineUnavailable(f"vLLM failed: {exc}"))
                 running.clear()
                 self._drain_inbox(exc)
                 return
@@ -286,9 +267,9 @@ class VllmEngine:
                     continue
                 job, prompt_len = running.pop(output.request_id)
                 try:
-                    _settle(job, to_result(output, prompt_len, job.request.logprobs))
+                    settle(job, to_result(output, prompt_len, job.request.logprobs))
                 except Exception as exc:
-                    _settle(job, EngineError(f"vLLM returned an unreadable output: {exc}"))
+                    settle(job, EngineError(f"vLLM returned an unreadable output: {exc}"))
 
     def _drain_inbox(self, exc: BaseException) -> None:
         while True:
@@ -297,4 +278,4 @@ class VllmEngine:
             except queue.Empty:
                 return
             if job is not None:
-                _settle(job, EngineUnavailable(f"vLLM failed: {exc}"))
+                settle(job, EngineUnavailable(f"vLLM failed: {exc}"))
