@@ -103,14 +103,26 @@ async def extract_many(run: Any, docs: Iterable[Any] | AsyncIterable[Any], *, co
             yield done_buffer.pop(next_out)
             next_out += 1
 
+    # Finished tasks report through a queue: O(1) a completion. (asyncio.wait over the pending
+    # set re-registers a callback on every pending task each call: quadratic in the window.)
+    finished: asyncio.Queue[asyncio.Task[ItemResult]] = asyncio.Queue()
+
+    def track(task: asyncio.Task[ItemResult]) -> None:
+        pending.add(task)
+        task.add_done_callback(finished.put_nowait)
+
     async def drain() -> list[ItemResult]:
         if not pending:
             return []
-        finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for task in finished:
+        task = await finished.get()
+        while True:
             pending.discard(task)
             item = task.result()  # an EngineError propagates: the whole batch stops
             done_buffer[item.index] = item
+            try:
+                task = finished.get_nowait()
+            except asyncio.QueueEmpty:
+                break
         return list(ready())
 
     try:
@@ -122,7 +134,7 @@ async def extract_many(run: Any, docs: Iterable[Any] | AsyncIterable[Any], *, co
                     yield item
                 if len(pending) == 0:
                     break
-            pending.add(asyncio.ensure_future(one(index, doc)))
+            track(asyncio.ensure_future(one(index, doc)))
             index += 1
         while pending:
             for item in await drain():
