@@ -327,9 +327,21 @@ class BatchStore:
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    import sqlite3
+
     dbapi_connection.isolation_level = None  # the driver's implicit BEGIN off: `_sqlite_begin` emits ours
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # Switching a new file to WAL needs it to itself, and SQLite answers "database is locked" at once
+    # (no busy wait) while another connection is starting up too: retry for up to 30 s.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
