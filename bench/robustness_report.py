@@ -1,0 +1,99 @@
+"""The robustness figures in one file: runs the robustness test modules (pytest, JUnit XML),
+counts the cases tried and passed per area, and adds the last load test's figures
+(bench/results/load_test.json, from bench/load_test.py).
+
+    python bench/robustness_report.py              # model-marked tests included
+    python bench/robustness_report.py --no-model   # without the real local model
+
+Writes bench/results/robustness.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+AREAS = {
+    "hostile schemas": "tests/test_hostile_schemas.py",
+    "hostile documents": "tests/test_hostile_documents.py",
+    "prompt injection": "tests/test_prompt_injection.py",
+    "engine faults": "tests/test_engine_faults.py",
+    "fuzzing: compiler, output parser, documents (hypothesis)": "tests/test_fuzz.py",
+    "fuzzing: the API (schemathesis)": "tests/test_service_fuzz.py",
+    "load driver": "tests/test_load_driver.py",
+}
+
+
+def run_tests(with_model: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = Path(tmp) / "junit.xml"
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
+               *AREAS.values()]
+        if not with_model:
+            cmd += ["-m", "not model"]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        if not junit.exists():
+            raise SystemExit(f"pytest wrote no report:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        tree = ET.parse(junit)
+    per_file: dict[str, dict[str, Any]] = defaultdict(lambda: {"tried": 0, "passed": 0, "failed": 0, "skipped": 0,
+                                                               "seconds": 0.0, "failures": []})
+    for case in tree.iter("testcase"):
+        module = case.get("classname", "").rsplit(".", 1)[-1]
+        stats = per_file[f"tests/{module}.py"]
+        stats["tried"] += 1
+        stats["seconds"] += float(case.get("time", 0))
+        if case.find("skipped") is not None:
+            stats["skipped"] += 1
+        elif case.find("failure") is not None or case.find("error") is not None:
+            stats["failed"] += 1
+            stats["failures"].append(case.get("name"))
+        else:
+            stats["passed"] += 1
+    areas = {}
+    for area, path in AREAS.items():
+        stats = per_file.get(path, {"tried": 0, "passed": 0, "failed": 0, "skipped": 0, "seconds": 0.0, "failures": []})
+        areas[area] = {"module": path, **stats, "seconds": round(stats["seconds"], 1)}
+    total = {k: sum(a[k] for a in areas.values()) for k in ("tried", "passed", "failed", "skipped")}
+    return {"pytest_exit_code": proc.returncode, "model_tests": with_model, "total": total, "areas": areas}
+
+
+def load_figures() -> dict[str, Any] | None:
+    path = RESULTS / "load_test.json"
+    if not path.exists():
+        return None
+    load = json.loads(path.read_text())
+    keep = ("date", "duration_s", "seconds", "concurrency", "engine", "startup_s", "requests", "by_status",
+            "errors_by_type", "client_errors", "good", "bad", "queue", "rss_mb", "checks", "server_exit_code")
+    return {k: load[k] for k in keep if k in load}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-model", action="store_true", help="leave out the tests that run the real local model")
+    parser.add_argument("--out", type=Path, default=RESULTS / "robustness.json")
+    args = parser.parse_args(argv)
+    tests = run_tests(with_model=not args.no_model)
+    report = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
+              "cpus": os.cpu_count(), "tests": tests, "load": load_figures()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({"total": tests["total"], "areas": {a: f"{s['passed']}/{s['tried']}" for a, s in
+                                                         tests["areas"].items()}}, indent=1))
+    return 0 if tests["total"]["failed"] == 0 and tests["pytest_exit_code"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
