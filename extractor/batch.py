@@ -76,8 +76,13 @@ async def _aiter(docs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Docu
 
 
 async def extract_many(run: Any, docs: Iterable[Any] | AsyncIterable[Any], *, concurrency: int = 64,
-                       ordered: bool = False) -> AsyncIterator[ItemResult]:
-    """`run(text)` is an async function returning an `Extraction` (e.g. a bound `Extractor.arun`)."""
+                       ordered: bool = False, pilot: bool = True) -> AsyncIterator[ItemResult]:
+    """`run(text)` is an async function returning an `Extraction` (e.g. a bound `Extractor.arun`).
+
+    With `pilot` (the default) the first document runs alone before the rest start: it warms what
+    an engine builds once per task (the compiled grammar, the cached prompt head shared by every
+    document, the validators), so the flood does not build them thousands of times at once, and an
+    engine that is down fails the batch after one request rather than after a window of them."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     pending: set[asyncio.Task[ItemResult]] = set()
@@ -136,6 +141,10 @@ async def extract_many(run: Any, docs: Iterable[Any] | AsyncIterable[Any], *, co
                     break
             track(asyncio.ensure_future(one(index, doc)))
             index += 1
+            if pilot and index == 1:
+                while pending:
+                    for item in await drain():
+                        yield item
         while pending:
             for item in await drain():
                 yield item

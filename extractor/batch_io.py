@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .batch import Document
-from .errors import DocumentError, UndecodableDocument
+from .documents import MAX_DOCUMENT_CHARS, check_text
+from .errors import DocumentError, DocumentTooLarge, UndecodableDocument
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
 
@@ -45,19 +46,31 @@ def _record(row: dict[str, Any], n: int, where: str, text_field: str, id_field: 
     text = row.get(text_field)
     if not isinstance(text, str):
         raise DocumentError(f"{where}: no string {text_field!r} field")
-    ident = row.get(id_field)
-    return Document(str(ident) if ident not in (None, "") else str(n), text)
+    raw_id = row.get(id_field)
+    ident = str(raw_id) if raw_id not in (None, "") else str(n)
+    return _checked(ident, text, where)
+
+
+def _checked(ident: str, text: str, where: str) -> Document:
+    """A document, or (binary, not valid Unicode, too large) a per-item error: never the batch's."""
+    try:
+        return Document(ident, check_text(text, where))
+    except DocumentError as exc:
+        return Document(ident, "", error=exc)
 
 
 def _jsonl(p: Path, text_field: str, id_field: str) -> Iterator[Document]:
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with p.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            # bytes that are not UTF-8 spoil their line's text, not the file: undecodable ones come
+            # through as lone surrogates, and the item fails alone (`check_text`)
+            line = raw.decode("utf-8", errors="surrogateescape")
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DocumentError(f"{p}:{n}: not a JSON line: {exc.msg}") from exc
+            except (ValueError, RecursionError) as exc:
+                raise DocumentError(f"{p}:{n}: not a JSON line: {type(exc).__name__}: {exc}"[:300]) from exc
             if not isinstance(row, dict):
                 raise DocumentError(f"{p}:{n}: expected an object with {id_field!r} and {text_field!r}")
             yield _record(row, n, f"{p}:{n}", text_field, id_field)
@@ -65,7 +78,7 @@ def _jsonl(p: Path, text_field: str, id_field: str) -> Iterator[Document]:
 
 def _csv(p: Path, text_field: str, id_field: str) -> Iterator[Document]:
     csv.field_size_limit(16 * 1024 * 1024)
-    with p.open(encoding="utf-8", newline="") as f:
+    with p.open(encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or text_field not in reader.fieldnames:
             raise DocumentError(f"{p}: no {text_field!r} column (columns: {reader.fieldnames})")
@@ -93,8 +106,12 @@ def _folder(p: Path) -> Iterator[Document]:
     for f in sorted(p.rglob("*")):
         if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES:
             ident = f.relative_to(p).as_posix()
+            if f.stat().st_size > 4 * MAX_DOCUMENT_CHARS:  # not read at all: refused by its size
+                yield Document(ident, "", error=DocumentTooLarge(
+                    f"{ident}: {f.stat().st_size} bytes; the limit is {MAX_DOCUMENT_CHARS} characters"))
+                continue
             try:
-                yield Document(ident, f.read_text(encoding="utf-8"))
+                yield _checked(ident, f.read_text(encoding="utf-8"), ident)
             except UnicodeDecodeError as exc:  # a per-item error, not the batch's
                 yield Document(ident, "", error=UndecodableDocument(f"{ident}: not UTF-8 text (byte {exc.start})"))
 

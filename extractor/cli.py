@@ -5,6 +5,8 @@
     extract schemas show NAME         print the compiled strict JSON schema
     extract schemas check FILE...     compile raw schema files, one JSON line each
     extract serve [--engine ...]      the HTTP service (service/), JSON log lines on stderr
+    extract eval SCHEMA DATA.jsonl -o REPORT.json   per-field P/R/F1 against labels (+ REPORT.html)
+    extract eval --compare A.json B.json            per-field deltas of two eval reports
 
 Exit status: 0 when every document gave a valid record; 1 when a document
 or its extraction failed; 2 for usage errors and unknown schemas; 3 when the
@@ -19,10 +21,9 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from .errors import DocumentError, EmptyDocument, EngineError, ExtractorError, SchemaError, UndecodableDocument
+from .errors import DocumentError, EngineError, ExtractorError, SchemaError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENGINE = 0, 1, 2, 3
 
@@ -35,18 +36,18 @@ def _quiet_libraries() -> None:
 
 
 def read_document(name: str) -> str:
-    """Read a document (a path, or `-` for stdin) as UTF-8 text."""
+    """Read a document (a path, or `-` for stdin) as UTF-8 text, checked (`extractor.documents`)."""
+    from .documents import MAX_DOCUMENT_CHARS, decode_document
+
     try:
-        raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        if name == "-":
+            raw = sys.stdin.buffer.read(4 * MAX_DOCUMENT_CHARS + 1)
+        else:
+            with open(name, "rb") as f:  # never more than the limit allows: a 10 GB file is not read whole
+                raw = f.read(4 * MAX_DOCUMENT_CHARS + 1)
     except OSError as exc:
         raise DocumentError(f"{name}: cannot read: {exc.strerror or exc}") from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UndecodableDocument(f"{name}: not UTF-8 text (byte {exc.start})") from exc
-    if not text.strip():
-        raise EmptyDocument(f"{name}: the document is empty")
-    return text
+    return decode_document(raw, name)
 
 
 def _registry(args: argparse.Namespace) -> Any:
@@ -78,9 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for _, err in docs:
             print(f"extract: {err}", file=sys.stderr)
         return EXIT_FAILED
+    from .cli_quality import extractor_options
     from .engines import parse_options
 
-    extractor = Extractor(args.engine, max_retries=args.max_retries, registry=registry,
+    extractor = Extractor(args.engine, max_retries=args.max_retries, registry=registry, **extractor_options(args),
                           **parse_options(args.engine_option or []))
     return asyncio.run(_run_all(extractor, task, docs, show_progress=len(docs) > 1 and not args.no_progress))
 
@@ -159,7 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             engine=args.engine, host=args.host, port=args.port, max_inflight=args.max_inflight,
             max_waiting=args.max_waiting, deadline_s=args.deadline, max_body_bytes=args.max_body_bytes,
             max_retries=args.max_retries, api_keys_file=args.api_keys_file, engine_options=engine_options,
-            batch_db=args.batch_db,
+            batch_db=args.batch_db, workers=args.workers,
             schemas=tuple(args.schemas) if args.schemas else None)
     except ValueError as exc:
         return _fail(f"serve: {exc}", EXIT_USAGE)
@@ -204,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an engine option, repeatable (e.g. base_url=http://gpu:8000/v1, model=DIR)")
     run.add_argument("--max-retries", type=int, default=2, help="retries after a failed validation (default 2)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from . import cli_quality, cli_view
+    cli_quality.add_flags(run)
     run.add_argument("--schemas", action="append", metavar="MODULE", dest="schemas_run",
                      help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
@@ -211,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_batch
 
     cli_batch.add_parser(sub, engine_names())
+    cli_view.add_parser(sub)
+    from . import cli_eval
+    cli_eval.add_parser(sub, engine_names())
 
     schemas = sub.add_parser("schemas", help="list, show or check schemas")
     schemas.add_argument("action", nargs="?", choices=["list", "show", "check"])
@@ -234,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-db", metavar="PATH_OR_URL",
                        help="batch jobs' database: a SQLite file or postgresql://... (env EXTRACTOR_BATCH_DB; "
                             "default ./extractor-batches.sqlite3)")
+    serve.add_argument("--workers", type=int, help="server processes, each with its own engine client and queue "
+                                                   "(env EXTRACTOR_WORKERS; default 1; for remote engines such as vllm-http)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
     return parser

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from . import cli_quality
 from .batch import Document, ItemResult, extract_many
 from .batch_io import ResultsFile, read_documents
 from .errors import EngineError
@@ -38,6 +39,7 @@ def add_parser(sub: Any, engine_names: list[str]) -> None:
     p.add_argument("--id-field", default="id", help="the id field or column (default id)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
+    cli_quality.add_flags(p)
     p.set_defaults(func=cmd_batch)
 
 
@@ -56,7 +58,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         print(f"extract: nothing to do: all {skipped} ids of {args.input} are in {args.output}", file=sys.stderr)
         results.close()
         return EXIT_OK
-    extractor = Extractor(args.engine, max_retries=args.max_retries, **parse_options(args.engine_option or []))
+    extractor = Extractor(args.engine, max_retries=args.max_retries, **cli_quality.extractor_options(args),
+                          **parse_options(args.engine_option or []))
     try:
         summary = asyncio.run(_run(extractor, task, todo, results, args))
     except EngineError as exc:
@@ -92,8 +95,11 @@ async def _run(extractor: Any, task: Any, todo: list[Document], results: Results
     bar = tqdm(total=len(todo), unit="doc", file=sys.stderr, disable=args.no_progress, smoothing=0.1)
     start = time.perf_counter()
     item: ItemResult
+    first: float | None = None
     async for item in extract_many(run, docs(), concurrency=args.concurrency, ordered=args.ordered):
         results.write(item.to_dict())
+        if first is None:
+            first = time.perf_counter() - start
         if item.extraction is not None:
             counts["ok"] += 1
             counts["retried"] += item.extraction.meta.attempts > 1
@@ -102,5 +108,5 @@ async def _run(extractor: Any, task: Any, todo: list[Document], results: Results
         bar.update(1)
     elapsed = time.perf_counter() - start
     bar.close()
-    return {**counts, "total": len(todo), "seconds": round(elapsed, 2),
+    return {**counts, "total": len(todo), "seconds": round(elapsed, 2), "first_result_s": round(first or 0.0, 2),
             "docs_per_s": round(len(todo) / elapsed, 1) if elapsed > 0 else None, "output": args.output}

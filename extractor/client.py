@@ -34,6 +34,7 @@ from .errors import (
     UnknownSchema,
     error_class,
 )
+from .grounding import Span
 from .registry import SchemaRegistry, default_registry
 from .result import Extraction, Meta
 
@@ -126,7 +127,11 @@ def _extraction(body: Any, model: type[BaseModel] | None, text: str) -> Extracti
         m = Meta(schema=body["schema"], version=str(body["version"]), engine=meta["engine"], model=meta["model"],
                  attempts=int(meta["attempts"]), errors=list(meta.get("errors", [])),
                  prompt_tokens=int(tokens.get("prompt", 0)), completion_tokens=int(tokens.get("completion", 0)),
-                 latency_ms=float(meta.get("latency_ms", 0.0)))
+                 latency_ms=float(meta.get("latency_ms", 0.0)),
+                 spans={path: [Span.from_dict(s) for s in found] for path, found in meta["spans"].items()}
+                 if meta.get("spans") is not None else None,
+                 confidence={path: float(p) for path, p in meta["confidence"].items()}
+                 if meta.get("confidence") is not None else None)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ExtractorError(f"the server's response is not an extraction: {exc!r}") from exc
     if model is not None:
@@ -146,8 +151,14 @@ def _headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, s
     return out
 
 
-def _body(text: str, options: dict[str, Any] | None) -> dict[str, Any]:
-    return {"text": text, "options": options or {}}
+def _body(text: str, options: dict[str, Any] | None, spans: bool, confidence: bool,
+          require_grounded: bool) -> dict[str, Any]:
+    """The request body; the keyword flags are shorthands for the same `options`."""
+    opts = dict(options or {})
+    for key, on in (("spans", spans), ("confidence", confidence), ("require_grounded", require_grounded)):
+        if on:
+            opts[key] = True
+    return {"text": text, "options": opts}
 
 
 def _transport_error(exc: httpx2.TransportError, base_url: str) -> ExtractorError:
@@ -198,10 +209,13 @@ class Client:
             time.sleep(_backoff(error, attempt, self.max_backoff_s))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def run(self, schema: Schema, text: str, *, options: dict[str, Any] | None = None) -> Extraction[Any]:
-        """Extract with metadata: an `Extraction` (data + meta), as `Extractor.run`."""
+    def run(self, schema: Schema, text: str, *, options: dict[str, Any] | None = None, spans: bool = False,
+            confidence: bool = False, require_grounded: bool = False) -> Extraction[Any]:
+        """Extract with metadata: an `Extraction` (data + meta), as `Extractor.run`; `spans`,
+        `confidence` and `require_grounded` ask the server for them (`options` of the request)."""
         name, model = _resolve(schema, self.registry)
-        return _extraction(self._post(f"/extract/{name}", _body(text, options)), model, text)
+        body = _body(text, options, spans, confidence, require_grounded)
+        return _extraction(self._post(f"/extract/{name}", body), model, text)
 
     @overload
     def extract(self, schema: type[M], text: str, *, options: dict[str, Any] | None = None) -> M: ...
@@ -282,9 +296,11 @@ class AsyncClient:
             await asyncio.sleep(_backoff(error, attempt, self.max_backoff_s))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def run(self, schema: Schema, text: str, *, options: dict[str, Any] | None = None) -> Extraction[Any]:
+    async def run(self, schema: Schema, text: str, *, options: dict[str, Any] | None = None, spans: bool = False,
+                  confidence: bool = False, require_grounded: bool = False) -> Extraction[Any]:
         name, model = _resolve(schema, self.registry)
-        return _extraction(await self._post(f"/extract/{name}", _body(text, options)), model, text)
+        body = _body(text, options, spans, confidence, require_grounded)
+        return _extraction(await self._post(f"/extract/{name}", body), model, text)
 
     @overload
     async def extract(self, schema: type[M], text: str, *, options: dict[str, Any] | None = None) -> M: ...

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema
+
 from .errors import SchemaRejected
 
 
@@ -27,6 +29,13 @@ class Limits:
     max_enum: int = 1024
     max_bytes: int = 1024 * 1024
     max_pattern_length: int = 1000
+    #: bytes of one enum's values (as JSON): long enums of long strings compile for minutes in xgrammar
+    max_enum_bytes: int = 64 * 1024
+    #: sum of the regex repetition bounds (`{m,n}`) over every pattern of a schema: each one is
+    #: unrolled into grammar states, and masks are computed per state over the whole vocabulary
+    max_pattern_repeats: int = 2000
+    #: nesting of the raw JSON value (objects and arrays), checked before anything else walks it
+    max_json_depth: int = 64
 
 
 DEFAULT_LIMITS = Limits()
@@ -52,6 +61,12 @@ FORMATS = frozenset({"date", "date-time", "time", "email", "uuid", "uri", "ipv4"
 _NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:\?)?\)[+*{]")
 _BACKREF = re.compile(r"\\[1-9]|\\k<")
 _LOOKAROUND = re.compile(r"\(\?[=!<]")
+_REPEAT = re.compile(r"(?<!\\)\{(\d+)(?:,(\d*))?\}")
+
+
+def pattern_repeats(pattern: str) -> int:
+    """The sum of a regex's explicit repetition bounds (`{n}`, `{m,n}`; `{m,}` counts m)."""
+    return sum(int(hi) if hi else int(lo) for lo, hi in _REPEAT.findall(pattern))
 
 
 def check_pattern(pattern: Any, path: str, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -72,6 +87,19 @@ def check_pattern(pattern: Any, path: str, limits: Limits = DEFAULT_LIMITS) -> N
         raise SchemaRejected(path, f"invalid regular expression: {exc}") from exc
 
 
+def _json_depth_check(value: Any, limit: int) -> None:
+    """Refuse JSON nested deeper than `limit` (iteratively: a deep value must not exhaust the stack)."""
+    stack: list[tuple[Any, str, int]] = [(value, "$", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > limit:
+            raise SchemaRejected(path, f"JSON nested deeper than {limit} levels")
+        if isinstance(node, dict):
+            stack.extend((v, _join(path, str(k)), depth + 1) for k, v in node.items() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, _join(path, i), depth + 1) for i, v in enumerate(node) if isinstance(v, (dict, list)))
+
+
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
@@ -83,6 +111,7 @@ class _Compiler:
         self.root = root
         self.limits = limits
         self.properties = 0
+        self.repeats = 0
         self.defs: dict[str, Any] = {}
         for key in ("$defs", "definitions"):
             block = root.get(key, {})
@@ -116,6 +145,9 @@ class _Compiler:
 
         if "$ref" in s:
             name = self.ref_target(s["$ref"], _join(path, "$ref"))
+            for key in out:
+                if key not in ("$ref", "description"):  # unchecked beside a $ref: they belong in the definition
+                    raise SchemaRejected(_join(path, key), f"{key!r} beside a $ref; put it in the definition")
             out["$ref"] = f"#/$defs/{name}"
             return out
 
@@ -123,7 +155,7 @@ class _Compiler:
         if types is not None:
             tlist = types if isinstance(types, list) else [types]
             for t in tlist:
-                if t not in JSON_TYPES:
+                if not isinstance(t, str) or t not in JSON_TYPES:
                     raise SchemaRejected(_join(path, "type"), f"unknown type {t!r}")
         else:
             tlist = []
@@ -149,9 +181,17 @@ class _Compiler:
                 raise SchemaRejected(_join(path, "enum"), "must be a non-empty list")
             if len(enum) > self.limits.max_enum:
                 raise SchemaRejected(_join(path, "enum"), f"{len(enum)} values, more than the limit of {self.limits.max_enum}")
+            size = len(json.dumps(enum, separators=(",", ":"), default=str))
+            if size > self.limits.max_enum_bytes:
+                raise SchemaRejected(_join(path, "enum"),
+                                     f"values of {size} bytes, more than the limit of {self.limits.max_enum_bytes}")
         if "pattern" in s:
             check_pattern(s["pattern"], _join(path, "pattern"), self.limits)
-        if "format" in s and s["format"] not in FORMATS:
+            self.repeats += pattern_repeats(s["pattern"])
+            if self.repeats > self.limits.max_pattern_repeats:
+                raise SchemaRejected(_join(path, "pattern"), "the schema's patterns repeat more than "
+                                     f"{self.limits.max_pattern_repeats} times in all ({{m,n}} bounds add up)")
+        if "format" in s and (not isinstance(s["format"], str) or s["format"] not in FORMATS):
             raise SchemaRejected(_join(path, "format"), f"format {s['format']!r} is not supported; use one of {sorted(FORMATS)}")
 
         if "object" in tlist or "properties" in s:
@@ -186,7 +226,7 @@ class _Compiler:
         if not isinstance(required, list):
             raise SchemaRejected(_join(path, "required"), "must be a list")
         for r in required:
-            if r not in props:
+            if not isinstance(r, str) or r not in props:
                 raise SchemaRejected(_join(path, "required"), f"{r!r} is required but not a property")
         new_props: dict[str, Any] = {}
         for key, sub in props.items():
@@ -269,10 +309,25 @@ def compile_strict_schema(schema: Any, limits: Limits = DEFAULT_LIMITS) -> dict[
     """Compile a JSON Schema into its strict form, or raise `SchemaRejected`."""
     if not isinstance(schema, dict):
         raise SchemaRejected("$", f"a schema must be a JSON object, got {type(schema).__name__}")
-    size = len(json.dumps(schema, separators=(",", ":"), default=str))
+    _json_depth_check(schema, limits.max_json_depth)
+    try:
+        size = len(json.dumps(schema, separators=(",", ":"), default=str))
+    except (TypeError, ValueError) as exc:  # keys that are not strings, circular values
+        raise SchemaRejected("$", f"not a JSON value: {exc}") from exc
     if size > limits.max_bytes:
         raise SchemaRejected("$", f"schema is {size} bytes, more than the limit of {limits.max_bytes}")
-    return _Compiler(copy.deepcopy(schema), limits).compile()
+    strict = _Compiler(copy.deepcopy(schema), limits).compile()
+    _check_keyword_values(schema)
+    return strict
+
+
+def _check_keyword_values(schema: dict[str, Any]) -> None:
+    """The values of the keywords kept (`minLength: "x"`, `description: 7`, ...) against the
+    JSON Schema meta-schema: an invalid one would break validation, prompts or the grammar later."""
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(
+        jsonschema.Draft202012Validator.META_SCHEMA).iter_errors(schema))
+    if error is not None:
+        raise SchemaRejected(error.json_path, f"invalid value: {error.message}"[:300])
 
 
 def estimate_max_tokens(strict: dict[str, Any], ceiling: int = 2048) -> int:

@@ -44,6 +44,8 @@ class Contract(BaseModel):
 
 
 DEFAULT_INSTRUCTIONS = "Extract the fields of the schema from the document."
+#: a raw schema file is read whole: past this size it is refused unread (its JSON may be indented)
+MAX_SCHEMA_FILE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,13 @@ def task_from_file(path: str | Path) -> Task[BaseModel]:
     """Load a raw JSON Schema file as a Task named after the file."""
     p = Path(path)
     try:
+        size = p.stat().st_size
+        if size > MAX_SCHEMA_FILE_BYTES:
+            raise SchemaRejected("$", f"{p} is {size} bytes, more than the limit of {MAX_SCHEMA_FILE_BYTES}")
         schema = json.loads(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SchemaRejected("$", f"cannot read {p}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SchemaRejected("$", f"{p} is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, 5000-digit numbers, nesting past the stack
+        raise SchemaRejected("$", f"{p} is not valid JSON: {type(exc).__name__}: {exc}"[:500]) from exc
     name = p.name.removesuffix(".json").removesuffix(".schema")
     return task_from_json_schema(schema, name=name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, Literal, TypeVar, overload
 
@@ -35,24 +36,38 @@ class Extractor:
     Person(name='Alice Smith', age=34, city='Lisbon', email=None)
 
     `engine` is an engine name (`"local"` by default) or any object that
-    implements the `Engine` protocol.
+    implements the `Engine` protocol. `spans=True` puts where each value occurs in the
+    document in `meta.spans`; `confidence=True` puts per-field probabilities from the
+    engine's token logprobs in `meta.confidence`; `require_grounded=True` rejects (and
+    retries) free-text values that occur nowhere in the document. `run`/`arun` take the
+    same three per call.
     """
 
     def __init__(self, engine: str | Engine = "local", *, max_retries: int = 2,
-                 registry: SchemaRegistry | None = None, logprobs: bool = False, **engine_options: Any) -> None:
+                 registry: SchemaRegistry | None = None, logprobs: bool = False, spans: bool = False,
+                 confidence: bool = False, require_grounded: bool = False, **engine_options: Any) -> None:
         self.engine: Engine = create_engine(engine, **engine_options) if isinstance(engine, str) else engine
         self.registry = registry if registry is not None else default_registry()
-        self.policy = RetryPolicy(max_attempts=max_retries + 1, logprobs=logprobs)
+        self.policy = RetryPolicy(max_attempts=max_retries + 1, logprobs=logprobs, spans=spans, confidence=confidence,
+                                  require_grounded=require_grounded)
 
     def task(self, schema: str | type[BaseModel] | Task[Any]) -> Task[Any]:
         return self.registry.resolve(schema)
 
-    async def arun(self, schema: str | type[BaseModel] | Task[Any], text: str) -> Extraction[Any]:
-        """Extract with metadata: an `Extraction` (data + meta)."""
-        return await extract_one(self.engine, self.task(schema), text, self.policy)
+    def _policy(self, spans: bool | None, confidence: bool | None, require_grounded: bool | None) -> RetryPolicy:
+        changes = {k: v for k, v in (("spans", spans), ("confidence", confidence),
+                                     ("require_grounded", require_grounded)) if v is not None}
+        return dataclasses.replace(self.policy, **changes) if changes else self.policy
 
-    def run(self, schema: str | type[BaseModel] | Task[Any], text: str) -> Extraction[Any]:
-        return _run(self.arun(schema, text))
+    async def arun(self, schema: str | type[BaseModel] | Task[Any], text: str, *, spans: bool | None = None,
+                   confidence: bool | None = None, require_grounded: bool | None = None) -> Extraction[Any]:
+        """Extract with metadata: an `Extraction` (data + meta). The keywords override the
+        extractor's own settings for this call."""
+        return await extract_one(self.engine, self.task(schema), text, self._policy(spans, confidence, require_grounded))
+
+    def run(self, schema: str | type[BaseModel] | Task[Any], text: str, *, spans: bool | None = None,
+            confidence: bool | None = None, require_grounded: bool | None = None) -> Extraction[Any]:
+        return _run(self.arun(schema, text, spans=spans, confidence=confidence, require_grounded=require_grounded))
 
     @overload
     async def aextract(self, schema: type[M], text: str) -> M: ...

@@ -8,12 +8,15 @@ tokenizer-free grammar build.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
+
+from .errors import EngineUnavailable
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,13 @@ class GrammarChecker:
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(target=_child, args=(child,), daemon=True)
         self._proc.start()
-        if not parent.poll(120):
-            raise RuntimeError("grammar checker did not start")
-        parent.recv()
+        try:
+            if not parent.poll(120):
+                raise RuntimeError("did not start within 120 s")
+            parent.recv()
+        except (EOFError, OSError, RuntimeError) as exc:
+            self.close(kill=True)
+            raise EngineUnavailable(f"the grammar checker process failed to start: {exc}") from exc
         self._conn = parent
         return parent
 
@@ -78,7 +85,12 @@ class GrammarChecker:
             self.close(kill=True)
             return GrammarCheck(False, f"grammar compilation took longer than {self.timeout_s:g}s",
                                 (time.perf_counter() - start) * 1000)
-        reason = conn.recv()
+        try:
+            reason = conn.recv()
+        except (EOFError, OSError):  # the compiler died on this schema (a crash, the OOM killer)
+            self.close(kill=True)
+            return GrammarCheck(False, "the grammar compiler crashed on this schema",
+                                (time.perf_counter() - start) * 1000)
         return GrammarCheck(reason is None, reason, (time.perf_counter() - start) * 1000)
 
     def close(self, kill: bool = False) -> None:
@@ -86,7 +98,8 @@ class GrammarChecker:
             if kill:
                 self._proc.kill()
             elif self._conn is not None:
-                self._conn.send(None)
+                with contextlib.suppress(OSError):  # a child that died already
+                    self._conn.send(None)
             self._proc.join(5)
         self._proc = self._conn = None
 

@@ -9,6 +9,7 @@ engine renders the messages with the model's own chat template.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypedDict
 
 from pydantic import BaseModel
@@ -67,8 +68,22 @@ def system_prompt(task: Task[BaseModel]) -> str:
     )
 
 
+#: the document's own delimiters in any case or spacing (`</Document >`), and the chat
+#: templates' control tokens written as text (`<|im_end|>`, `<|start_header_id|>`, `[INST]`,
+#: `<start_of_turn>`): tokenizers read those as the real special tokens, so a document holding
+#: `<|im_end|><|im_start|>system` would open a system turn of its own
+_DELIMITER = re.compile(r"<\s*(/?)\s*document\s*>", re.IGNORECASE)
+_CONTROL_TOKEN = re.compile(r"<\|([^<>|\n]{0,40})\|>|\[(/?INST)\]|<((?:start|end)_of_turn)>|</?s>")
+
+
+def _defuse(match: re.Match[str]) -> str:
+    return match.group(0).replace("<", "< ", 1).replace("[", "[ ", 1)
+
+
 def wrap_document(text: str) -> str:
-    safe = text.replace(CLOSE, "</ document>").replace(OPEN, "< document>")
+    """The document between its delimiters, with anything inside that could end them or open a
+    turn of the chat template defused (a space after its first `<` or `[`)."""
+    safe = _CONTROL_TOKEN.sub(_defuse, _DELIMITER.sub(_defuse, text))
     return f"{OPEN}\n{safe}\n{CLOSE}"
 
 

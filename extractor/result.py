@@ -7,6 +7,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from .grounding import Span
+
 T = TypeVar("T")
 
 
@@ -21,11 +23,21 @@ class Meta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
+    #: field path -> where its value occurs in the document (`spans=True`; `extractor.grounding`)
+    spans: dict[str, list[Span]] | None = None
+    #: field path -> probability of its value's tokens (`confidence=True`, engines with logprobs)
+    confidence: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of `meta`; `spans` and `confidence` only when they were asked for."""
         out = asdict(self)
+        spans, confidence = out.pop("spans"), out.pop("confidence")
         out["tokens"] = {"prompt": out.pop("prompt_tokens"), "completion": out.pop("completion_tokens")}
         out["latency_ms"] = round(self.latency_ms, 1)
+        if spans is not None:
+            out["spans"] = spans
+        if confidence is not None:
+            out["confidence"] = {path: float(f"{p:.4g}") for path, p in confidence.items()}
         return out
 
 

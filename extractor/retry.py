@@ -6,6 +6,11 @@ attempt. An output cut at `max_tokens` is a failure; the next attempt gets
 a doubled budget (once), then the loop gives up on length. The first attempt
 is greedy; retries sample at `retry_temperature` with a per-attempt seed, so
 they do not walk greedy decoding's path into the same error again.
+
+Asked for, a valid output also gets its values' spans in the document (`spans`, see
+`grounding`) and per-field confidence from the engine's token logprobs (`confidence`, see
+`confidence`); `require_grounded` makes a free-text value that occurs nowhere in the document a
+validation error like any other: fed back, retried, and in `ExtractionFailed` if it persists.
 """
 
 from __future__ import annotations
@@ -14,10 +19,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
+from .confidence import field_confidence
 from .contract import Task
+from .documents import check_unicode
 from .engines.base import Engine, GenerationRequest
 from .errors import EmptyDocument, ExtractionFailed
+from .grounding import ground_record, ungrounded_errors
 from .prompt import Message, build_messages, feedback_message
+from .prompt_echo import echo_errors
 from .result import Extraction, Meta
 from .validate import Invalid, validate_output
 
@@ -34,11 +45,18 @@ class RetryPolicy:
     #: temperature of the attempts after a validation failure: greedy decoding
     #: would repeat the same mistake, a little sampling explores alternatives
     retry_temperature: float = 0.7
+    #: meta.spans: where each string and number of the record occurs in the document
+    spans: bool = False
+    #: meta.confidence: per-field probability from token logprobs (asks the engine for them)
+    confidence: bool = False
+    #: a free-text string found nowhere in the document fails validation (and is retried)
+    require_grounded: bool = False
 
 
 async def extract_one(engine: Engine, task: Task[Any], document: str, policy: RetryPolicy = RetryPolicy()) -> Extraction[Any]:
     if not document.strip():
         raise EmptyDocument("the document is empty")
+    check_unicode(document)  # a lone surrogate: no tokenizer takes it
     start = time.perf_counter()
     messages: list[Message] = build_messages(task, document)
     max_tokens = task.max_tokens
@@ -51,7 +69,7 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, policy: Re
         resampling = bool(seen)
         request = GenerationRequest(messages=tuple(messages), schema=task.strict_schema, max_tokens=max_tokens,
                                     temperature=policy.retry_temperature if resampling else 0.0,
-                                    seed=policy.seed + attempt - 1, logprobs=policy.logprobs,
+                                    seed=policy.seed + attempt - 1, logprobs=policy.logprobs or policy.confidence,
                                     repetition_penalty=policy.repetition_penalty)
         (result,) = await engine.generate([request])
         prompt_tokens += result.prompt_tokens
@@ -65,13 +83,26 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, policy: Re
             grew = True
             continue
         outcome = validate_output(task, result.text, document)
+        if not isinstance(outcome, Invalid) and (echoes := echo_errors(result.text, messages[0]["content"], document)):
+            outcome = Invalid(echoes)  # a field repeats the instructions (a prompt injection): refused, retried
+        spans = None
+        if not isinstance(outcome, Invalid) and (policy.spans or policy.require_grounded):
+            data = outcome.value.model_dump(mode="json") if isinstance(outcome.value, BaseModel) else outcome.value
+            spans = ground_record(data, document)
+            errors = ungrounded_errors(data, task.strict_schema, spans) if policy.require_grounded else []
+            if errors:
+                outcome = Invalid(errors)
         if isinstance(outcome, Invalid):
             seen.append(outcome.errors)
             messages = [*messages, {"role": "assistant", "content": result.text}, feedback_message(outcome.errors)]
             continue
+        confidence = None
+        if policy.confidence and result.logprobs is not None:
+            confidence = field_confidence(result.text, result.logprobs)
         meta = Meta(schema=task.name, version=task.version, engine=engine.name, model=engine.model,
                     attempts=attempt, errors=seen, prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens, latency_ms=(time.perf_counter() - start) * 1000)
+                    completion_tokens=completion_tokens, latency_ms=(time.perf_counter() - start) * 1000,
+                    spans=spans if policy.spans else None, confidence=confidence)
         return Extraction(data=outcome.value, meta=meta)
     last = "; ".join(seen[-1]) if seen else "no attempt made"
     raise ExtractionFailed(f"{task.name}: no valid output after {len(seen)} attempt(s): {last}",

@@ -50,6 +50,8 @@ def validate_output(task: Task[Any], text: str, document: str | None = None) -> 
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         return Invalid([f"not valid JSON: {exc.msg} at character {exc.pos}"])
+    except (ValueError, RecursionError) as exc:  # a number of 5000 digits, nesting past the stack
+        return Invalid([f"not valid JSON: {type(exc).__name__}: {exc}"[:300]])
     schema_errors = sorted(_validator(task.schema_json).iter_errors(data), key=lambda e: list(e.absolute_path))
     if schema_errors:
         return Invalid([f"{_path(e.absolute_path)}: {e.message}" for e in schema_errors[:10]])

@@ -8,6 +8,8 @@
     GET  /metrics            Prometheus
     POST /batches, GET /batches/{id}, GET /batches/{id}/results, DELETE /batches/{id}
                              durable batch jobs (batch_routes; run by batch_worker, stored by batch_store)
+    GET  /view, POST /view, GET /view/batches/{id}
+                             HTML pages: extractions highlighted in their documents (view_routes)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from extractor.engines import Engine
 from extractor.errors import ExtractionFailed, UnknownSchema
 from extractor.registry import SchemaRegistry, default_registry
 
-from . import batch_routes, openapi, problems
+from . import batch_routes, openapi, problems, view_routes
 from .access_log import RequestContext
 from .auth import ApiKeys
 from .batch_store import BatchStore, database_url
@@ -96,7 +98,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         return registry.get(name)
 
     worker = BatchWorker(batches, pipeline, lookup, claim=settings.batch_claim, lease_s=settings.batch_lease_s,
-                         poll_s=settings.batch_poll_s)
+                         poll_s=settings.batch_poll_s, max_engine_errors=settings.batch_max_engine_errors)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -166,6 +168,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         return lookup(name).strict_schema
 
     batch_routes.install(app, store=batches, worker=worker, lookup=lookup, settings=settings, secured=secured)
+    view_routes.install(app, pipeline=pipeline, lookup=lookup, names=registry.names, settings=settings, keys=keys,
+                        store=batches, secured=secured)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

@@ -45,6 +45,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX batch_items_claim ON batch_items (status, job_id, seq)",
         "CREATE INDEX batch_items_lease ON batch_items (lease_owner)",
     ),
+    (  # 2: engine failures an item met while the engine answered others: past a cap the item fails alone
+        "ALTER TABLE batch_items ADD COLUMN engine_errors INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 #: PostgreSQL advisory lock key of the migration (any constant; 'xbat' in ASCII)

@@ -76,6 +76,7 @@ ITEMS = Table(
     Column("attempts", Integer, nullable=False),
     Column("result", Text),
     Column("finished_at", Float),
+    Column("engine_errors", Integer, nullable=False, server_default="0"),
 )
 
 STATUSES = ("pending", "running", "ok", "failed", "cancelled")
@@ -257,6 +258,15 @@ class BatchStore:
                                 .order_by(ITEMS.c.seq).limit(limit)).all()
         return [(int(r.seq), str(r.result)) for r in rows]
 
+    def finished_items(self, job_id: str, *, limit: int = 500) -> list[tuple[str, str, str]]:
+        """`(item id, text, result line)` of the first `limit` finished items, in input order (the view)."""
+        self.open()
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(ITEMS.c.item_id, ITEMS.c.text, ITEMS.c.result)
+                                .where(ITEMS.c.job_id == job_id, ITEMS.c.status.in_(("ok", "failed")))
+                                .order_by(ITEMS.c.seq).limit(limit)).all()
+        return [(str(r.item_id), str(r.text), str(r.result)) for r in rows]
+
     def _job(self, conn: Connection, job_id: str) -> Job:
         row = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
         if row is None:
@@ -312,6 +322,22 @@ class BatchStore:
                                     ITEMS.c.lease_owner == owner)
                 .values(status="ok" if ok else "failed", result=line, finished_at=time.time(), lease_owner=None,
                         lease_expires=None)).rowcount == 1
+
+    def engine_failure(self, owner: str, job_id: str, seq: int, *, max_errors: int, line: str) -> bool:
+        """Count an engine failure of a leased item: at `max_errors` the item fails with `line`
+        (True), before that it goes back to pending (False). Nothing happens without the lease."""
+        held = and_(ITEMS.c.job_id == job_id, ITEMS.c.seq == seq, ITEMS.c.status == "running",
+                    ITEMS.c.lease_owner == owner)
+        with self.engine.begin() as conn:
+            count = conn.execute(update(ITEMS).where(held).values(engine_errors=ITEMS.c.engine_errors + 1)
+                                 .returning(ITEMS.c.engine_errors)).scalar()
+            if count is None:
+                return False
+            give_up = int(count) >= max_errors
+            values: dict[str, Any] = ({"status": "failed", "result": line, "finished_at": time.time()} if give_up
+                                      else {"status": "pending"})
+            conn.execute(update(ITEMS).where(held).values(lease_owner=None, lease_expires=None, **values))
+            return give_up
 
     def release(self, owner: str, keys: Iterable[tuple[str, int]] | None = None) -> int:
         """Give leased items back as pending (all that `owner` holds, or those of `keys`)."""

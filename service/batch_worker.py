@@ -6,7 +6,13 @@ Each finished item's line (`ItemResult.to_dict()`: `{"id", "data", "meta"}`
 or `{"id", "error"}`) is written as it comes, in the UPDATE that marks it done.
 An engine failure (`EngineError`: down, overloaded, past the deadline) gives
 the unfinished items back as pending and the worker backs off; they are run
-again later, never marked failed. While it works, the worker renews its
+again later. Which item failed is kept: when the engine still answers its
+readiness probe after a round, the failures were the items' own (a document
+that makes the server fail or time out every time), and each counts against
+its item; at `max_engine_errors` the item fails alone with that engine error
+as its result line, instead of coming back forever. A refusal of the admission
+queue (429), a deadline spent in the queue and a probe that fails (an outage)
+count against no item. While it works, the worker renews its
 leases; a worker that dies stops renewing, and once its leases expire any
 worker (this process restarted, or another one) claims the items again.
 A graceful stop gives its leases back at once.
@@ -25,10 +31,9 @@ from collections.abc import Callable
 from itertools import groupby
 from typing import Any
 
-from extractor.batch import Document, ItemResult, extract_many
+from extractor.batch import ItemResult
 from extractor.contract import Task
-from extractor.errors import EngineError, EngineUnavailable, ExtractorError
-from extractor.result import Extraction
+from extractor.errors import DeadlineExceeded, EngineError, EngineOverloaded, EngineUnavailable, ExtractorError
 
 from .batch_store import BatchStore, Claimed
 from .models import ExtractOptions
@@ -39,7 +44,8 @@ log = logging.getLogger("extractor.service")
 
 class BatchWorker:
     def __init__(self, store: BatchStore, pipeline: Pipeline, lookup: Callable[[str], Task[Any]], *,
-                 claim: int = 16, lease_s: float = 60.0, poll_s: float = 1.0, max_backoff_s: float = 30.0) -> None:
+                 claim: int = 16, lease_s: float = 60.0, poll_s: float = 1.0, max_backoff_s: float = 30.0,
+                 max_engine_errors: int = 5) -> None:
         self.store = store
         self.pipeline = pipeline
         self.lookup = lookup
@@ -47,6 +53,7 @@ class BatchWorker:
         self.lease_s = lease_s
         self.poll_s = poll_s
         self.max_backoff_s = max_backoff_s
+        self.max_engine_errors = max_engine_errors
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -121,10 +128,13 @@ class BatchWorker:
             return False
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
         pending = {(c.job_id, c.seq) for c in items}
+        failures: dict[tuple[str, int], tuple[str, EngineError]] = {}
         try:
             async with asyncio.TaskGroup() as group:
                 for _, job_items in groupby(items, key=lambda c: c.job_id):
-                    group.create_task(self._run_job_items(list(job_items), pending))
+                    group.create_task(self._run_job_items(list(job_items), pending, failures))
+            if failures:
+                await self._count_engine_failures(failures, pending)
         except BaseExceptionGroup as eg:
             engine_errors, rest = eg.split(EngineError)
             if rest is not None:
@@ -146,9 +156,9 @@ class BatchWorker:
             except Exception as exc:
                 log.warning("batch worker %s could not renew its leases: %s", self.owner, exc)
 
-    async def _run_job_items(self, items: list[Claimed], pending: set[tuple[str, int]]) -> None:
+    async def _run_job_items(self, items: list[Claimed], pending: set[tuple[str, int]],
+                             failures: dict[tuple[str, int], tuple[str, EngineError]]) -> None:
         first = items[0]
-        seq_of = {c.item_id: c.seq for c in items}
         try:
             task = self.lookup(first.schema)
             options = ExtractOptions.model_validate(first.options)
@@ -157,12 +167,46 @@ class BatchWorker:
                 await self._finish(c.job_id, c.seq, ItemResult(c.item_id, c.seq, error=exc), pending)
             return
 
-        async def run(text: str) -> Extraction[Any]:
-            return (await self.pipeline.extract(task, text, options)).extraction
+        async def one(c: Claimed) -> None:
+            try:
+                result = ItemResult(c.item_id, c.seq, extraction=(await self.pipeline.extract(task, c.text, options))
+                                    .extraction)
+            except EngineError as exc:  # the item stays pending; its siblings go on (see _count_engine_failures)
+                failures[(c.job_id, c.seq)] = (c.item_id, exc)
+                return
+            except ExtractorError as exc:
+                result = ItemResult(c.item_id, c.seq, error=exc)
+            await self._finish(c.job_id, c.seq, result, pending)
 
-        docs = [Document(c.item_id, c.text) for c in items]
-        async for result in extract_many(run, docs, concurrency=len(docs)):
-            await self._finish(first.job_id, seq_of[result.id], result, pending)
+        await asyncio.gather(*(one(c) for c in items))
+
+    async def _count_engine_failures(self, failures: dict[tuple[str, int], tuple[str, EngineError]],
+                                     pending: set[tuple[str, int]]) -> None:
+        """After a round with engine failures: if the engine answers its probe, each failure that
+        can be the item's own counts against it (back to pending, or failed at the cap). Any other
+        failure is raised: its items go back to pending uncounted and the worker backs off."""
+        own = {key: failure for key, failure in failures.items() if _item_specific(failure[1])}
+        if own:
+            try:
+                await self.pipeline.engines.probe()
+            except ExtractorError as down:
+                log.warning("batch worker: engine down (%s); %d item(s) stay pending, uncounted", down, len(failures))
+                own = {}
+        for (job_id, seq), (item_id, exc) in own.items():
+            capped = type(exc)(f"the engine failed on this item {self.max_engine_errors} times, while it answered "
+                               f"others; last: {exc}")
+            line = json.dumps({"id": item_id,
+                               "error": {"type": capped.code, "message": str(capped)}},
+                              ensure_ascii=True, separators=(",", ":"))
+            failed = await asyncio.to_thread(self.store.engine_failure, self.owner, job_id, seq,
+                                             max_errors=self.max_engine_errors, line=line)
+            pending.discard((job_id, seq))
+            if failed:
+                log.warning("batch worker: item %s of %s failed after %d engine errors: %s",
+                            item_id, job_id, self.max_engine_errors, exc)
+        for key, (_, exc) in failures.items():
+            if key not in own:
+                raise exc
 
     async def _finish(self, job_id: str, seq: int, result: ItemResult, pending: set[tuple[str, int]]) -> None:
         line = json.dumps(result.to_dict(), ensure_ascii=True, separators=(",", ":"))
@@ -170,3 +214,11 @@ class BatchWorker:
         pending.discard((job_id, seq))
         if not kept:
             log.info("batch worker: result of item %s of %s dropped (lease lost or job cancelled)", result.id, job_id)
+
+
+def _item_specific(exc: EngineError) -> bool:
+    """Whether an engine failure may be the item's own doing: not a full admission queue (429),
+    nor a deadline that ran out before the item reached the engine."""
+    if isinstance(exc, EngineOverloaded):
+        return False
+    return not (isinstance(exc, DeadlineExceeded) and exc.details.get("engine_calls") == 0)

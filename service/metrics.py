@@ -1,8 +1,14 @@
-"""Prometheus metrics, in a registry of the app's own (several apps in one process do not collide)."""
+"""Prometheus metrics, in a registry of the app's own (several apps in one process do not collide).
+
+When the service runs several worker processes, `PROMETHEUS_MULTIPROC_DIR` is set and every process
+writes its values there; `render` then reports the sum over the processes (gauges: over live ones).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -28,8 +34,10 @@ class Metrics:
                                            "engine outputs that failed validation (each one retried or final)",
                                            ["schema"], registry=r)
         self.tokens = Counter("extractor_tokens", "tokens through the engine", ["schema", "kind"], registry=r)
-        self.inflight = Gauge("extractor_queue_inflight", "requests extracting now", registry=r)
-        self.waiting = Gauge("extractor_queue_waiting", "requests waiting for an in-flight slot", registry=r)
+        self.inflight = Gauge("extractor_queue_inflight", "requests extracting now", registry=r,
+                              multiprocess_mode="livesum")
+        self.waiting = Gauge("extractor_queue_waiting", "requests waiting for an in-flight slot", registry=r,
+                             multiprocess_mode="livesum")
 
     def queue_depth(self, inflight: int, waiting: int) -> None:
         self.inflight.set(inflight)
@@ -50,4 +58,8 @@ class Metrics:
         self.latency.labels(route).observe(seconds)
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            every_process = CollectorRegistry()
+            multiprocess.MultiProcessCollector(every_process)  # type: ignore[no-untyped-call]
+            return generate_latest(every_process)
         return generate_latest(self.registry)

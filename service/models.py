@@ -17,6 +17,12 @@ class ExtractOptions(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0, le=3600,
                                     description="deadline for this request in seconds, queue wait included; "
                                                 "capped at the server's deadline")
+    spans: bool | None = Field(default=None, description="add meta.spans: where each string and number of the record "
+                                                         "occurs in the document")
+    confidence: bool | None = Field(default=None, description="add meta.confidence: per-field probability from the "
+                                                              "engine's token logprobs (engines that return them)")
+    require_grounded: bool | None = Field(default=None, description="a free-text value that occurs nowhere in the "
+                                                                    "document fails validation and is retried")
 
 
 class ExtractRequest(BaseModel):
@@ -31,6 +37,12 @@ class Tokens(BaseModel):
     completion: int
 
 
+class Span(BaseModel):
+    start: int = Field(description="first character of the value in the document (code point offset)")
+    end: int = Field(description="one past its last character")
+    match: Literal["exact", "normalized", "fuzzy"]
+
+
 class ResponseMeta(BaseModel):
     attempts: int = Field(description="engine generations it took (1 = the first output validated)")
     errors: list[list[str]] = Field(description="per failed attempt, the validation errors fed back")
@@ -40,6 +52,11 @@ class ResponseMeta(BaseModel):
     model: str
     engine_ms: float = Field(description="time spent waiting on the engine, all attempts")
     queue_ms: float = Field(description="time spent waiting for an in-flight slot")
+    spans: dict[str, list[Span]] | None = Field(
+        default=None, description="with options.spans: field path (`name`, `items[0].description`) -> where its value "
+                                  "occurs in the document; an empty list: found nowhere")
+    confidence: dict[str, float] | None = Field(
+        default=None, description="with options.confidence: field path -> probability of its value's tokens")
 
 
 class Problem(BaseModel):

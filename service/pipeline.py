@@ -65,7 +65,8 @@ class Pipeline:
     async def extract(self, task: Task[Any], text: str, options: ExtractOptions) -> Outcome:
         engine = TimedEngine(self.engines.get())
         retries = self.max_retries if options.max_retries is None else options.max_retries
-        policy = RetryPolicy(max_attempts=retries + 1)
+        policy = RetryPolicy(max_attempts=retries + 1, spans=bool(options.spans), confidence=bool(options.confidence),
+                             require_grounded=bool(options.require_grounded))
         deadline = min(options.timeout_s or self.deadline_s, self.deadline_s)
         started = time.perf_counter()
         queue_s = 0.0
@@ -84,7 +85,7 @@ class Pipeline:
                 raise
             where = "in the queue" if engine.calls == 0 else f"after {engine.calls} engine call(s)"
             raise DeadlineExceeded(f"no result within the {deadline:g} s deadline ({where})",
-                                   deadline_s=deadline) from exc
+                                   deadline_s=deadline, engine_calls=engine.calls) from exc
         except ExtractionFailed as exc:
             outcome, failures = "failed", exc.attempts
             raise

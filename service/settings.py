@@ -3,6 +3,10 @@
     EXTRACTOR_ENGINE            engine name (default local)
     EXTRACTOR_ENGINE_OPTIONS    JSON object of engine options, e.g. {"base_url": "http://127.0.0.1:8000/v1"}
     EXTRACTOR_HOST / _PORT      where to listen (127.0.0.1:8080)
+    EXTRACTOR_WORKERS           server processes (1); each has its own engine and queue, so the limits
+                                below are per process. For remote engines (vllm-http): one process's
+                                event loop tops out near 200 requests/s; the local engine would load
+                                one model per process
     EXTRACTOR_MAX_INFLIGHT      requests extracting at once, batched into the engine (32)
     EXTRACTOR_MAX_WAITING       requests queued behind them before 429 (128)
     EXTRACTOR_DEADLINE_S        per-request deadline, queue wait included (60); a request may ask for less
@@ -18,6 +22,8 @@
     EXTRACTOR_BATCH_LEASE_S     seconds a lease lasts without renewal; a dead worker's items wait this long (60)
     EXTRACTOR_BATCH_POLL_S      seconds between looks for batch work when idle (1)
     EXTRACTOR_BATCH_MAX_ITEMS   items one batch may hold (100000)
+    EXTRACTOR_BATCH_MAX_ENGINE_ERRORS  engine failures of one item (while the engine answers others)
+                                before it fails alone instead of coming back (5)
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class Settings:
     engine_options: dict[str, Any] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
     max_inflight: int = 32
     max_waiting: int = 128
     deadline_s: float = 60.0
@@ -57,9 +64,11 @@ class Settings:
     batch_lease_s: float = 60.0
     batch_poll_s: float = 1.0
     batch_max_items: int = 100_000
+    batch_max_engine_errors: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("max_inflight", "max_body_bytes", "max_document_chars", "port", "batch_claim", "batch_max_items"):
+        for name in ("max_inflight", "max_body_bytes", "max_document_chars", "port", "workers", "batch_claim", "batch_max_items",
+                     "batch_max_engine_errors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_waiting < 0 or self.max_retries < 0:
@@ -76,6 +85,17 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _parse(f.name, raw)
+        return cls(**values)
+
+    def to_json(self) -> str:
+        """These settings as one JSON object (`from_json` reads it back), for worker processes."""
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        values = json.loads(text)
+        for name in ("api_keys", "schemas"):
+            values[name] = tuple(values[name])
         return cls(**values)
 
     def merged(self, **overrides: Any) -> Settings:

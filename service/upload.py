@@ -97,7 +97,8 @@ def pdf_text(raw: bytes) -> str:
         reader = PdfReader(io.BytesIO(raw))
         if reader.is_encrypted and not reader.decrypt(""):
             raise UndecodableDocument("the PDF is encrypted")
-        return "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
+        text = "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
+        return text.replace("\x00", "")  # unmapped glyphs: no part of the text
     except UndecodableDocument:
         raise
     except Exception as exc:  # pypdf raises many types on malformed input; all mean "unreadable"
@@ -189,6 +190,9 @@ async def read_document(request: Request, *, max_body_bytes: int, max_document_c
         doc.text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate from a JSON \ud800 escape
         raise UndecodableDocument(f"the text holds a character that is not valid Unicode (at {exc.start})") from exc
+    if "\x00" in doc.text:  # binary data, or UTF-16 sent as UTF-8: no text document holds NUL
+        raise UndecodableDocument(f"the text holds NUL characters (at {doc.text.index(chr(0))}): binary data, "
+                                  "or UTF-16 sent as UTF-8; send UTF-8 text")
     if len(doc.text) > max_document_chars:
         raise DocumentTooLarge(f"the document is {len(doc.text)} characters; the limit is {max_document_chars}",
                                limit=max_document_chars)

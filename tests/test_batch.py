@@ -26,12 +26,13 @@ def echo_engine(delay_for: dict[str, float] | None = None) -> ScriptedEngine:
     return ScriptedEngine(script)
 
 
-class SlowFirst(ScriptedEngine):
-    """The first document takes longest, so completion order differs from input order."""
+class SlowSecond(ScriptedEngine):
+    """The second document takes longest, so completion order differs from input order (the first
+    runs alone, as the batch's pilot)."""
 
     async def generate(self, requests):  # type: ignore[no-untyped-def]
         content = requests[0].messages[-1]["content"]
-        await asyncio.sleep(0.05 if "doc0" in content else 0.0)
+        await asyncio.sleep(0.05 if "doc1" in content else 0.0)
         return await super().generate(requests)
 
 
@@ -47,7 +48,7 @@ def test_iter_many_in_order_with_errors_as_values() -> None:
 
 
 def test_as_completed_order_differs_and_concurrency_is_bounded() -> None:
-    engine = SlowFirst(echo_engine()._script)  # type: ignore[arg-type]
+    engine = SlowSecond(echo_engine()._script)  # type: ignore[arg-type]
     extractor = Extractor(engine, max_retries=0)
     in_flight = peak = 0
     original = engine.generate
@@ -65,8 +66,30 @@ def test_as_completed_order_differs_and_concurrency_is_bounded() -> None:
     docs = [(f"id{i}", f"doc{i}") for i in range(10)]
     items = list(extractor.iter_many(Person, docs, concurrency=3, ordered=False))
     assert sorted(i.id for i in items) == sorted(d[0] for d in docs)
-    assert items[0].id != "id0"  # the slow first document came later
+    assert items[1].id != "id1"  # the slow second document came later
     assert peak == 3
+
+
+def test_the_first_document_runs_alone_before_the_rest() -> None:
+    """The pilot: nothing else starts until the first document's extraction has finished."""
+    engine = echo_engine()
+    original = engine.generate
+    events: list[str] = []
+
+    async def logging_generate(requests):  # type: ignore[no-untyped-def]
+        doc = requests[0].messages[-1]["content"].split("\n")[1]
+        events.append(f"start {doc}")
+        await asyncio.sleep(0.01)
+        try:
+            return await original(requests)
+        finally:
+            events.append(f"end {doc}")
+
+    engine.generate = logging_generate  # type: ignore[method-assign]
+    items = list(Extractor(engine, max_retries=0).iter_many(Person, [f"doc{i}" for i in range(6)], concurrency=4))
+    assert [i.ok for i in items] == [True] * 6
+    assert events[:2] == ["start doc0", "end doc0"]
+    assert max(events.index(f"end doc{i}") for i in range(1, 6)) > events.index("start doc5") > 2  # then concurrent
 
 
 def test_engine_failure_stops_the_batch() -> None:

@@ -376,7 +376,8 @@ def test_an_engine_failure_leaves_items_pending_until_it_recovers(db: str) -> No
         assert engine.fail_first == 0  # it failed three times, and no item was failed for it
         # an item whose generation was done when a sibling's failed is given back with the rest and run again:
         # engine work may repeat, a result line never does
-        assert set(engine.calls) == {"p0", "p1", "p2", "p3"}
+        # ("?": the readiness probes by which the worker tells an outage from an item's own failure)
+        assert set(engine.calls) - {"?"} == {"p0", "p1", "p2", "p3"}
 
     asyncio.run(scenario())
 

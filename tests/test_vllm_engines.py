@@ -66,7 +66,6 @@ def test_http_probe_refuses_a_server_when_the_schema_is_dropped() -> None:
         def _body(self, request: Any) -> dict[str, Any]:
             body = super()._body(request)
             body.pop("response_format")
-            body.pop("extra_body", None)
             return body
 
     with pytest.raises(GrammarNotEnforced):
@@ -82,6 +81,17 @@ def test_both_engines_give_the_same_records(http_engine: Any, inprocess_engine: 
     in_process = Extractor(inprocess_engine, max_retries=0)
     for doc in DOCS:
         assert over_http.extract(Person, doc) == in_process.extract(Person, doc)
+
+
+def test_both_engines_give_confidence_from_logprobs_and_spans(http_engine: Any, inprocess_engine: Any) -> None:
+    doc = DOCS[0]
+    for engine in (http_engine, inprocess_engine):
+        result = Extractor(engine, max_retries=0, spans=True, confidence=True).run(Person, doc)
+        confidence = result.meta.confidence
+        assert confidence is not None and set(confidence) == {"name", "age", "city", "email"}, (engine.name, confidence)
+        assert all(0 < p <= 1 for p in confidence.values()), (engine.name, confidence)
+        assert result.meta.spans is not None
+        assert [doc[s.start:s.end] for s in result.meta.spans["name"]] == [result.data.name], engine.name
 
 
 def test_sdk_extracts_typed_records_over_http() -> None:

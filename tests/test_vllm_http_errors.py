@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,9 +30,10 @@ DOC = "Alice Smith is 34 years old and lives in Lisbon."
 PROBE_ANSWER = '{"probe":"zq-7-enforced","n":7321}'
 
 
-def completion(text: str, finish: str = "stop") -> dict[str, Any]:
+def completion(text: str, finish: str = "stop", logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "finish_reason": finish, "logprobs": None,
+            "choices": [{"index": 0, "finish_reason": finish,
+                         "logprobs": {"content": logprobs} if logprobs is not None else None,
                          "message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}
 
@@ -80,8 +82,19 @@ def test_request_carries_the_strict_schema_greedy_seeded() -> None:
                                        "json_schema": {"name": "extraction", "schema": {"type": "object"}, "strict": True}}
     assert (body["temperature"], body["seed"], body["max_tokens"]) == (0.0, 3, 64)
     # vLLM refuses a per-request `structured_outputs` without a schema (400): never sent
-    assert body["extra_body"] == {"repetition_penalty": 1.1}
-    assert "extra_body" not in chat_request(GenerationRequest(req.messages, req.schema, 64), "m")
+    assert body["repetition_penalty"] == 1.1
+    assert "repetition_penalty" not in chat_request(GenerationRequest(req.messages, req.schema, 64), "m")
+
+
+def test_the_wire_body_is_exactly_the_built_request() -> None:
+    """The engine posts `chat_request`'s body as it is (no SDK transform drops or renames a field)."""
+    fake = FakeVllm([GOOD])
+    engine = engine_for(fake)
+    req = GenerationRequest(messages=({"role": "user", "content": DOC},), schema=Person.model_json_schema(), max_tokens=64,
+                            seed=5, repetition_penalty=1.2)
+    [result] = asyncio.run(engine.generate([req]))
+    assert result.text == GOOD and (result.prompt_tokens, result.completion_tokens) == (11, 7)
+    assert fake.bodies == [chat_request(req, "m")]
 
 
 @pytest.mark.parametrize(("text", "finish", "enforced"), [
@@ -172,3 +185,46 @@ def test_sync_calls_in_a_row_each_with_their_own_event_loop() -> None:
     extractor = Extractor(engine_for(server))
     for _ in range(3):
         assert extractor.extract(Person, DOC).age == 34
+
+
+def token_logprobs(pieces: list[bytes], logprob: float, with_bytes: bool = True) -> list[dict[str, Any]]:
+    """The chat completion's `logprobs.content`, as vLLM sends it: `token` is each token decoded alone."""
+    return [{"token": p.decode("utf-8", errors="replace"), "logprob": logprob,
+             "bytes": list(p) if with_bytes else None, "top_logprobs": []} for p in pieces]
+
+
+def test_logprobs_are_asked_only_when_the_request_wants_them() -> None:
+    req = GenerationRequest(messages=({"role": "user", "content": "x"},), schema={"type": "object"}, max_tokens=8)
+    assert "logprobs" not in chat_request(req, "m")
+    assert chat_request(GenerationRequest(req.messages, req.schema, 8, logprobs=True), "m")["logprobs"] is True
+
+
+@pytest.mark.parametrize("with_bytes", [True, False])
+def test_confidence_from_the_servers_token_logprobs(with_bytes: bool) -> None:
+    text = '{"name":"José Li","age":34,"city":"Lisbon","email":null}'
+    e_acute = "é".encode()
+    pieces = [b'{"name":"', b"Jos", e_acute[:1], e_acute[1:], b" Li", b'","age":', b"34", b',"city":"', b"Lisbon",
+              b'","email":', b"null", b"}"]
+    assert b"".join(pieces).decode() == text
+    server = FakeVllm([httpx2.Response(200, json=completion(text, logprobs=token_logprobs(pieces, -0.1, with_bytes)))])
+    doc = "José Li is 34 years old and lives in Lisbon."
+    result = Extractor(engine_for(server), confidence=True, spans=True).run(Person, doc)
+    assert server.bodies[0]["logprobs"] is True
+    # the two halves of "é" belong to the name whether the server sends bytes or not
+    assert result.meta.confidence == pytest.approx({"name": math.exp(-0.4), "age": math.exp(-0.1),
+                                                    "city": math.exp(-0.1), "email": math.exp(-0.1)})
+    assert result.meta.spans is not None and result.meta.spans["name"][0].match == "exact"
+
+
+def test_parse_choice_takes_token_texts_from_their_bytes() -> None:
+    from openai.types.chat import ChatCompletion
+
+    from extractor.engines.vllm_http import parse_choice
+
+    e_acute = "é".encode()
+    body = completion('"é"', logprobs=token_logprobs([b'"', e_acute[:1], e_acute[1:], b'"'], -0.5))
+    result = parse_choice(ChatCompletion.model_validate(body))
+    assert [t.token for t in result.logprobs or ()] == ['"', "", "é", '"']
+    without = completion('"é"', logprobs=token_logprobs([b'"', e_acute[:1], e_acute[1:], b'"'], -0.5, with_bytes=False))
+    assert [t.token for t in parse_choice(ChatCompletion.model_validate(without)).logprobs or ()] == [
+        '"', "\ufffd", "\ufffd", '"']

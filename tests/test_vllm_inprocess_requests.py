@@ -12,6 +12,7 @@ from extractor.engines.vllm_inprocess import (
     render_prompt,
     sampling_options,
     structured_outputs_config,
+    to_result,
 )
 from extractor.prompt import build_messages
 from schemas import Person
@@ -74,3 +75,47 @@ def test_prompt_cache_gives_the_same_ids_as_rendering_whole(local_engine: object
             req = GenerationRequest(messages=build_messages(task, doc), schema={}, max_tokens=8)
             assert cache(req) == render_prompt(tok, req)
     assert len(cache._heads) == 2 and all(h is not None for h in cache._heads.values())
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    logprobs: list[dict[int, Lp]] | None
+    finish_reason: str = "stop"
+
+
+@dataclass
+class Output:
+    outputs: list[Completion]
+    prompt_token_ids: list[int]
+
+
+def test_logprobs_take_each_tokens_text_from_the_tokenizer_when_given() -> None:
+    """vLLM's one-token `decoded_token` is a replacement character for each half of a split
+    character; with the tokenizer's decode each token gets what it adds to the text."""
+    e_acute = "é".encode()
+    vocab = {1: b'{"n":"Jos', 2: e_acute[:1], 3: e_acute[1:], 4: b'"}', 0: b""}
+
+    def decode(ids: list[int]) -> str:
+        return b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")
+
+    positions = [{1: Lp(-0.1, '{"n":"Jos')}, {2: Lp(-0.2, "\ufffd")}, {3: Lp(-0.3, "\ufffd")}, {4: Lp(-0.4, '"}')}]
+    output = Output([Completion('{"n":"José"}', [1, 2, 3, 4], positions)], [7, 7, 7])
+    result = to_result(output, 3, True, decode)
+    assert [(t.token, t.logprob) for t in result.logprobs or ()] == [
+        ('{"n":"Jos', -0.1), ("", -0.2), ("é", -0.3), ('"}', -0.4)]
+    assert [t.token for t in to_result(output, 3, True).logprobs or ()] == ['{"n":"Jos', "\ufffd", "\ufffd", '"}']
+    assert to_result(output, 3, False, decode).logprobs is None  # not asked: nothing decoded
+
+
+def test_confidence_from_in_process_logprobs() -> None:
+    from extractor.confidence import field_confidence
+
+    text = '{"name":"Bob","age":40}'
+    ids = list(range(1, 8))
+    pieces = ['{"', 'name":"', "Bob", '","age":', "4", "0", "}"]
+    positions = [{i: Lp(-0.5 if p in ("Bob", "4", "0") else 0.0, p)} for i, p in zip(ids, pieces, strict=True)]
+    result = to_result(Output([Completion(text, ids, positions)], [1]), 1, True)
+    conf = field_confidence(result.text, result.logprobs or ())
+    assert conf == pytest.approx({"name": 0.6065306597, "age": 0.3678794412})

@@ -46,3 +46,7 @@ def test_extractor_over_vllm_http(base_url: str) -> None:
     person = extractor.extract(Person, "Alice Smith, 34, lives in Lisbon.")
     assert isinstance(person, Person)
     assert (person.name, person.age, person.city) == ("Alice Smith", 34, "Lisbon")
+    # the server returns token logprobs when asked: per-field confidence
+    confidence = extractor.run(Person, "Alice Smith, 34, lives in Lisbon.", confidence=True).meta.confidence
+    assert confidence is not None and set(confidence) == {"name", "age", "city", "email"}
+    assert all(0 < p <= 1 for p in confidence.values())

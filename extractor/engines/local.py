@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
+from ..grammar_cache import GrammarCache
 from ..prompt import JSON_SEPARATORS
 from .base import FinishReason, GenerationRequest, GenerationResult, TokenLogprob
+from .detok import token_pieces
 from .worker import Job, settle
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,8 @@ class LocalEngine:
     name = "local"
 
     def __init__(self, model_dir: str | os.PathLike[str] | None = None, *, max_batch_size: int = 64,
-                 batch_wait_ms: float = 5.0, threads: int | None = None, prefix_cache_size: int = 8) -> None:
+                 batch_wait_ms: float = 5.0, threads: int | None = None, prefix_cache_size: int = 8,
+                 grammar_cache_entries: int = 64, grammar_cache_bytes: int = 256 * 1024 * 1024) -> None:
         import torch
         import xgrammar as xgr
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -148,8 +151,13 @@ class LocalEngine:
         self.context_length = int(getattr(self.lm.config, "max_position_embeddings", 2048))
         self.tokenizer_info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab_size)
         self.stop_ids = set(self.tokenizer_info.stop_token_ids)
-        self.grammars = xgr.GrammarCompiler(self.tokenizer_info, max_threads=1, cache_enabled=True,
-                                            cache_limit_bytes=64 * 1024 * 1024)
+        # xgrammar's own cache is off: ours is bounded by entries as well as bytes (grammar_cache.py)
+        self.grammars = xgr.GrammarCompiler(self.tokenizer_info, max_threads=1, cache_enabled=False)
+        self.grammar_cache: GrammarCache[Any] = GrammarCache(
+            self._compile_grammar, lambda g: int(g.memory_size_bytes),
+            max_entries=grammar_cache_entries, max_bytes=grammar_cache_bytes)
+        # no token is longer than this: a prompt of more characters than context x this is too long, untokenized
+        self._max_token_chars = max(len(t) for t in self.tokenizer.get_vocab())
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
         self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()
@@ -184,6 +192,10 @@ class LocalEngine:
         """Split the prompt at the start of the last message's content: the prefix
         before it is shared by every document of the same task."""
         messages = list(job.request.messages)
+        chars = sum(len(m["content"]) for m in messages)
+        if chars > self.context_length * self._max_token_chars:  # megabytes would take seconds to tokenize
+            raise DocumentTooLarge(f"a prompt of {chars} characters cannot fit the model's context of "
+                                   f"{self.context_length} tokens")
         marked = [*messages[:-1], {**messages[-1], "content": _SENTINEL}]
         template = self._render(marked)
         head, _, tail = template.partition(_SENTINEL)
@@ -250,15 +262,18 @@ class LocalEngine:
             self._prefixes.popitem(last=False)
         return layers
 
+    def _compile_grammar(self, schema_json: str) -> Any:
+        try:
+            return self.grammars.compile_json_schema(
+                schema_json, any_whitespace=False, separators=JSON_SEPARATORS, strict_mode=True)
+        except Exception as exc:
+            raise SchemaRejected("$", f"xgrammar cannot compile the schema: {exc}") from exc
+
     def _matcher(self, schema: Any) -> Any:
         import json
 
-        try:
-            compiled = self.grammars.compile_json_schema(
-                json.dumps(schema), any_whitespace=False, separators=JSON_SEPARATORS, strict_mode=True)
-        except Exception as exc:
-            raise SchemaRejected("$", f"xgrammar cannot compile the schema: {exc}") from exc
-        return self._xgr.GrammarMatcher(compiled)
+        # never sort_keys: the order of `properties` is the order the grammar makes the model write them in
+        return self._xgr.GrammarMatcher(self.grammar_cache.get(json.dumps(schema)))
 
     def _decode_group(self, prefix: tuple[int, ...], jobs: list[_Job]) -> list[GenerationResult]:
         torch, xgr = self._torch, self._xgr
@@ -281,7 +296,7 @@ class LocalEngine:
         next_pos = torch.tensor([p + len(j.suffix_ids) for j in jobs])
 
         generated: list[list[int]] = [[] for _ in jobs]
-        logprobs: list[list[TokenLogprob]] = [[] for _ in jobs]
+        logprobs: list[list[float]] = [[] for _ in jobs]
         finish: list[FinishReason | None] = [None] * n
         live = list(range(n))  # job index of each row still in the batch
         gens = [torch.Generator().manual_seed(j.request.seed) for j in jobs]
@@ -308,8 +323,9 @@ class LocalEngine:
                     chosen[r] = torch.multinomial(probs, 1, generator=gens[i])[0]
                 else:
                     chosen[r] = torch.argmax(logits[r])
+            # the chosen token's log-probability under the grammar-masked distribution (only when asked)
             want_lp = any(jobs[i].request.logprobs for i in live)
-            lps = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0] if want_lp else None
+            lps = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0].tolist() if want_lp else None
             keep = []
             for r, i in enumerate(live):
                 tok = int(chosen[r])
@@ -320,7 +336,7 @@ class LocalEngine:
                     continue
                 generated[i].append(tok)
                 if lps is not None and jobs[i].request.logprobs:
-                    logprobs[i].append(TokenLogprob(self.tokenizer.decode([tok]), float(lps[r])))
+                    logprobs[i].append(float(lps[r]))
                 if len(generated[i]) >= jobs[i].request.max_tokens:
                     finish[i] = "length"
                     continue
@@ -345,7 +361,11 @@ class LocalEngine:
                 finish_reason=finish[i] or "length",
                 prompt_tokens=p + len(j.suffix_ids),
                 completion_tokens=len(generated[i]),
-                logprobs=tuple(logprobs[i]) if j.request.logprobs else None,
+                logprobs=self._token_logprobs(generated[i], logprobs[i]) if j.request.logprobs else None,
             )
             for i, j in enumerate(jobs)
         ]
+
+    def _token_logprobs(self, ids: list[int], logprobs: list[float]) -> tuple[TokenLogprob, ...]:
+        pieces = token_pieces(lambda prefix: str(self.tokenizer.decode(prefix, skip_special_tokens=True)), ids)
+        return tuple(TokenLogprob(piece, lp) for piece, lp in zip(pieces, logprobs, strict=True))

@@ -13,15 +13,30 @@ import asyncio
 import json
 import os
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx2
 import openai
+from openai.types.chat import ChatCompletion
 
-from ..errors import EngineError, EngineOverloaded, EngineTimeout, EngineUnavailable, GrammarNotEnforced
+from ..errors import (
+    DocumentTooLarge,
+    EngineError,
+    EngineOverloaded,
+    EngineTimeout,
+    EngineUnavailable,
+    ExtractorError,
+    GrammarNotEnforced,
+)
 from .base import GenerationRequest, GenerationResult, TokenLogprob
+from .detok import byte_pieces
+
+#: vLLM's 400 for a prompt (plus max_tokens) over the model's context, across versions
+_OVER_CONTEXT = re.compile(r"maximum context length|maximum model length|longer than the maximum|context length is",
+                           re.IGNORECASE)
 
 #: where the server is when no base_url is given
 BASE_URL_ENV = "EXTRACTOR_VLLM_URL"
@@ -57,7 +72,7 @@ POOL_SIZE = 16
 
 
 def chat_request(request: GenerationRequest, model: str) -> dict[str, Any]:
-    """The keyword arguments of `chat.completions.create` for one request.
+    """The JSON body of `POST /chat/completions` for one request.
 
     The schema goes in the standard `response_format`. vLLM takes whitespace and
     backend choices only server-wide (`--structured-outputs-config`); a per-request
@@ -78,7 +93,7 @@ def chat_request(request: GenerationRequest, model: str) -> dict[str, Any]:
     if request.logprobs:
         body["logprobs"] = True
     if request.repetition_penalty != 1.0:
-        body["extra_body"] = {"repetition_penalty": request.repetition_penalty}
+        body["repetition_penalty"] = request.repetition_penalty  # a vLLM extension of the OpenAI API
     return body
 
 
@@ -86,7 +101,12 @@ def parse_choice(response: Any) -> GenerationResult:
     choice = response.choices[0]
     logprobs = None
     if choice.logprobs is not None and choice.logprobs.content is not None:
-        logprobs = tuple(TokenLogprob(t.token, float(t.logprob)) for t in choice.logprobs.content)
+        content = choice.logprobs.content
+        # each token's UTF-8 bytes, where the server sends them, give its exact text (a character
+        # split over two tokens is two replacement characters in `token`)
+        tokens = ([t.token for t in content] if any(t.bytes is None for t in content)
+                  else byte_pieces([bytes(t.bytes) for t in content]))
+        logprobs = tuple(TokenLogprob(token, float(t.logprob)) for token, t in zip(tokens, content, strict=True))
     usage = response.usage
     return GenerationResult(
         text=choice.message.content or "",
@@ -124,11 +144,14 @@ class VllmHttpEngine:
 
     def __init__(self, base_url: str | None = None, *, model: str | None = None, api_key: str = "EMPTY",
                  concurrency: int = 256, timeout: float = 120.0, http_retries: int = 4, backoff_s: float = 0.5,
-                 verify_grammar: bool = True, transport: httpx2.AsyncBaseTransport | None = None) -> None:
+                 verify_grammar: bool = True, transport: httpx2.AsyncBaseTransport | None = None,
+                 max_backoff_s: float = 30.0) -> None:
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
         self.model = model or ""
         self.http_retries = http_retries
         self.backoff_s = backoff_s
+        #: no wait between retries is longer, whatever a server's Retry-After asks
+        self.max_backoff_s = max_backoff_s
         self.verify_grammar = verify_grammar
         self.server_version: str | None = None
         self._api_key, self._timeout, self._concurrency, self._transport = api_key, timeout, concurrency, transport
@@ -192,7 +215,7 @@ class VllmHttpEngine:
     async def _probe(self) -> None:
         probe = GenerationRequest(messages=({"role": "user", "content": "Say hello in one word."},),
                                   schema=PROBE_SCHEMA, max_tokens=64)
-        result = parse_choice(await self._call(self._client.chat.completions.create, **self._body(probe)))
+        result = self._parsed(await self._call(self._post_chat, client=self._client, body=self._body(probe)))
         if not probe_enforced(result):
             raise GrammarNotEnforced(
                 f"{self.base_url} (vLLM {self.server_version or 'unknown version'}) ignored the JSON schema in "
@@ -209,13 +232,35 @@ class VllmHttpEngine:
             client, busy = session.least_busy()
             busy[0] += 1
             try:
-                response = await self._call(client.chat.completions.create, **self._body(request))
+                response = await self._call(self._post_chat, client=client, body=self._body(request))
             finally:
                 busy[0] -= 1
-        return parse_choice(response)
+        return self._parsed(response)
+
+    def _parsed(self, response: Any) -> GenerationResult:
+        """The completion's result; a body that is no chat completion (an HTML error page of a proxy,
+        no choices, a cut body) is a typed engine error, never an AttributeError."""
+        try:
+            return parse_choice(response)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            raise EngineError(f"{self.base_url} answered with no chat completion ({type(exc).__name__}: {exc}): "
+                              f"{str(response)[:120]!r}") from exc
+
+    def backoff_delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry `attempt + 1`: the server's Retry-After if it sent one, else
+        exponential (`backoff_s` x 2^attempt, jittered x0.5 to x1.5); never more than `max_backoff_s`."""
+        delay = retry_after if retry_after is not None else self.backoff_s * 2 ** attempt * (0.5 + random.random())
+        return max(0.0, min(delay, self.max_backoff_s))
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
         return chat_request(request, self.model)
+
+    @staticmethod
+    async def _post_chat(client: openai.AsyncOpenAI, body: dict[str, Any]) -> ChatCompletion:
+        """`chat.completions.create` without its parameter transform: the body is already plain JSON
+        (`chat_request`), and the transform walked the whole JSON schema of every request, about a sixth
+        of the service's event-loop CPU (py-spy, bench/service_overhead.py)."""
+        return await client.post("/chat/completions", cast_to=ChatCompletion, body=body)
 
     async def _call(self, fn: Any, **kwargs: Any) -> Any:
         """Call the server; back off and retry on 429, 5xx and dropped connections."""
@@ -235,12 +280,14 @@ class VllmHttpEngine:
                 if attempt == self.http_retries:
                     raise EngineUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
                 delay = None
-            await asyncio.sleep(delay if delay is not None else self.backoff_s * 2 ** attempt * (0.5 + random.random()))
+            await asyncio.sleep(self.backoff_delay(attempt, delay))
         raise AssertionError("unreachable")
 
-    def _typed(self, exc: openai.APIStatusError) -> EngineError:
+    def _typed(self, exc: openai.APIStatusError) -> ExtractorError:
         status = exc.status_code
         detail = f"{self.base_url} answered {status}: {exc.message}"[:500]
+        if status == 400 and _OVER_CONTEXT.search(exc.message):
+            return DocumentTooLarge(detail)  # this document's fault, not the engine's: the batch goes on
         if status == 429:
             return EngineOverloaded(detail, retry_after=_retry_after(exc))
         if status == 504:

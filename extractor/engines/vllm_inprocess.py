@@ -25,17 +25,22 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import DocumentTooLarge, EngineError, EngineUnavailable
 from .base import FinishReason, GenerationRequest, GenerationResult, TokenLogprob
+from .detok import token_pieces
 from .worker import Job, settle
 
 log = logging.getLogger(__name__)
 
 #: where a model folder is found when none is given
 MODEL_DIR_ENV = "EXTRACTOR_VLLM_MODEL_DIR"
+
+#: the schema of the start-up warm-up generation
+WARM_UP_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"greeting": {"type": "string", "maxLength": 8}},
+                                  "required": ["greeting"], "additionalProperties": False}
 
 
 def sampling_options(request: GenerationRequest) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -118,20 +123,25 @@ class PromptCache:
         return (head_ids, tail) if split == render_prompt(self.tokenizer, request) else None
 
 
-def chosen_logprobs(token_ids: Sequence[int], logprobs: Any) -> tuple[TokenLogprob, ...] | None:
-    """vLLM's per-position {token_id: Logprob} dicts -> the logprob of each chosen token."""
+def chosen_logprobs(token_ids: Sequence[int], logprobs: Any,
+                    decode: Callable[[list[int]], str] | None = None) -> tuple[TokenLogprob, ...] | None:
+    """vLLM's per-position {token_id: Logprob} dicts -> the logprob of each chosen token. With
+    `decode` (the tokenizer's), each token's text is what it adds to the decoded output
+    (`detok.token_pieces`), else vLLM's one-token `decoded_token`."""
     if logprobs is None:
         return None
+    pieces = token_pieces(decode, token_ids) if decode is not None else None
     out = []
-    for tok, position in zip(token_ids, logprobs, strict=False):
+    for k, (tok, position) in enumerate(zip(token_ids, logprobs, strict=False)):
         entry = position.get(tok)
         if entry is None:
             continue
-        out.append(TokenLogprob(entry.decoded_token or "", float(entry.logprob)))
+        out.append(TokenLogprob(pieces[k] if pieces is not None else entry.decoded_token or "", float(entry.logprob)))
     return tuple(out)
 
 
-def to_result(output: Any, prompt_len: int, want_logprobs: bool) -> GenerationResult:
+def to_result(output: Any, prompt_len: int, want_logprobs: bool,
+              decode: Callable[[list[int]], str] | None = None) -> GenerationResult:
     """A finished vLLM `RequestOutput` -> our `GenerationResult`."""
     choice = output.outputs[0]
     finish: FinishReason = "length" if choice.finish_reason == "length" else "stop"
@@ -140,7 +150,7 @@ def to_result(output: Any, prompt_len: int, want_logprobs: bool) -> GenerationRe
         finish_reason=finish,
         prompt_tokens=len(output.prompt_token_ids or ()) or prompt_len,
         completion_tokens=len(choice.token_ids),
-        logprobs=chosen_logprobs(choice.token_ids, choice.logprobs) if want_logprobs else None,
+        logprobs=chosen_logprobs(choice.token_ids, choice.logprobs, decode) if want_logprobs else None,
     )
 
 
@@ -175,6 +185,8 @@ class VllmEngine:
         self._structured_params = StructuredOutputsParams
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
         self._prompts = PromptCache(self.tokenizer)
+        # the output text is vLLM's detokenization with special tokens skipped: token texts match it
+        self._decode: Callable[[list[int]], str] = lambda ids: str(self.tokenizer.decode(ids, skip_special_tokens=True))
         try:
             config = StructuredOutputsConfig(**structured_outputs_config(compact_whitespace=compact_whitespace,
                                                                           backend=backend))
@@ -186,6 +198,7 @@ class VllmEngine:
             raise EngineUnavailable(f"vLLM could not start {path}: {exc}") from exc
         self._engine: Any = self._llm.llm_engine
         self.context_length = int(self._engine.model_config.max_model_len)
+        self._warm_up()
         self._ids = itertools.count()
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._failed: BaseException | None = None
@@ -212,6 +225,19 @@ class VllmEngine:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+    def _warm_up(self) -> None:
+        """One tiny guided generation at start-up, so that what vLLM and the grammar backend build
+        on their first guided request (kernels compiled on first use, the grammar compiler's
+        thread pool) is ready before the first document, not inside it."""
+        warm = GenerationRequest(messages=({"role": "user", "content": "Say hello."},), schema=WARM_UP_SCHEMA,
+                                 max_tokens=16)
+        sampling, structured = sampling_options(warm)
+        params = self._sampling_params(**sampling, structured_outputs=self._structured_params(**structured))
+        try:
+            self._llm.generate([{"prompt_token_ids": self._prompts(warm)}], params, use_tqdm=False)
+        except Exception as exc:
+            raise EngineUnavailable(f"vLLM could not run a guided generation: {exc}") from exc
 
     # -- worker -------------------------------------------------------------
     def _add(self, job: Job, running: dict[str, tuple[Job, int]]) -> None:
@@ -267,7 +293,7 @@ class VllmEngine:
                     continue
                 job, prompt_len = running.pop(output.request_id)
                 try:
-                    settle(job, to_result(output, prompt_len, job.request.logprobs))
+                    settle(job, to_result(output, prompt_len, job.request.logprobs, self._decode))
                 except Exception as exc:
                     settle(job, EngineError(f"vLLM returned an unreadable output: {exc}"))
 
