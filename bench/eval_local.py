@@ -67,9 +67,10 @@ def write_summary(out: Path, name: str, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
-    keep = ("max_retries", "require_grounded", "documents", "valid", "validity_rate", "attempts", "seconds", "docs_per_s",
+    keep = ("max_retries", "require_grounded", "grounded_decoding",
+            "documents", "valid", "validity_rate", "attempts", "seconds", "docs_per_s",
             "tokens", "summary", "top_level_fields")
-    return {**{k: report[k] for k in keep},
+    return {**{k: report.get(k) for k in keep},
             "fields": {path: {m: s[m] for m in ("f1", "precision", "recall", "exact_match", "support")}
                        for path, s in report["fields"].items()}}
 
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine-option", action="append", metavar="KEY=VALUE", default=[])
     parser.add_argument("--max-retries", type=int, default=2)
     parser.add_argument("--require-grounded", action="store_true", help="refuse and retry values found nowhere (-> *_grounded)")
+    parser.add_argument("--grounded-decoding", action="store_true",
+                        help="decode strings and numbers only as values that occur in the document (-> *_gdec)")
     parser.add_argument("--schemas", nargs="+", default=SCHEMAS, choices=SCHEMAS)
     parser.add_argument("--limit", type=int, help="only the first N documents of each set")
     parser.add_argument("--concurrency", type=int, default=64)
@@ -113,8 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    name = f"eval_{args.engine}" + ("_grounded" if args.require_grounded else "")
+    name = (f"eval_{args.engine}" + ("_grounded" if args.require_grounded else "")
+            + ("_gdec" if args.grounded_decoding else ""))
     extractor = Extractor(args.engine, max_retries=args.max_retries, require_grounded=args.require_grounded,
+                          grounded_decoding=args.grounded_decoding,
                           **parse_options(args.engine_option))
     meta = {
         "benchmark": "eval_dev_sets", "engine": args.engine, "model": extractor.engine.model,

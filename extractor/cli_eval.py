@@ -36,6 +36,8 @@ def add_parser(sub: Any, engine_names: list[str]) -> None:
     p.add_argument("--max-retries", type=int, default=2, help="retries after a failed validation (default 2)")
     p.add_argument("--require-grounded", action="store_true",
                    help="a free-text value that occurs nowhere in the document fails validation and is retried")
+    p.add_argument("--grounded-decoding", action="store_true",
+                   help="decode free-text strings and numbers only as values that occur in the document")
     p.add_argument("--concurrency", type=int, default=64, help="documents in flight (default 64)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N documents")
     p.add_argument("--abs-tol", type=float, default=0.005, help="numbers equal within this absolute difference (0.005)")
@@ -78,7 +80,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     task = registry.get(args.schema)
     docs = read_dataset(args.dataset, task, limit=args.limit)
     extractor = Extractor(args.engine, max_retries=args.max_retries, registry=registry,
-                          require_grounded=args.require_grounded, **parse_options(args.engine_option or []))
+                          require_grounded=args.require_grounded, grounded_decoding=args.grounded_decoding,
+                          **parse_options(args.engine_option or []))
     try:
         run = asyncio.run(aevaluate(extractor, task, docs, dataset=str(args.dataset), concurrency=args.concurrency,
                                     progress=not args.no_progress))

@@ -2,7 +2,7 @@
 
 `build_report` scores an `EvalRun` (with `eval_metrics`) into one JSON-ready dict:
 
-    schema, version, dataset, engine, model, max_retries, require_grounded, tolerance, date
+    schema, version, dataset, engine, model, max_retries, require_grounded, grounded_decoding, tolerance, date
     documents, valid, validity_rate          documents with a valid record / all documents
     attempts {mean, max, retried, total}     attempts used per document (a failed one counts its tries)
     seconds, docs_per_s, tokens {prompt, completion}   tokens of the documents with a valid record only
@@ -42,7 +42,7 @@ from .eval_run import EvalRun
 REPORT_KIND = "extractor-eval"
 METRICS = ("f1", "precision", "recall", "exact_match")
 #: what names a run in a comparison
-RUN_KEYS = ("schema", "dataset", "engine", "model", "max_retries", "require_grounded", "date")
+RUN_KEYS = ("schema", "dataset", "engine", "model", "max_retries", "require_grounded", "grounded_decoding", "date")
 
 
 def build_report(run: EvalRun, tolerance: Tolerance = DEFAULT_TOLERANCE) -> dict[str, Any]:
@@ -74,6 +74,7 @@ def build_report(run: EvalRun, tolerance: Tolerance = DEFAULT_TOLERANCE) -> dict
         "model": run.model,
         "max_retries": run.max_retries,
         "require_grounded": run.require_grounded,
+        "grounded_decoding": run.grounded_decoding,
         "tolerance": {"absolute": tolerance.absolute, "relative": tolerance.relative},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "documents": n,
@@ -175,7 +176,8 @@ def render_html(report: dict[str, Any]) -> str:
         f"<title>eval {e(report['schema'])}: {e(str(report['engine']))}</title><style>{_CSS}</style></head><body>\n"
         f"<h1>{e(report['schema'])} v{e(str(report['version']))} on {e(str(report['dataset']))}</h1>\n"
         f"<p class=sub>engine {e(str(report['engine']))}, model {e(str(report['model']))}, "
-        f"max retries {e(str(report['max_retries']))}{', require grounded' if report.get('require_grounded') else ''}, "
+        f"max retries {e(str(report['max_retries']))}{', require grounded' if report.get('require_grounded') else ''}"
+        f"{', grounded decoding' if report.get('grounded_decoding') else ''}, "
         f"{e(str(report['date']))}</p>\n"
         '<div class="cards">' + "".join(f"<div class=card>{e(k)}<b>{e(str(v))}</b></div>" for k, v in cards) + "</div>\n"
         "<h2>Fields</h2><table><tr><th>field</th><th>F1</th><th>precision</th><th>recall</th><th>exact</th>"
@@ -226,7 +228,8 @@ def _fmt(value: float | None, signed: bool = False) -> str:
 def format_comparison(cmp: dict[str, Any]) -> str:
     """The comparison as a plain-text table (B - A)."""
     a, b = cmp["a"], cmp["b"]
-    lines = [f"{label}: {r['schema']} {r['engine']} {r['model']}{' require-grounded' if r.get('require_grounded') else ''} "
+    lines = [f"{label}: {r['schema']} {r['engine']} {r['model']}{' require-grounded' if r.get('require_grounded') else ''}"
+             f"{' grounded-decoding' if r.get('grounded_decoding') else ''} "
              f"({r['dataset']})" for label, r in (("A", a), ("B", b))]
     lines += [f"note: {n}" for n in cmp["notes"]]
     width = max([len(p) for p in cmp["fields"]] + [len(k) for k in cmp["summary"]] + [5])

@@ -63,6 +63,8 @@ class EvalRun:
     max_retries: int
     #: values that occur nowhere in the document were refused and retried (`Extractor(require_grounded=True)`)
     require_grounded: bool = False
+    #: strings and numbers decoded only as values that occur in the document (`grounded_decoding=True`)
+    grounded_decoding: bool = False
 
 
 def read_dataset(path: str | Path, task: Task[Any], *, limit: int | None = None) -> list[LabeledDocument]:
@@ -132,7 +134,8 @@ async def aevaluate(extractor: Extractor, task: Task[Any], docs: Sequence[Labele
     seconds = time.perf_counter() - start
     return EvalRun(task=task, engine=extractor.engine.name, model=extractor.engine.model, dataset=dataset,
                    outcomes=outcomes, seconds=seconds, max_retries=extractor.policy.max_attempts - 1,
-                   require_grounded=bool(getattr(extractor.policy, "require_grounded", False)))
+                   require_grounded=bool(getattr(extractor.policy, "require_grounded", False)),
+                   grounded_decoding=bool(getattr(extractor.policy, "grounded_decoding", False)))
 
 
 def evaluate(extractor: Extractor, task: Task[Any], docs: Sequence[LabeledDocument], *, dataset: str = "",

@@ -39,35 +39,42 @@ class Extractor:
     implements the `Engine` protocol. `spans=True` puts where each value occurs in the
     document in `meta.spans`; `confidence=True` puts per-field probabilities from the
     engine's token logprobs in `meta.confidence`; `require_grounded=True` rejects (and
-    retries) free-text values that occur nowhere in the document. `run`/`arun` take the
-    same three per call.
+    retries) free-text values that occur nowhere in the document; `grounded_decoding=True`
+    lets the grammar write only strings and numbers that occur in the document (see
+    `document_constraint`). `run`/`arun` take the same four per call.
     """
 
     def __init__(self, engine: str | Engine = "local", *, max_retries: int = 2,
                  registry: SchemaRegistry | None = None, logprobs: bool = False, spans: bool = False,
-                 confidence: bool = False, require_grounded: bool = False, **engine_options: Any) -> None:
+                 confidence: bool = False, require_grounded: bool = False, grounded_decoding: bool = False,
+                 **engine_options: Any) -> None:
         self.engine: Engine = create_engine(engine, **engine_options) if isinstance(engine, str) else engine
         self.registry = registry if registry is not None else default_registry()
         self.policy = RetryPolicy(max_attempts=max_retries + 1, logprobs=logprobs, spans=spans, confidence=confidence,
-                                  require_grounded=require_grounded)
+                                  require_grounded=require_grounded, grounded_decoding=grounded_decoding)
 
     def task(self, schema: str | type[BaseModel] | Task[Any]) -> Task[Any]:
         return self.registry.resolve(schema)
 
-    def _policy(self, spans: bool | None, confidence: bool | None, require_grounded: bool | None) -> RetryPolicy:
-        changes = {k: v for k, v in (("spans", spans), ("confidence", confidence),
-                                     ("require_grounded", require_grounded)) if v is not None}
+    def _policy(self, spans: bool | None, confidence: bool | None, require_grounded: bool | None,
+                grounded_decoding: bool | None = None) -> RetryPolicy:
+        changes = {k: v for k, v in (("spans", spans), ("confidence", confidence), ("require_grounded", require_grounded),
+                                     ("grounded_decoding", grounded_decoding)) if v is not None}
         return dataclasses.replace(self.policy, **changes) if changes else self.policy
 
     async def arun(self, schema: str | type[BaseModel] | Task[Any], text: str, *, spans: bool | None = None,
-                   confidence: bool | None = None, require_grounded: bool | None = None) -> Extraction[Any]:
+                   confidence: bool | None = None, require_grounded: bool | None = None,
+                   grounded_decoding: bool | None = None) -> Extraction[Any]:
         """Extract with metadata: an `Extraction` (data + meta). The keywords override the
         extractor's own settings for this call."""
-        return await extract_one(self.engine, self.task(schema), text, self._policy(spans, confidence, require_grounded))
+        policy = self._policy(spans, confidence, require_grounded, grounded_decoding)
+        return await extract_one(self.engine, self.task(schema), text, policy)
 
     def run(self, schema: str | type[BaseModel] | Task[Any], text: str, *, spans: bool | None = None,
-            confidence: bool | None = None, require_grounded: bool | None = None) -> Extraction[Any]:
-        return _run(self.arun(schema, text, spans=spans, confidence=confidence, require_grounded=require_grounded))
+            confidence: bool | None = None, require_grounded: bool | None = None,
+            grounded_decoding: bool | None = None) -> Extraction[Any]:
+        return _run(self.arun(schema, text, spans=spans, confidence=confidence, require_grounded=require_grounded,
+                              grounded_decoding=grounded_decoding))
 
     @overload
     async def aextract(self, schema: type[M], text: str) -> M: ...

@@ -11,6 +11,9 @@ Asked for, a valid output also gets its values' spans in the document (`spans`, 
 `grounding`) and per-field confidence from the engine's token logprobs (`confidence`, see
 `confidence`); `require_grounded` makes a free-text value that occurs nowhere in the document a
 validation error like any other: fed back, retried, and in `ExtractionFailed` if it persists.
+`grounded_decoding` goes further, before the fact: the engine gets a per-document schema whose
+free-text strings and numbers can only take values that occur in the document
+(`document_constraint`); validation still checks against the task's own strict schema.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pydantic import BaseModel
 
 from .confidence import field_confidence
 from .contract import Task
+from .document_constraint import constrain_to_document
 from .documents import check_unicode
 from .engines.base import Engine, GenerationRequest
 from .errors import EmptyDocument, ExtractionFailed
@@ -51,6 +55,9 @@ class RetryPolicy:
     confidence: bool = False
     #: a free-text string found nowhere in the document fails validation (and is retried)
     require_grounded: bool = False
+    #: decode against a per-document schema whose free-text strings and numbers can only be
+    #: values that occur in the document (`document_constraint`)
+    grounded_decoding: bool = False
 
 
 async def extract_one(engine: Engine, task: Task[Any], document: str, policy: RetryPolicy = RetryPolicy()) -> Extraction[Any]:
@@ -59,6 +66,7 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, policy: Re
     check_unicode(document)  # a lone surrogate: no tokenizer takes it
     start = time.perf_counter()
     messages: list[Message] = build_messages(task, document)
+    schema = constrain_to_document(task.strict_schema, document) if policy.grounded_decoding else task.strict_schema
     max_tokens = task.max_tokens
     grew = False
     seen: list[list[str]] = []
@@ -67,7 +75,7 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, policy: Re
         # any retry samples a little: greedy decoding would walk the same path again
         # (into the same validation error, or the same loop up to max_tokens)
         resampling = bool(seen)
-        request = GenerationRequest(messages=tuple(messages), schema=task.strict_schema, max_tokens=max_tokens,
+        request = GenerationRequest(messages=tuple(messages), schema=schema, max_tokens=max_tokens,
                                     temperature=policy.retry_temperature if resampling else 0.0,
                                     seed=policy.seed + attempt - 1, logprobs=policy.logprobs or policy.confidence,
                                     repetition_penalty=policy.repetition_penalty)

@@ -1,0 +1,188 @@
+"""Grounded decoding: a per-document schema whose free-text strings and numbers can only be
+values that occur in the document.
+
+`constrain_to_document(strict_schema, document)` returns a copy of the strict schema in which
+
+- every free-text string (type `string`, no `enum`, `const`, `format` or `pattern`) gets an
+  `enum` of the document's candidate spans: each line, each cell of a line (cells are split at
+  runs of two or more spaces, tabs and ` | `), every run of up to `max_words` words inside a
+  cell, with surrounding punctuation trimmed as a variant, and runs of 2 to 4 consecutive whole
+  lines joined by a space (and by ", " where a line does not already end with a comma), which
+  is how an address printed on several lines is written on one;
+- every `number` / `integer` without `enum` or `const` gets an `enum` of the numbers printed in
+  the document (`1,234.50`, `1.234,50`, `3,500`, `7.00`; both readings where one is ambiguous),
+  within the node's `minimum` / `maximum`.
+
+Since it is still a JSON schema, the same schema goes to every engine: the grammar (xgrammar on
+the CPU, vLLM's guided decoding on the GPU) then makes the model copy a value rather than write
+one. Nullable fields keep their `null` branch, so "not in the document" stays expressible.
+
+Limits: a field is left as it was when the document offers no candidate for it (a number field
+in a document without numbers), and the candidate list is capped at `max_candidates` by using
+shorter word runs, so a long document still compiles in bounded time. A value the document
+states only in another form (a date printed as 23.08.2024 for a `format: date` field, an
+implied quantity of 1) is not affected: formats and enums are left alone, and an implied number
+is not offered.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["candidate_numbers", "candidate_spans", "constrain_to_document"]
+
+MAX_WORDS = 12
+MAX_CANDIDATES = 4000
+MAX_JOINED_LINES = 4
+#: the `$defs` entry holding the document's spans
+SPAN_DEF = "DocumentSpan"
+
+_CELL_SPLIT = re.compile(r"\s{2,}|\t|\s\|\s")
+_TRIM = " \t,;:.()[]{}<>\"'*#-\u2013\u2014/\\"
+_NUMBER = re.compile(r"(?<![\w.,])[-\u2212]?\d+(?:[.,'\u00a0\u202f]\d+)*(?!\w)")
+
+
+def _trimmed(text: str) -> str:
+    return text.strip(_TRIM)
+
+
+def _add(out: dict[str, None], value: str) -> None:
+    value = value.strip()
+    if value:
+        out[value] = None
+
+
+def candidate_spans(document: str, *, max_words: int = MAX_WORDS) -> list[str]:
+    """Every span a free-text field may take, in document order, without repeats."""
+    out: dict[str, None] = {}
+    lines = [line.strip() for line in document.splitlines()]
+    for line in lines:
+        if not line:
+            continue
+        _add(out, line)
+        _add(out, _trimmed(line))
+        for cell in _CELL_SPLIT.split(line):
+            words = cell.split()
+            for i in range(len(words)):
+                for j in range(i + 1, min(len(words), i + max_words) + 1):
+                    run = " ".join(words[i:j])
+                    _add(out, run)
+                    _add(out, _trimmed(run))
+    full = [line for line in lines if line]
+    for i in range(len(full)):
+        for k in range(2, MAX_JOINED_LINES + 1):
+            if i + k > len(full):
+                break
+            group = full[i:i + k]
+            _add(out, " ".join(group))
+            _add(out, _trimmed(" ".join(group)))
+            _add(out, ", ".join(_trimmed(g) for g in group))
+    return list(out)
+
+
+def _readings(token: str) -> list[float]:
+    """The values a printed number may mean: `1,234.50` -> 1234.5, `1.234,50` -> 1234.5,
+    `3,500` -> 3500 (and 3.5), `7.00` -> 7.0, `2,85` -> 2.85."""
+    token = token.replace("\u2212", "-").replace("\u00a0", "'").replace("\u202f", "'")
+    sign = -1.0 if token.startswith("-") else 1.0
+    token = token.lstrip("-")
+    seps = [c for c in token if c in ".,'"]
+    digits_only = re.sub(r"[.,']", "", token)
+    values: set[float] = set()
+    if not seps:
+        values.add(float(token))
+    else:
+        last = max(token.rfind(c) for c in ".,")
+        if last >= 0:
+            head, tail = token[:last], token[last + 1:]
+            head_digits = re.sub(r"[.,']", "", head)
+            if head_digits:
+                values.add(float(f"{head_digits}.{tail}"))  # the last separator is the decimal point
+            if len(tail) == 3:
+                values.add(float(digits_only))  # ... or a thousands separator
+        else:
+            values.add(float(digits_only))  # apostrophes or narrow spaces only: thousands
+    return [sign * v for v in values]
+
+
+def candidate_numbers(document: str) -> list[float]:
+    out: dict[float, None] = {}
+    for match in _NUMBER.finditer(document):
+        for value in _readings(match.group()):
+            out[value] = None
+    return list(out)
+
+
+def _free_text(node: Mapping[str, Any]) -> bool:
+    return node.get("type") == "string" and not any(k in node for k in ("enum", "const", "format", "pattern"))
+
+
+def _numeric(node: Mapping[str, Any]) -> str | None:
+    kind = node.get("type")
+    if kind in ("number", "integer") and not any(k in node for k in ("enum", "const")):
+        return str(kind)
+    return None
+
+
+def _within(node: Mapping[str, Any], value: float) -> bool:
+    if "minimum" in node and value < node["minimum"]:
+        return False
+    if "maximum" in node and value > node["maximum"]:
+        return False
+    if "exclusiveMinimum" in node and value <= node["exclusiveMinimum"]:
+        return False
+    return not ("exclusiveMaximum" in node and value >= node["exclusiveMaximum"])
+
+
+def _number_enum(node: Mapping[str, Any], kind: str, numbers: Iterable[float]) -> list[int | float]:
+    out: list[int | float] = []
+    for value in numbers:
+        if not _within(node, value):
+            continue
+        if value.is_integer():
+            out.append(int(value))
+        elif kind == "number":
+            out.append(value)
+    return list(dict.fromkeys(out))
+
+
+def _spans_within(document: str, max_candidates: int) -> list[str]:
+    for words in range(MAX_WORDS, 0, -1):
+        spans = candidate_spans(document, max_words=words)
+        if len(spans) <= max_candidates:
+            return spans
+    return []
+
+
+def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: bool = True,
+                          max_candidates: int = MAX_CANDIDATES) -> dict[str, Any]:
+    """A copy of `schema` (a strict schema) whose free-text strings, and numbers unless
+    `numbers=False`, can only take values that occur in `document`."""
+    out: dict[str, Any] = copy.deepcopy(dict(schema))
+    spans = _spans_within(document, max_candidates)
+    found = candidate_numbers(document) if numbers else []
+    # one definition that every free-text field refers to: the grammar compiles the list once
+    span_ref = {"$ref": f"#/$defs/{SPAN_DEF}"}
+    used = False
+
+    def walk(node: Any) -> Any:
+        nonlocal used
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if _free_text(node) and spans:
+            used = True
+            return dict(span_ref)
+        if (kind := _numeric(node)) and found and (allowed := _number_enum(node, kind, found)):
+            node["enum"] = allowed
+        return {key: value if key in ("enum", "const", "default", "examples") else walk(value)
+                for key, value in node.items()}
+
+    out = walk(out)
+    if used:
+        out.setdefault("$defs", {})[SPAN_DEF] = {"type": "string", "enum": spans}
+    return out

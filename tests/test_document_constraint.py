@@ -1,0 +1,139 @@
+"""Grounded decoding: the per-document schema, what it offers, and that it reaches the engine."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+
+from extractor import Extractor
+from extractor.contract import task_from_model
+from extractor.document_constraint import (
+    SPAN_DEF,
+    candidate_numbers,
+    candidate_spans,
+    constrain_to_document,
+)
+from extractor.engines.base import GenerationRequest, GenerationResult
+from schemas import Invoice, JobPosting, Person, Receipt
+
+RECEIPT = """KEDAI MAKANAN SRI MELATI
+NO 12, JALAN SS 2/24,
+47300 PETALING JAYA, SELANGOR
+DATE: 2017-11-25  TIME: 19:11
+MEE GORENG                  7.00
+TOTAL                       7.00"""
+
+
+def test_spans_cover_lines_cells_word_runs_and_joined_lines() -> None:
+    spans = candidate_spans(RECEIPT)
+    assert "KEDAI MAKANAN SRI MELATI" in spans  # a line
+    assert "MEE GORENG" in spans and "7.00" in spans  # cells of a table row
+    assert "SRI MELATI" in spans  # a run of words inside a cell
+    assert "NO 12, JALAN SS 2/24" in spans  # trailing punctuation trimmed
+    assert "NO 12, JALAN SS 2/24, 47300 PETALING JAYA, SELANGOR" in spans  # an address over two lines
+    assert "GORENG 7.00" not in spans  # never across cells
+    assert len(spans) == len(set(spans))
+    assert all(s and s == s.strip() for s in spans)
+
+
+def test_person_sentence_offers_the_name_and_the_city_without_the_full_stop() -> None:
+    spans = candidate_spans("Alice Smith is 34 years old and lives in Lisbon.")
+    assert {"Alice Smith", "Lisbon", "Lisbon."} <= set(spans)
+
+
+@pytest.mark.parametrize(("text", "values"), [
+    ("Total 1,234.50 EUR", {1234.5}),
+    ("Summe 1.234,50 EUR", {1234.5}),
+    ("3,500\u20134,000 PLN", {3500.0, 4000.0, 3.5, 4.0}),  # a thousands separator, or a decimal comma
+    ("Qty 1  189.00", {1.0, 189.0}),
+    ("Preis 2,85", {2.85}),
+    ("CHF 1'000", {1000.0}),
+    ("refund -12.50", {-12.5}),
+    ("BR/24/105", {24.0, 105.0}),
+])
+def test_numbers_printed_in_common_forms(text: str, values: set[float]) -> None:
+    assert set(candidate_numbers(text)) == values
+
+
+def test_person_schema_constrains_name_city_email_and_age_but_keeps_null() -> None:
+    strict = task_from_model(Person).strict_schema
+    before = json.dumps(strict)
+    out = constrain_to_document(strict, "Alice Smith, 34, lives in Lisbon.")
+    props = out["properties"]
+    assert props["name"] == {"$ref": f"#/$defs/{SPAN_DEF}"} and props["city"] == props["name"]
+    assert {"type": "null"} in props["email"]["anyOf"]
+    assert props["age"]["enum"] == [34]
+    assert "Lisbon" in out["$defs"][SPAN_DEF]["enum"]
+    assert json.dumps(strict) == before, "the task's schema is left untouched"
+    record = {"name": "Alice Smith", "age": 34, "city": "Lisbon", "email": None}
+    jsonschema.validate(record, out)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**record, "city": "Porto"}, out)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**record, "age": 35}, out)
+
+
+def test_formats_and_enums_are_left_alone_and_numbers_respect_bounds() -> None:
+    strict = task_from_model(Invoice).strict_schema
+    out = constrain_to_document(strict, "ACME Ltd\nInvoice 77 dated 23.08.2024\nWidget  2  -5.00  10.00\nTotal EUR 10.00")
+    props = out["properties"]
+    assert props["date"] == strict["properties"]["date"]  # format: date is converted, not copied
+    assert out["$defs"]["Currency"] == strict["$defs"]["Currency"]
+    item = out["$defs"]["LineItem"]["properties"]
+    assert -5.0 not in item["quantity"]["enum"]  # minimum 0
+    assert 10.0 in props["total"]["enum"] or 10 in props["total"]["enum"]
+
+
+def test_no_numbers_in_the_document_leaves_number_fields_free() -> None:
+    strict = task_from_model(Person).strict_schema
+    out = constrain_to_document(strict, "Alice Smith lives in Lisbon.")
+    assert "enum" not in out["properties"]["age"]
+
+
+def test_a_long_document_is_capped_by_shorter_word_runs() -> None:
+    doc = " ".join(f"word{i}" for i in range(3000))
+    out = constrain_to_document(task_from_model(JobPosting).strict_schema, doc, max_candidates=4000)
+    enum = out["$defs"][SPAN_DEF]["enum"]
+    assert len(enum) <= 4000 and "word10" in enum
+
+
+@pytest.mark.parametrize("model", [Person, Invoice, Receipt, JobPosting])
+def test_every_shipped_schema_still_compiles_to_a_grammar(model: Any) -> None:
+    import xgrammar as xgr
+
+    out = constrain_to_document(task_from_model(model).strict_schema, RECEIPT + "\nAlice Smith, 34, Lisbon")
+    assert SPAN_DEF in out["$defs"]
+    xgr.Grammar.from_json_schema(json.dumps(out), any_whitespace=False, strict_mode=True)
+
+
+class RecordingEngine:
+    name = "recording"
+    model = "scripted"
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.requests: list[GenerationRequest] = []
+
+    async def generate(self, requests: Any) -> list[GenerationResult]:
+        self.requests.extend(requests)
+        return [GenerationResult(text=self.answer, finish_reason="stop", prompt_tokens=1, completion_tokens=1)
+                for _ in requests]
+
+
+def test_the_engine_gets_the_document_schema_only_when_asked() -> None:
+    answer = json.dumps({"name": "Alice Smith", "age": 34, "city": "Lisbon", "email": None})
+    text = "Alice Smith, 34, lives in Lisbon."
+    plain = RecordingEngine(answer)
+    Extractor(plain).run(Person, text)
+    assert plain.requests[0].schema == task_from_model(Person).strict_schema
+
+    grounded = RecordingEngine(answer)
+    Extractor(grounded, grounded_decoding=True).run(Person, text)
+    assert grounded.requests[0].schema == constrain_to_document(task_from_model(Person).strict_schema, text)
+
+    per_call = RecordingEngine(answer)
+    Extractor(per_call).run(Person, text, grounded_decoding=True)
+    assert SPAN_DEF in per_call.requests[0].schema["$defs"]
