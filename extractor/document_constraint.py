@@ -9,9 +9,19 @@ values that occur in the document.
   cell, with surrounding punctuation trimmed as a variant, and runs of 2 to 4 consecutive whole
   lines joined by a space (and by ", " where a line does not already end with a comma), which
   is how an address printed on several lines is written on one;
-- every `number` / `integer` without `enum` or `const` gets an `enum` of the numbers printed in
-  the document (`1,234.50`, `1.234,50`, `3,500`, `7.00`; both readings where one is ambiguous),
-  within the node's `minimum` / `maximum`.
+- every `number` / `integer` without `enum` or `const` gets an `enum` of the amounts printed in
+  the document (`1,234.50`, `1.234,50`, `3,500`, `7.00`, `88k`; both readings where one is
+  ambiguous), within the node's `minimum` / `maximum`. Dates, times and identifiers such as
+  `BR/24/105` are not amounts: their digits are not offered (so a number field meant to hold a
+  year printed only inside a date cannot be decoded this way);
+- every array gets a `maxItems` the document can fill: an array of objects with `k` required
+  number fields at most one item per `k` amounts on a line (an invoice's item line prints its
+  quantity and price; a sentence billing three items prints six amounts), other arrays of
+  objects one per non-empty line, arrays of
+  strings one per piece of text (cells, split at commas, semicolons, slashes, bullets, sentence
+  ends and "and" / "or").
+  A small model that repeats the last list item until `max_tokens` is stopped by the grammar
+  instead.
 
 Since it is still a JSON schema, the same schema goes to every engine: the grammar (xgrammar on
 the CPU, vLLM's guided decoding on the GPU) then makes the model copy a value rather than write
@@ -108,11 +118,34 @@ def _readings(token: str) -> list[float]:
     return [sign * v for v in values]
 
 
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
+_NOT_AMOUNTS = re.compile(
+    r"\b\d{4}-\d{1,2}-\d{1,2}\b"  # 2024-08-23
+    r"|\b\d{1,2}[./-]\d{1,2}[./-]\d{2,4}\b"  # 23.08.2024, 8/23/24
+    r"|\b\d{1,2}(?:st|nd|rd|th)?\s+" + _MONTH + r"(?:\s+\d{4})?"  # 6 September 2024
+    r"|\b" + _MONTH + r"\s+\d{1,2}(?:st|nd|rd|th)?(?:,?\s+\d{4})?"  # May 16, 2018
+    r"|\b\d{1,2}:\d{2}(?::\d{2})?\b"  # 19:11
+    r"|[#\w]*[A-Za-z#][\w]*(?:[-/][\w]+)+|[\w]+(?:[-/][\w]+)*[-/][\w]*[A-Za-z][\w]*",  # BR/24/105, NW-2024-118
+    re.IGNORECASE)
+_THOUSANDS = re.compile(r"(?<![\w.,])(\d+(?:[.,]\d+)?)\s?[kK]\b")
+
+
+def _amounts_only(text: str) -> str:
+    """`text` with dates, times and identifiers blanked out: what is left are amounts."""
+    return _NOT_AMOUNTS.sub(lambda m: " " * len(m.group()), text)
+
+
 def candidate_numbers(document: str) -> list[float]:
+    """The amounts printed in the document, in every reading (dates, times and identifiers
+    such as `BR/24/105` are not amounts; `88k` is read as 88000)."""
+    text = _amounts_only(document)
     out: dict[float, None] = {}
-    for match in _NUMBER.finditer(document):
+    for match in _NUMBER.finditer(text):
         for value in _readings(match.group()):
             out[value] = None
+    for match in _THOUSANDS.finditer(text):
+        for value in _readings(match.group(1)):
+            out[round(value * 1000, 6)] = None
     return list(out)
 
 
@@ -149,6 +182,48 @@ def _number_enum(node: Mapping[str, Any], kind: str, numbers: Iterable[float]) -
     return list(dict.fromkeys(out))
 
 
+_LIST_SPLIT = re.compile(r"[,;/|\u2022\u00b7]|\.\s|\s(?:and|or|&)\s")
+
+
+def _pieces(document: str) -> int:
+    """How many list entries the document could print: its cells, split at commas, semicolons,
+    slashes, bullets, sentence ends and `and` / `or`."""
+    return sum(len([p for p in _LIST_SPLIT.split(cell) if p.strip()])
+               for line in document.splitlines() for cell in _CELL_SPLIT.split(line.strip()) if cell.strip())
+
+
+def _numbers_per_line(document: str) -> list[int]:
+    return [len(_NUMBER.findall(_amounts_only(line))) for line in document.splitlines() if line.strip()]
+
+
+def _required_numbers(node: Mapping[str, Any], root: Mapping[str, Any]) -> int:
+    """How many required fields of an object schema are numbers (through `$ref`s)."""
+    node = _deref(node, root)
+    props = node.get("properties", {})
+    return sum(1 for name in node.get("required", ()) if _deref(props.get(name, {}), root).get("type")
+               in ("number", "integer"))
+
+
+def _deref(node: Any, root: Mapping[str, Any]) -> Mapping[str, Any]:
+    for _ in range(32):
+        if not isinstance(node, Mapping) or "$ref" not in node:
+            break
+        target: Any = root
+        for token in str(node["$ref"]).lstrip("#").split("/")[1:]:
+            target = target.get(token, {}) if isinstance(target, Mapping) else {}
+        node = target
+    return node if isinstance(node, Mapping) else {}
+
+
+def _max_items(node: Mapping[str, Any], root: Mapping[str, Any], document: str) -> int:
+    items = _deref(node.get("items", {}), root)
+    if items.get("type") == "object":
+        k = _required_numbers(items, root)
+        per_line = _numbers_per_line(document)
+        return sum(n // k for n in per_line) if k else len(per_line)
+    return _pieces(document)
+
+
 def _spans_within(document: str, max_candidates: int) -> list[str]:
     for words in range(MAX_WORDS, 0, -1):
         spans = candidate_spans(document, max_words=words)
@@ -162,6 +237,7 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
     """A copy of `schema` (a strict schema) whose free-text strings, and numbers unless
     `numbers=False`, can only take values that occur in `document`."""
     out: dict[str, Any] = copy.deepcopy(dict(schema))
+    root = dict(schema)
     spans = _spans_within(document, max_candidates)
     found = candidate_numbers(document) if numbers else []
     # one definition that every free-text field refers to: the grammar compiles the list once
@@ -179,6 +255,9 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
             return dict(span_ref)
         if (kind := _numeric(node)) and found and (allowed := _number_enum(node, kind, found)):
             node["enum"] = allowed
+        if node.get("type") == "array" and "items" in node and not node.get("prefixItems"):
+            bound = max(_max_items(node, root, document), int(node.get("minItems", 0)))
+            node["maxItems"] = min(bound, int(node.get("maxItems", bound)))
         return {key: value if key in ("enum", "const", "default", "examples") else walk(value)
                 for key, value in node.items()}
 

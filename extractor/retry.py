@@ -28,9 +28,9 @@ from .confidence import field_confidence
 from .contract import Task
 from .document_constraint import constrain_to_document
 from .documents import check_unicode
-from .engines.base import Engine, GenerationRequest
+from .engines.base import Engine, GenerationRequest, GenerationResult
 from .errors import EmptyDocument, ExtractionFailed
-from .grounding import ground_record, ungrounded_errors
+from .grounding import Span, ground_record, ungrounded_errors
 from .prompt import Message, build_messages, feedback_message
 from .prompt_echo import echo_errors
 from .result import Extraction, Meta
@@ -60,6 +60,34 @@ class RetryPolicy:
     grounded_decoding: bool = False
 
 
+@dataclass(frozen=True)
+class _Judged:
+    result: GenerationResult
+    outcome: Any  # a validated value, or Invalid
+    spans: dict[str, list[Span]] | None = None
+    cut: bool = False  # finished at max_tokens
+
+
+def _judge(task: Task[Any], result: GenerationResult, document: str, system: str, policy: RetryPolicy,
+           max_tokens: int) -> _Judged:
+    """Every gate one output must pass: complete, valid, not echoing the instructions, grounded
+    when that is required."""
+    if result.finish_reason == "length":
+        return _Judged(result, Invalid([f"output cut off at max_tokens={max_tokens} before the JSON was complete"]),
+                       cut=True)
+    outcome = validate_output(task, result.text, document)
+    if not isinstance(outcome, Invalid) and (echoes := echo_errors(result.text, system, document)):
+        outcome = Invalid(echoes)  # a field repeats the instructions (a prompt injection): refused, retried
+    spans = None
+    if not isinstance(outcome, Invalid) and (policy.spans or policy.require_grounded):
+        data = outcome.value.model_dump(mode="json") if isinstance(outcome.value, BaseModel) else outcome.value
+        spans = ground_record(data, document)
+        errors = ungrounded_errors(data, task.strict_schema, spans) if policy.require_grounded else []
+        if errors:
+            outcome = Invalid(errors)
+    return _Judged(result, outcome, spans)
+
+
 async def extract_one(engine: Engine, task: Task[Any], document: str, policy: RetryPolicy = RetryPolicy()) -> Extraction[Any]:
     if not document.strip():
         raise EmptyDocument("the document is empty")
@@ -82,27 +110,16 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, policy: Re
         (result,) = await engine.generate([request])
         prompt_tokens += result.prompt_tokens
         completion_tokens += result.completion_tokens
-        if result.finish_reason == "length":
-            errors = [f"output cut off at max_tokens={max_tokens} before the JSON was complete"]
-            seen.append(errors)
-            if grew:
-                break
-            max_tokens *= policy.length_growth
-            grew = True
-            continue
-        outcome = validate_output(task, result.text, document)
-        if not isinstance(outcome, Invalid) and (echoes := echo_errors(result.text, messages[0]["content"], document)):
-            outcome = Invalid(echoes)  # a field repeats the instructions (a prompt injection): refused, retried
-        spans = None
-        if not isinstance(outcome, Invalid) and (policy.spans or policy.require_grounded):
-            data = outcome.value.model_dump(mode="json") if isinstance(outcome.value, BaseModel) else outcome.value
-            spans = ground_record(data, document)
-            errors = ungrounded_errors(data, task.strict_schema, spans) if policy.require_grounded else []
-            if errors:
-                outcome = Invalid(errors)
-        if isinstance(outcome, Invalid):
-            seen.append(outcome.errors)
-            messages = [*messages, {"role": "assistant", "content": result.text}, feedback_message(outcome.errors)]
+        judged = _judge(task, result, document, messages[0]["content"], policy, max_tokens)
+        if isinstance(judged.outcome, Invalid):
+            seen.append(judged.outcome.errors)
+            if judged.cut:
+                if grew:
+                    break
+                max_tokens *= policy.length_growth
+                grew = True
+                continue
+            messages = [*messages, {"role": "assistant", "content": result.text}, feedback_message(judged.outcome.errors)]
             continue
         confidence = None
         if policy.confidence and result.logprobs is not None:
@@ -110,8 +127,8 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, policy: Re
         meta = Meta(schema=task.name, version=task.version, engine=engine.name, model=engine.model,
                     attempts=attempt, errors=seen, prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens, latency_ms=(time.perf_counter() - start) * 1000,
-                    spans=spans if policy.spans else None, confidence=confidence)
-        return Extraction(data=outcome.value, meta=meta)
+                    spans=judged.spans if policy.spans else None, confidence=confidence)
+        return Extraction(data=judged.outcome.value, meta=meta)
     last = "; ".join(seen[-1]) if seen else "no attempt made"
     raise ExtractionFailed(f"{task.name}: no valid output after {len(seen)} attempt(s): {last}",
                            attempts=len(seen), errors=seen)

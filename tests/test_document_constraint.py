@@ -52,7 +52,10 @@ def test_person_sentence_offers_the_name_and_the_city_without_the_full_stop() ->
     ("Preis 2,85", {2.85}),
     ("CHF 1'000", {1000.0}),
     ("refund -12.50", {-12.5}),
-    ("BR/24/105", {24.0, 105.0}),
+    ("Invoice No: BR/24/105", set()),  # an identifier, not amounts
+    ("Date: 23.08.2024  Time: 19:11", set()),
+    ("Payment due: 6 September 2024, ref NW-2024-118", set()),
+    ("Budget: \u20ac88k-\u20ac101k a year", {88000.0, 101000.0}),
 ])
 def test_numbers_printed_in_common_forms(text: str, values: set[float]) -> None:
     assert set(candidate_numbers(text)) == values
@@ -85,6 +88,16 @@ def test_formats_and_enums_are_left_alone_and_numbers_respect_bounds() -> None:
     item = out["$defs"]["LineItem"]["properties"]
     assert -5.0 not in item["quantity"]["enum"]  # minimum 0
     assert 10.0 in props["total"]["enum"] or 10 in props["total"]["enum"]
+
+
+def test_arrays_are_bounded_by_what_the_document_can_fill() -> None:
+    doc = ("ACME Ltd\nInvoice BR/24/105, 23.08.2024\n3 x Printer paper @ 4.50 EUR\n1 x Stapler @ 9.00 EUR\n"
+           "Total: 22.50 EUR")
+    out = constrain_to_document(task_from_model(Invoice).strict_schema, doc)
+    assert out["properties"]["line_items"]["maxItems"] == 2  # two lines print a quantity and a price
+    skills = constrain_to_document(task_from_model(JobPosting).strict_schema,
+                                   "You will need Kubernetes, Go, PostgreSQL and Terraform.")
+    assert skills["properties"]["skills"]["maxItems"] >= 4
 
 
 def test_no_numbers_in_the_document_leaves_number_fields_free() -> None:
