@@ -94,6 +94,27 @@ def test_both_engines_give_confidence_from_logprobs_and_spans(http_engine: Any, 
         assert [doc[s.start:s.end] for s in result.meta.spans["name"]] == [result.data.name], engine.name
 
 
+def test_both_engines_decode_against_the_document_schema(http_engine: Any, inprocess_engine: Any) -> None:
+    """Grounded decoding: vLLM takes the per-document schema ($defs enum of spans, number enums,
+    maxItems) and every value it writes occurs in the document, on both engines alike."""
+    from extractor.document_constraint import candidate_numbers, candidate_spans
+    from schemas import JobPosting
+
+    doc = DOCS[0]
+    posting = ("Position: Data Engineer\nEmployer: Helix Bioworks\nLocation: Warsaw\nContract: full-time\n"
+               "Required skills: Python, SQL, Docker")
+    records = []
+    for engine in (http_engine, inprocess_engine):
+        extractor = Extractor(engine, max_retries=1, grounded_decoding=True)
+        person = extractor.extract(Person, doc)
+        assert person.name in candidate_spans(doc) and person.city in candidate_spans(doc), engine.name
+        assert person.age in candidate_numbers(doc), engine.name
+        job = extractor.extract(JobPosting, posting)
+        assert all(s in candidate_spans(posting) for s in job.skills) and len(job.skills) <= 5, engine.name
+        records.append((person, job))
+    assert records[0] == records[1]
+
+
 def test_sdk_extracts_typed_records_over_http() -> None:
     person = Extractor("vllm-http", base_url=URL).extract(Person, "Kenji Sato is 19 years old and lives in Osaka.")
     assert isinstance(person, Person)
