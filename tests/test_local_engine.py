@@ -48,3 +48,21 @@ def test_invoice_is_validated_or_refused_never_returned_unchecked(local_engine: 
     else:
         assert isinstance(invoice, Invoice)
         assert abs(sum(i.quantity * i.unit_price for i in invoice.line_items) - invoice.total) <= max(0.01, 0.005 * invoice.total)
+
+
+def test_grounded_decoding_writes_only_what_the_document_holds(local_engine: object) -> None:
+    """Grounded decoding on the real model: the person fixtures come out right, and on a job
+    posting every string is a span of the document and every skill list stays within its bound."""
+    from extractor.document_constraint import candidate_spans
+    from schemas import JobPosting
+
+    extractor = Extractor(local_engine, grounded_decoding=True)  # type: ignore[arg-type]
+    for fixture, expected in (("alice.txt", ("Alice Smith", 34, "Lisbon")), ("john.txt", ("John Doe", 28, "Paris"))):
+        person = extractor.extract(Person, (FIXTURES / "person" / fixture).read_text())
+        assert (person.name, person.age, person.city) == expected
+    posting = ("Position: Machine Learning Engineer\nEmployer: Helix Bioworks\nLocation: Warsaw\n"
+               "Contract type: permanent full-time position\nRequired skills: Python, MLOps, PyTorch, Docker, AWS")
+    job = extractor.extract(JobPosting, posting)
+    spans = candidate_spans(posting)
+    assert all(value in spans for value in (job.title, job.company, job.location, *job.skills))
+    assert 1 <= len(job.skills) <= 12
