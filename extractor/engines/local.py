@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import inspect
 import logging
 import os
 import queue
@@ -147,6 +148,8 @@ class LocalEngine:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
         self.lm: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         self.lm.eval()  # type: ignore[no-untyped-call]  # no dropout
+        # transformers renamed `past_key_values` to `cache` (the old name warns on every call)
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
         self.vocab_size = int(self.lm.config.vocab_size)
         self.context_length = int(getattr(self.lm.config, "max_position_embeddings", 2048))
         self.tokenizer_info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab_size)
@@ -256,7 +259,7 @@ class LocalEngine:
             return self._prefixes[prefix]
         torch = self._torch
         out = self.lm(input_ids=torch.tensor([prefix]), use_cache=True)
-        layers = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+        layers = tuple((layer.keys, layer.values) for layer in getattr(out, self._cache_kw).layers)
         self._prefixes[prefix] = layers
         while len(self._prefixes) > self._prefix_cache_size:
             self._prefixes.popitem(last=False)
@@ -301,7 +304,7 @@ class LocalEngine:
         live = list(range(n))  # job index of each row still in the batch
         gens = [torch.Generator().manual_seed(j.request.seed) for j in jobs]
         bitmask = xgr.allocate_token_bitmask(n, self.vocab_size)
-        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, **{self._cache_kw: cache}, use_cache=True,
                       logits_to_keep=1)
         while True:
             logits = out.logits[:, -1, :].float()
@@ -352,7 +355,7 @@ class LocalEngine:
                 live = [live[r] for r in keep]
             mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
             out = self.lm(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                          past_key_values=cache, use_cache=True, logits_to_keep=1)
+                          **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1)
             next_pos = next_pos + 1
 
         return [
