@@ -152,10 +152,11 @@ def _headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, s
 
 
 def _body(text: str, options: dict[str, Any] | None, spans: bool, confidence: bool,
-          require_grounded: bool) -> dict[str, Any]:
+          require_grounded: bool, grounded_decoding: bool) -> dict[str, Any]:
     """The request body; the keyword flags are shorthands for the same `options`."""
     opts = dict(options or {})
-    for key, on in (("spans", spans), ("confidence", confidence), ("require_grounded", require_grounded)):
+    for key, on in (("spans", spans), ("confidence", confidence), ("require_grounded", require_grounded),
+                    ("grounded_decoding", grounded_decoding)):
         if on:
             opts[key] = True
     return {"text": text, "options": opts}
@@ -210,11 +211,13 @@ class Client:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def run(self, schema: Schema, text: str, *, options: dict[str, Any] | None = None, spans: bool = False,
-            confidence: bool = False, require_grounded: bool = False) -> Extraction[Any]:
+            confidence: bool = False, require_grounded: bool = False,
+            grounded_decoding: bool = False) -> Extraction[Any]:
         """Extract with metadata: an `Extraction` (data + meta), as `Extractor.run`; `spans`,
-        `confidence` and `require_grounded` ask the server for them (`options` of the request)."""
+        `confidence`, `require_grounded` and `grounded_decoding` ask the server for them (`options`
+        of the request)."""
         name, model = _resolve(schema, self.registry)
-        body = _body(text, options, spans, confidence, require_grounded)
+        body = _body(text, options, spans, confidence, require_grounded, grounded_decoding)
         return _extraction(self._post(f"/extract/{name}", body), model, text)
 
     @overload
@@ -297,9 +300,10 @@ class AsyncClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def run(self, schema: Schema, text: str, *, options: dict[str, Any] | None = None, spans: bool = False,
-                  confidence: bool = False, require_grounded: bool = False) -> Extraction[Any]:
+                  confidence: bool = False, require_grounded: bool = False,
+                  grounded_decoding: bool = False) -> Extraction[Any]:
         name, model = _resolve(schema, self.registry)
-        body = _body(text, options, spans, confidence, require_grounded)
+        body = _body(text, options, spans, confidence, require_grounded, grounded_decoding)
         return _extraction(await self._post(f"/extract/{name}", body), model, text)
 
     @overload

@@ -67,6 +67,27 @@ def test_confidence_option_asks_the_engine_for_logprobs() -> None:
     assert [r.logprobs for r in seen if "age" in r.schema.get("properties", {})] == [True, False]
 
 
+def test_grounded_decoding_sends_the_document_schema_through_the_service_and_the_sdk() -> None:
+    seen: list[GenerationRequest] = []
+
+    def script(request: GenerationRequest) -> str:
+        seen.append(request)
+        return answer(request)
+
+    app = make_app(ScriptedEngine(script))
+    call(app, "POST", "/extract/person", json={"text": DOC, "options": {"grounded_decoding": True}})
+
+    async def go() -> None:
+        async with AsyncClient("http://svc", transport=httpx2.ASGITransport(app=app)) as c:
+            await c.run(Person, DOC, grounded_decoding=True)
+            await c.run(Person, DOC)
+
+    asyncio.run(go())
+    person = [r for r in seen if "age" in r.schema.get("properties", {})]
+    assert ["DocumentSpan" in r.schema.get("$defs", {}) for r in person] == [True, True, False]
+    assert "Lisbon" in person[0].schema["$defs"]["DocumentSpan"]["enum"]
+
+
 def test_the_sdk_client_passes_the_options_and_reads_spans_back() -> None:
     app = make_app()
 
