@@ -11,17 +11,17 @@ values that occur in the document.
   is how an address printed on several lines is written on one;
 - every `number` / `integer` without `enum` or `const` gets an `enum` of the amounts printed in
   the document (`1,234.50`, `1.234,50`, `3,500`, `7.00`, `88k`; both readings where one is
-  ambiguous), within the node's `minimum` / `maximum`. Dates, times and identifiers such as
-  `BR/24/105` are not amounts: their digits are not offered (so a number field meant to hold a
-  year printed only inside a date cannot be decoded this way);
+  ambiguous), within the node's `minimum` / `maximum`; inside the items of an array of objects
+  with `k` required number fields, only the amounts of lines printing at least `k` amounts (an
+  invoice line item's unit price is on its item line, not the total's line). Dates, times and
+  identifiers such as `BR/24/105` are not amounts: their digits are not offered (so a number
+  field meant to hold a year printed only inside a date cannot be decoded this way);
 - every array gets a `maxItems` the document can fill: an array of objects with `k` required
   number fields at most one item per `k` amounts on a line (an invoice's item line prints its
   quantity and price; a sentence billing three items prints six amounts), other arrays of
-  objects one per non-empty line, arrays of
-  strings one per piece of text (cells, split at commas, semicolons, slashes, bullets, sentence
-  ends and "and" / "or").
-  A small model that repeats the last list item until `max_tokens` is stopped by the grammar
-  instead.
+  objects one per non-empty line, arrays of strings one per piece of text (cells, split at
+  commas, semicolons, slashes, bullets, sentence ends and "and" / "or"). A small model that
+  repeats the last list item until `max_tokens` is stopped by the grammar instead.
 
 Since it is still a JSON schema, the same schema goes to every engine: the grammar (xgrammar on
 the CPU, vLLM's guided decoding on the GPU) then makes the model copy a value rather than write
@@ -232,6 +232,36 @@ def _spans_within(document: str, max_candidates: int) -> list[str]:
     return []
 
 
+_LEAVE = frozenset({"enum", "const", "default", "examples"})
+
+
+def _item_lines(document: str, k: int) -> str:
+    """The lines that can hold an item with `k` number fields (at least `k` amounts)."""
+    return "\n".join(line for line in document.splitlines() if len(_NUMBER.findall(_amounts_only(line))) >= k)
+
+
+def _item_defs(schema: Mapping[str, Any]) -> dict[str, int]:
+    """The `$defs` that are the items of an array of objects with required number fields, with
+    how many such fields they have."""
+    out: dict[str, int] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, Mapping):
+            items = node.get("items")
+            if node.get("type") == "array" and isinstance(items, Mapping) and "$ref" in items:
+                k = _required_numbers(items, schema)
+                if k:
+                    out[str(items["$ref"]).rsplit("/", 1)[-1]] = k
+            for value in node.values():
+                walk(value)
+
+    walk(schema)
+    return out
+
+
 def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: bool = True,
                           max_candidates: int = MAX_CANDIDATES) -> dict[str, Any]:
     """A copy of `schema` (a strict schema) whose free-text strings, and numbers unless
@@ -240,28 +270,40 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
     root = dict(schema)
     spans = _spans_within(document, max_candidates)
     found = candidate_numbers(document) if numbers else []
+    item_defs = _item_defs(root)
     # one definition that every free-text field refers to: the grammar compiles the list once
     span_ref = {"$ref": f"#/$defs/{SPAN_DEF}"}
     used = False
 
-    def walk(node: Any) -> Any:
+    def item_numbers(k: int) -> list[float]:
+        return candidate_numbers(_item_lines(document, k)) if numbers else []
+
+    def walk(node: Any, amounts: list[float]) -> Any:
         nonlocal used
         if isinstance(node, list):
-            return [walk(item) for item in node]
+            return [walk(item, amounts) for item in node]
         if not isinstance(node, dict):
             return node
         if _free_text(node) and spans:
             used = True
             return dict(span_ref)
-        if (kind := _numeric(node)) and found and (allowed := _number_enum(node, kind, found)):
+        if (kind := _numeric(node)) and amounts and (allowed := _number_enum(node, kind, amounts)):
             node["enum"] = allowed
+        done: set[str] = set()
         if node.get("type") == "array" and "items" in node and not node.get("prefixItems"):
             bound = max(_max_items(node, root, document), int(node.get("minItems", 0)))
             node["maxItems"] = min(bound, int(node.get("maxItems", bound)))
-        return {key: value if key in ("enum", "const", "default", "examples") else walk(value)
-                for key, value in node.items()}
+            items = node["items"]
+            if isinstance(items, dict) and "$ref" not in items and (k := _required_numbers(items, root)):
+                node["items"] = walk(items, item_numbers(k) or amounts)  # an item's amounts come from item lines
+                done.add("items")
+        return {key: value if key in _LEAVE or key in done else walk(value, amounts) for key, value in node.items()}
 
-    out = walk(out)
+    defs = out.get("$defs", {})
+    for name, definition in list(defs.items()):
+        k = item_defs.get(name, 0)
+        defs[name] = walk(definition, (item_numbers(k) or found) if k else found)
+    out = {key: value if key == "$defs" else walk(value, found) for key, value in out.items()}
     if used:
         out.setdefault("$defs", {})[SPAN_DEF] = {"type": "string", "enum": spans}
     return out

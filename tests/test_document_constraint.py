@@ -100,6 +100,15 @@ def test_arrays_are_bounded_by_what_the_document_can_fill() -> None:
     assert skills["properties"]["skills"]["maxItems"] >= 4
 
 
+def test_an_items_numbers_come_from_the_lines_that_can_hold_an_item() -> None:
+    doc = "Harbor Lights\nInvoice no. HL-7781\nDate: 12 February 2025\n4 x Espresso cups @ 6.25 USD\nTotal: 25.00 USD"
+    out = constrain_to_document(task_from_model(Invoice).strict_schema, doc)
+    item = out["$defs"]["LineItem"]["properties"]
+    assert sorted(item["unit_price"]["enum"]) == [4, 6.25]  # not the total's 25
+    assert 25 in out["properties"]["total"]["enum"]
+    assert out["properties"]["line_items"]["maxItems"] == 1
+
+
 def test_no_numbers_in_the_document_leaves_number_fields_free() -> None:
     strict = task_from_model(Person).strict_schema
     out = constrain_to_document(strict, "Alice Smith lives in Lisbon.")

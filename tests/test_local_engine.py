@@ -66,3 +66,25 @@ def test_grounded_decoding_writes_only_what_the_document_holds(local_engine: obj
     spans = candidate_spans(posting)
     assert all(value in spans for value in (job.title, job.company, job.location, *job.skills))
     assert 1 <= len(job.skills) <= 12
+
+
+def test_an_unseen_invoice_validates_with_grounded_decoding(tmp_path: object) -> None:
+    """Issue 2's check, through the CLI: an invoice that is in no fixture, `extract run invoice
+    --grounded-decoding`, a record that passed the items-add-up validator. (Plain decoding writes
+    the total, 25, as the unit price; with grounded decoding an item's numbers come from its line.)"""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    doc = Path(str(tmp_path)) / "harbor.txt"
+    doc.write_text("Harbor Lights Cafe Supplies\nInvoice no. HL-7781\nDate: 12 February 2025\n\n"
+                   "4 x Espresso cups @ 6.25 USD\n\nTotal: 25.00 USD\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "extractor", "run", "invoice", str(doc), "--grounded-decoding"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(proc.stdout)
+    invoice = Invoice.model_validate(record["data"])  # the validators run again here
+    assert (invoice.vendor, invoice.invoice_number, str(invoice.date)) == ("Harbor Lights Cafe Supplies", "HL-7781",
+                                                                           "2025-02-12")
+    assert invoice.total == 25.0 and [(i.quantity, i.unit_price) for i in invoice.line_items] == [(4, 6.25)]
