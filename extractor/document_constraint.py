@@ -13,12 +13,12 @@ values that occur in the document.
   the document (`1,234.50`, `1.234,50`, `3,500`, `7.00`, `88k`; both readings where one is
   ambiguous), within the node's `minimum` / `maximum`; inside the items of an array of objects
   with `k` required number fields, only the amounts of lines printing at least `k` amounts (an
-  invoice line item's unit price is on its item line, not the total's line). Dates, times and
-  identifiers such as `BR/24/105` are not amounts: their digits are not offered (so a number
+  invoice line item's unit price is on its item line, not the total's line). Dates, times, rates
+  (`20 %`) and identifiers such as `BR/24/105` are not amounts: their digits are not offered (so a number
   field meant to hold a year printed only inside a date cannot be decoded this way);
 - every array gets a `maxItems` the document can fill: an array of objects with `k` required
-  number fields at most one item per `k` amounts on a line (an invoice's item line prints its
-  quantity and price; a sentence billing three items prints six amounts), other arrays of
+  number fields at most one item per line, or `;`-separated part of a line, printing `k`
+  amounts (an invoice's item line prints its quantity and price), other arrays of
   objects one per non-empty line, arrays of strings one per piece of text (cells, split at
   commas, semicolons, slashes, bullets, sentence ends and "and" / "or"). A small model that
   repeats the last list item until `max_tokens` is stopped by the grammar instead.
@@ -125,6 +125,8 @@ _NOT_AMOUNTS = re.compile(
     r"|\b\d{1,2}(?:st|nd|rd|th)?\s+" + _MONTH + r"(?:\s+\d{4})?"  # 6 September 2024
     r"|\b" + _MONTH + r"\s+\d{1,2}(?:st|nd|rd|th)?(?:,?\s+\d{4})?"  # May 16, 2018
     r"|\b\d{1,2}:\d{2}(?::\d{2})?\b"  # 19:11
+    r"|\d+(?:[.,]\d+)?\s?%"  # 20 %: a rate
+    r"|\b\d+(?:-\d+)+\b"  # 202511-34, 2-11-3: a number or an address, not an amount
     r"|[#\w]*[A-Za-z#][\w]*(?:[-/][\w]+)+|[\w]+(?:[-/][\w]+)*[-/][\w]*[A-Za-z][\w]*",  # BR/24/105, NW-2024-118
     re.IGNORECASE)
 _THOUSANDS = re.compile(r"(?<![\w.,])(\d+(?:[.,]\d+)?)\s?[kK]\b")
@@ -196,6 +198,13 @@ def _numbers_per_line(document: str) -> list[int]:
     return [len(_NUMBER.findall(_amounts_only(line))) for line in document.splitlines() if line.strip()]
 
 
+def _items_per_line(document: str, k: int) -> int:
+    """How many items with `k` number fields the document's lines can hold: one per line, or per
+    `;`-separated part of a line (a sentence billing three items), that prints `k` amounts."""
+    return sum(1 for line in document.splitlines() for part in line.split(";")
+               if len(_NUMBER.findall(_amounts_only(part))) >= k)
+
+
 def _required_numbers(node: Mapping[str, Any], root: Mapping[str, Any]) -> int:
     """How many required fields of an object schema are numbers (through `$ref`s)."""
     node = _deref(node, root)
@@ -220,7 +229,7 @@ def _max_items(node: Mapping[str, Any], root: Mapping[str, Any], document: str) 
     if items.get("type") == "object":
         k = _required_numbers(items, root)
         per_line = _numbers_per_line(document)
-        return sum(n // k for n in per_line) if k else len(per_line)
+        return _items_per_line(document, k) if k else len(per_line)
     return _pieces(document)
 
 
@@ -236,8 +245,9 @@ _LEAVE = frozenset({"enum", "const", "default", "examples"})
 
 
 def _item_lines(document: str, k: int) -> str:
-    """The lines that can hold an item with `k` number fields (at least `k` amounts)."""
-    return "\n".join(line for line in document.splitlines() if len(_NUMBER.findall(_amounts_only(line))) >= k)
+    """The lines (or `;`-separated parts) that can hold an item with `k` number fields."""
+    return "\n".join(part for line in document.splitlines() for part in line.split(";")
+                     if len(_NUMBER.findall(_amounts_only(part))) >= k)
 
 
 def _item_defs(schema: Mapping[str, Any]) -> dict[str, int]:

@@ -56,6 +56,8 @@ def test_person_sentence_offers_the_name_and_the_city_without_the_full_stop() ->
     ("Date: 23.08.2024  Time: 19:11", set()),
     ("Payment due: 6 September 2024, ref NW-2024-118", set()),
     ("Budget: \u20ac88k-\u20ac101k a year", {88000.0, 101000.0}),
+    ("VAT 20% 12.00", {12.0}),  # a rate is not an amount
+    ("Invoice number: 202511-34", set()),
 ])
 def test_numbers_printed_in_common_forms(text: str, values: set[float]) -> None:
     assert set(candidate_numbers(text)) == values
@@ -95,6 +97,10 @@ def test_arrays_are_bounded_by_what_the_document_can_fill() -> None:
            "Total: 22.50 EUR")
     out = constrain_to_document(task_from_model(Invoice).strict_schema, doc)
     assert out["properties"]["line_items"]["maxItems"] == 2  # two lines print a quantity and a price
+    prose = ("ACME\nWe are billing: 1 x Pallet storage at 165,00 SEK each; 16 hours of Forklift operator at "
+             "467,00 SEK per hour; 1 x Express parcel at 979,00 SEK each.\nThe total of 6.580,00 SEK is due.")
+    assert constrain_to_document(task_from_model(Invoice).strict_schema, prose)["properties"]["line_items"][
+        "maxItems"] == 3  # three items in one sentence, split at ';'
     skills = constrain_to_document(task_from_model(JobPosting).strict_schema,
                                    "You will need Kubernetes, Go, PostgreSQL and Terraform.")
     assert skills["properties"]["skills"]["maxItems"] >= 4
