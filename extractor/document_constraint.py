@@ -47,6 +47,7 @@ __all__ = ["candidate_numbers", "candidate_spans", "constrain_to_document"]
 MAX_WORDS = 12
 MAX_CANDIDATES = 4000
 MAX_JOINED_LINES = 4
+MAX_DOCUMENT_CHARS = 200_000
 #: the `$defs` entry holding the document's spans
 SPAN_DEF = "DocumentSpan"
 
@@ -118,16 +119,18 @@ def _readings(token: str) -> list[float]:
     return [sign * v for v in values]
 
 
-_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
+_MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+          r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\b\.?")
 _NOT_AMOUNTS = re.compile(
     r"\b\d{4}-\d{1,2}-\d{1,2}\b"  # 2024-08-23
     r"|\b\d{1,2}[./-]\d{1,2}[./-]\d{2,4}\b"  # 23.08.2024, 8/23/24
     r"|\b\d{1,2}(?:st|nd|rd|th)?\s+" + _MONTH + r"(?:\s+\d{4})?"  # 6 September 2024
     r"|\b" + _MONTH + r"\s+\d{1,2}(?:st|nd|rd|th)?(?:,?\s+\d{4})?"  # May 16, 2018
     r"|\b\d{1,2}:\d{2}(?::\d{2})?\b"  # 19:11
-    r"|\d+(?:[.,]\d+)?\s?%"  # 20 %: a rate
-    r"|\b\d+(?:-\d+)+\b"  # 202511-34, 2-11-3: a number or an address, not an amount
-    r"|[#\w]*[A-Za-z#][\w]*(?:[-/][\w]+)+|[\w]+(?:[-/][\w]+)*[-/][\w]*[A-Za-z][\w]*",  # BR/24/105, NW-2024-118
+    r"|(?<![\d.,])\d+(?:[.,]\d+)?\s?%"  # 20 %: a rate
+    # BR/24/105, NW-2024-118, 202511-34, 2-11-3: a reference or an address, not amounts
+    # (every pattern starts at a boundary, so a long run of digits or letters is scanned once)
+    r"|(?<![#\w])[#\w]+(?:[-/][#\w]+)+",
     re.IGNORECASE)
 _THOUSANDS = re.compile(r"(?<![\w.,])(\d+(?:[.,]\d+)?)\s?[kK]\b")
 
@@ -275,8 +278,12 @@ def _item_defs(schema: Mapping[str, Any]) -> dict[str, int]:
 def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: bool = True,
                           max_candidates: int = MAX_CANDIDATES) -> dict[str, Any]:
     """A copy of `schema` (a strict schema) whose free-text strings, and numbers unless
-    `numbers=False`, can only take values that occur in `document`."""
+    `numbers=False`, can only take values that occur in `document`. A document longer than
+    `MAX_DOCUMENT_CHARS` (far past any model's context) gets the schema unchanged: the engine
+    refuses it as too long anyway."""
     out: dict[str, Any] = copy.deepcopy(dict(schema))
+    if len(document) > MAX_DOCUMENT_CHARS:
+        return out
     root = dict(schema)
     spans = _spans_within(document, max_candidates)
     found = candidate_numbers(document) if numbers else []

@@ -58,6 +58,7 @@ def test_person_sentence_offers_the_name_and_the_city_without_the_full_stop() ->
     ("Budget: \u20ac88k-\u20ac101k a year", {88000.0, 101000.0}),
     ("VAT 20% 12.00", {12.0}),  # a rate is not an amount
     ("Invoice number: 202511-34", set()),
+    ("Marketing 2 days", {2.0}),  # a word that starts like a month is no date
 ])
 def test_numbers_printed_in_common_forms(text: str, values: set[float]) -> None:
     assert set(candidate_numbers(text)) == values
@@ -165,3 +166,12 @@ def test_the_engine_gets_the_document_schema_only_when_asked() -> None:
     per_call = RecordingEngine(answer)
     Extractor(per_call).run(Person, text, grounded_decoding=True)
     assert SPAN_DEF in per_call.requests[0].schema["$defs"]
+
+
+@pytest.mark.parametrize("doc", ["a" * 150_000, "7" * 150_000, "x-" * 75_000, "1%" * 75_000])
+def test_long_runs_without_spaces_are_scanned_once(doc: str) -> None:
+    """Every pattern starts at a token boundary: a run of 150,000 characters is no quadratic
+    (or worse) regex search. Longer than MAX_DOCUMENT_CHARS, the schema comes back unchanged."""
+    strict = task_from_model(Invoice).strict_schema
+    assert "maxItems" in constrain_to_document(strict, doc)["properties"]["line_items"]
+    assert constrain_to_document(strict, doc * 2) == strict
