@@ -5,7 +5,8 @@ on loopback, for `--duration` seconds (600 by default).
     python bench/load_test.py --duration 20         # a short run
     python bench/load_test.py --url http://127.0.0.1:8080 --server-pid PID   # a server already running
 
-`--concurrency` clients loop, each sending one request at a time, drawn (seeded) from a mix:
+`--concurrency` clients loop, each sending one request at a time (after a 429 or 503, waiting
+its `Retry-After`, as the SDK does), drawn (seeded) from a mix:
 good documents of several schemas (JSON, text/plain and multipart bodies) and bad requests (bad
 JSON, an unknown schema, an empty document, an oversized one, a wrong content type, binary).
 Recorded: requests by kind and status, problem codes, client-side errors, latencies of good
@@ -165,6 +166,9 @@ async def run_load(url: str, *, duration_s: float, concurrency: int, server_pid:
                         codes["(not json)"] += 1
                 if kind.good and r.status_code == 200:
                     good_latency.append(time.monotonic() - began)
+                if r.status_code in (429, 503) and "retry-after" in r.headers:
+                    # as the SDK does: wait as told (a client that does not only floods the server)
+                    await asyncio.sleep(min(float(r.headers["retry-after"]), 30.0))
 
         async def sampler() -> None:
             while time.monotonic() < stop_at:

@@ -75,7 +75,7 @@ class Pipeline:
         failures = 0
         try:
             async with asyncio.timeout(deadline) as timer:
-                async with self.queue.slot():
+                async with self.queue.slot(deadline):
                     queue_s = time.perf_counter() - started
                     self.metrics.queue_wait.observe(queue_s)
                     result = await extract_one(engine, task, text, policy)

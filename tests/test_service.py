@@ -348,6 +348,37 @@ def test_deadline_while_queued_is_504() -> None:
     assert first.status_code == 200
 
 
+def test_queue_refuses_at_once_what_it_could_not_serve_within_the_deadline() -> None:
+    """Once slots are known to be held about 0.3 s, a request that would queue behind a running one
+    with a 0.2 s deadline gets a 429 with Retry-After now, not a 504 later; one with time to spare
+    still queues and is served."""
+    engine = GatedEngine()
+    app = make_app(engine, max_inflight=1, max_waiting=4)
+    queue = app.state.queue
+
+    async def scenario() -> list[httpx2.Response]:
+        async with client(app) as c:
+            warm = asyncio.create_task(c.post("/extract/person", json={"text": DOC}))
+            await _until(lambda: engine.entered == 1)
+            await asyncio.sleep(0.3)
+            engine.gate.set()
+            await warm
+            engine.gate.clear()
+            running = asyncio.create_task(c.post("/extract/person", json={"text": DOC}))
+            await _until(lambda: engine.entered == 2)
+            hopeless = await c.post("/extract/person", json={"text": DOC, "options": {"timeout_s": 0.2}})
+            patient = asyncio.create_task(c.post("/extract/person", json={"text": DOC, "options": {"timeout_s": 30}}))
+            await _until(lambda: queue.waiting == 1)
+            engine.gate.set()
+            return [hopeless, await running, await patient]
+
+    hopeless, running, patient = asyncio.run(scenario())
+    assert queue.hold_s is not None
+    body = problem(hopeless, 429, "queue-full")
+    assert "deadline" in body["detail"] and int(hopeless.headers["retry-after"]) >= 1
+    assert running.status_code == patient.status_code == 200
+
+
 # -- ops ------------------------------------------------------------------------------------------
 
 def test_readyz_runs_a_real_generation_and_caches_it() -> None:
