@@ -129,7 +129,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 async def run_load(url: str, *, duration_s: float, concurrency: int, server_pid: int, sample_s: float = 1.0,
                    seed: int = 0, max_waiting: int = 128, max_inflight: int = 32,
-                   schemas: tuple[str, ...] = GOOD_SCHEMAS) -> dict[str, Any]:
+                   schemas: tuple[str, ...] = GOOD_SCHEMAS, honour_retry_after: bool = True) -> dict[str, Any]:
     docs = _fixture_texts(schemas)
     weights = [k.weight for k in KINDS]
     good_kinds = {k.name for k in KINDS if k.good}
@@ -166,7 +166,7 @@ async def run_load(url: str, *, duration_s: float, concurrency: int, server_pid:
                         codes["(not json)"] += 1
                 if kind.good and r.status_code == 200:
                     good_latency.append(time.monotonic() - began)
-                if r.status_code in (429, 503) and "retry-after" in r.headers:
+                if r.status_code in (429, 503) and "retry-after" in r.headers and honour_retry_after:
                     # as the SDK does: wait as told (a client that does not only floods the server)
                     await asyncio.sleep(min(float(r.headers["retry-after"]), 30.0))
 
@@ -199,6 +199,7 @@ async def run_load(url: str, *, duration_s: float, concurrency: int, server_pid:
         "requests": sum(statuses.values()),
         "seconds": round(elapsed, 1),
         "concurrency": concurrency,
+        "clients_honour_retry_after": honour_retry_after,
         "good_schemas": list(schemas),
         "by_kind": {k: dict(sorted(v.items())) for k, v in by_kind.items()},
         "by_status": dict(sorted(statuses.items())),
@@ -310,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"schemas of the good requests (default {','.join(GOOD_SCHEMAS)})")
     parser.add_argument("--sample-s", type=float, default=1.0, help="seconds between RSS/queue samples")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ignore-retry-after", action="store_true",
+                        help="clients retry at once after a 429/503 (a flood), instead of waiting Retry-After")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for load_test.json and .png")
     args = parser.parse_args(argv)
 
@@ -331,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = asyncio.run(run_load(url, duration_s=args.duration, concurrency=args.concurrency, server_pid=pid,
                                       sample_s=args.sample_s, seed=args.seed, max_waiting=args.max_waiting,
-                                      max_inflight=args.max_inflight, schemas=tuple(args.schemas.split(","))))
+                                      max_inflight=args.max_inflight, schemas=tuple(args.schemas.split(",")),
+                                      honour_retry_after=not args.ignore_retry_after))
     finally:
         exit_code = stop_server(proc) if proc is not None else None
         tmp.cleanup()
