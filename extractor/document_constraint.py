@@ -42,6 +42,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .grounding import resolve_ref
+
 __all__ = ["candidate_numbers", "candidate_spans", "constrain_to_document"]
 
 MAX_WORDS = 12
@@ -197,42 +199,26 @@ def _pieces(document: str) -> int:
                for line in document.splitlines() for cell in _CELL_SPLIT.split(line.strip()) if cell.strip())
 
 
-def _numbers_per_line(document: str) -> list[int]:
-    return [len(_NUMBER.findall(_amounts_only(line))) for line in document.splitlines() if line.strip()]
-
-
-def _items_per_line(document: str, k: int) -> int:
-    """How many items with `k` number fields the document's lines can hold: one per line, or per
-    `;`-separated part of a line (a sentence billing three items), that prints `k` amounts."""
-    return sum(1 for line in document.splitlines() for part in line.split(";")
-               if len(_NUMBER.findall(_amounts_only(part))) >= k)
+def _item_parts(document: str, k: int) -> list[str]:
+    """The lines, or `;`-separated parts of a line (a sentence billing three items), that print at
+    least `k` amounts: where an item with `k` number fields can be."""
+    return [part for line in document.splitlines() for part in line.split(";")
+            if len(_NUMBER.findall(_amounts_only(part))) >= k]
 
 
 def _required_numbers(node: Mapping[str, Any], root: Mapping[str, Any]) -> int:
     """How many required fields of an object schema are numbers (through `$ref`s)."""
-    node = _deref(node, root)
+    node = resolve_ref(node, root)
     props = node.get("properties", {})
-    return sum(1 for name in node.get("required", ()) if _deref(props.get(name, {}), root).get("type")
+    return sum(1 for name in node.get("required", ()) if resolve_ref(props.get(name, {}), root).get("type")
                in ("number", "integer"))
 
 
-def _deref(node: Any, root: Mapping[str, Any]) -> Mapping[str, Any]:
-    for _ in range(32):
-        if not isinstance(node, Mapping) or "$ref" not in node:
-            break
-        target: Any = root
-        for token in str(node["$ref"]).lstrip("#").split("/")[1:]:
-            target = target.get(token, {}) if isinstance(target, Mapping) else {}
-        node = target
-    return node if isinstance(node, Mapping) else {}
-
-
 def _max_items(node: Mapping[str, Any], root: Mapping[str, Any], document: str) -> int:
-    items = _deref(node.get("items", {}), root)
+    items = resolve_ref(node.get("items", {}), root)
     if items.get("type") == "object":
         k = _required_numbers(items, root)
-        per_line = _numbers_per_line(document)
-        return _items_per_line(document, k) if k else len(per_line)
+        return len(_item_parts(document, k)) if k else sum(1 for line in document.splitlines() if line.strip())
     return _pieces(document)
 
 
@@ -245,12 +231,6 @@ def _spans_within(document: str, max_candidates: int) -> list[str]:
 
 
 _LEAVE = frozenset({"enum", "const", "default", "examples"})
-
-
-def _item_lines(document: str, k: int) -> str:
-    """The lines (or `;`-separated parts) that can hold an item with `k` number fields."""
-    return "\n".join(part for line in document.splitlines() for part in line.split(";")
-                     if len(_NUMBER.findall(_amounts_only(part))) >= k)
 
 
 def _item_defs(schema: Mapping[str, Any]) -> dict[str, int]:
@@ -293,7 +273,7 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
     used = False
 
     def item_numbers(k: int) -> list[float]:
-        return candidate_numbers(_item_lines(document, k)) if numbers else []
+        return candidate_numbers("\n".join(_item_parts(document, k))) if numbers else []
 
     def walk(node: Any, amounts: list[float]) -> Any:
         nonlocal used

@@ -323,7 +323,8 @@ def _pointer(root: Mapping[str, Any], ref: str) -> Mapping[str, Any]:
     return node if isinstance(node, Mapping) else {}
 
 
-def _resolve(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+def resolve_ref(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`node` with its chain of local `$ref`s followed (`{}` where one points nowhere)."""
     for _ in range(32):  # a chain of refs, never a loop (the compiler refuses recursive refs)
         if "$ref" not in node:
             break
@@ -344,10 +345,10 @@ def _fits(node: Mapping[str, Any], value: Any) -> bool:
 
 
 def _branch(node: Mapping[str, Any], root: Mapping[str, Any], value: Any) -> Mapping[str, Any]:
-    node = _resolve(node, root)
+    node = resolve_ref(node, root)
     for key in ("anyOf", "oneOf"):
         for option in node.get(key, ()):
-            option = _resolve(option, root)
+            option = resolve_ref(option, root)
             if _fits(option, value):
                 return _branch(option, root, value)
     return node

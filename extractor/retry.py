@@ -62,7 +62,6 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class _Judged:
-    result: GenerationResult
     outcome: Any  # a validated value, or Invalid
     spans: dict[str, list[Span]] | None = None
     cut: bool = False  # finished at max_tokens
@@ -73,8 +72,7 @@ def _judge(task: Task[Any], result: GenerationResult, document: str, system: str
     """Every gate one output must pass: complete, valid, not echoing the instructions, grounded
     when that is required."""
     if result.finish_reason == "length":
-        return _Judged(result, Invalid([f"output cut off at max_tokens={max_tokens} before the JSON was complete"]),
-                       cut=True)
+        return _Judged(Invalid([f"output cut off at max_tokens={max_tokens} before the JSON was complete"]), cut=True)
     outcome = validate_output(task, result.text, document)
     if not isinstance(outcome, Invalid) and (echoes := echo_errors(result.text, system, document)):
         outcome = Invalid(echoes)  # a field repeats the instructions (a prompt injection): refused, retried
@@ -85,7 +83,7 @@ def _judge(task: Task[Any], result: GenerationResult, document: str, system: str
         errors = ungrounded_errors(data, task.strict_schema, spans) if policy.require_grounded else []
         if errors:
             outcome = Invalid(errors)
-    return _Judged(result, outcome, spans)
+    return _Judged(outcome, spans)
 
 
 async def extract_one(engine: Engine, task: Task[Any], document: str, policy: RetryPolicy = RetryPolicy()) -> Extraction[Any]:

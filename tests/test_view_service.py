@@ -54,27 +54,26 @@ def test_require_grounded_retries_through_the_service() -> None:
     assert body["meta"]["attempts"] == 2 and "does not occur in the document" in body["meta"]["errors"][0][0]
 
 
-def test_confidence_option_asks_the_engine_for_logprobs() -> None:
+def recording_app() -> tuple[FastAPI, list[GenerationRequest]]:
+    """An app on a scripted engine that keeps every request it gets."""
     seen: list[GenerationRequest] = []
 
     def script(request: GenerationRequest) -> str:
         seen.append(request)
         return answer(request)
 
-    app = make_app(ScriptedEngine(script))
+    return make_app(ScriptedEngine(script)), seen
+
+
+def test_confidence_option_asks_the_engine_for_logprobs() -> None:
+    app, seen = recording_app()
     call(app, "POST", "/extract/person", json={"text": DOC, "options": {"confidence": True}})
     call(app, "POST", "/extract/person", json={"text": DOC})
     assert [r.logprobs for r in seen if "age" in r.schema.get("properties", {})] == [True, False]
 
 
 def test_grounded_decoding_sends_the_document_schema_through_the_service_and_the_sdk() -> None:
-    seen: list[GenerationRequest] = []
-
-    def script(request: GenerationRequest) -> str:
-        seen.append(request)
-        return answer(request)
-
-    app = make_app(ScriptedEngine(script))
+    app, seen = recording_app()
     call(app, "POST", "/extract/person", json={"text": DOC, "options": {"grounded_decoding": True}})
 
     async def go() -> None:
