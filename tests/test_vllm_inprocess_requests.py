@@ -24,7 +24,7 @@ def test_sampling_options_carry_the_strict_schema_greedy() -> None:
     req = GenerationRequest(messages=(), schema=PERSON.strict_schema, max_tokens=80, repetition_penalty=1.1)
     sampling, structured = sampling_options(req)
     assert structured == {"json": PERSON.strict_schema}
-    assert sampling == {"temperature": 0.0, "max_tokens": 80, "repetition_penalty": 1.1}
+    assert sampling == {"temperature": 0.0, "max_tokens": 80, "repetition_penalty": 1.1, "detokenize": False}
 
 
 def test_sampling_options_seed_only_when_sampling_and_logprobs_when_asked() -> None:
@@ -103,6 +103,7 @@ def test_logprobs_take_each_tokens_text_from_the_tokenizer_when_given() -> None:
     positions = [{1: Lp(-0.1, '{"n":"Jos')}, {2: Lp(-0.2, "\ufffd")}, {3: Lp(-0.3, "\ufffd")}, {4: Lp(-0.4, '"}')}]
     output = Output([Completion('{"n":"José"}', [1, 2, 3, 4], positions)], [7, 7, 7])
     result = to_result(output, 3, True, decode)
+    assert result.text == '{"n":"José"}'
     assert [(t.token, t.logprob) for t in result.logprobs or ()] == [
         ('{"n":"Jos', -0.1), ("", -0.2), ("é", -0.3), ('"}', -0.4)]
     assert [t.token for t in to_result(output, 3, True).logprobs or ()] == ['{"n":"Jos', "\ufffd", "\ufffd", '"}']
@@ -119,3 +120,13 @@ def test_confidence_from_in_process_logprobs() -> None:
     result = to_result(Output([Completion(text, ids, positions)], [1]), 1, True)
     conf = field_confidence(result.text, result.logprobs or ())
     assert conf == pytest.approx({"name": 0.6065306597, "age": 0.3678794412})
+
+
+def test_text_is_the_token_ids_decoded_once_when_the_engine_decodes() -> None:
+    """Requests go out with `detokenize=False`, so vLLM's text is empty: the engine's decode of the
+    finished output's token ids is the text."""
+    vocab = {1: '{"age":', 2: "4", 3: "2", 4: "}", 0: ""}
+    output = Output([Completion("", [1, 2, 3, 4, 0], None, "stop")], [7, 7])
+    result = to_result(output, 2, False, lambda ids: "".join(vocab[i] for i in ids))
+    assert (result.text, result.finish_reason, result.completion_tokens, result.prompt_tokens) == ('{"age":42}', "stop", 5, 2)
+    assert to_result(Output([Completion("vllm text", [1], None)], [7]), 1, False).text == "vllm text"

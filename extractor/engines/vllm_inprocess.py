@@ -53,6 +53,9 @@ def sampling_options(request: GenerationRequest) -> tuple[dict[str, Any], dict[s
         "temperature": request.temperature,
         "max_tokens": request.max_tokens,
         "repetition_penalty": request.repetition_penalty,
+        # no incremental detokenization per step: the engine decodes each output once when it
+        # finishes (`to_result`); there are no stop strings that would need the text as it grows
+        "detokenize": False,
     }
     if request.temperature > 0:
         sampling["seed"] = request.seed  # greedy decoding needs no generator
@@ -142,11 +145,13 @@ def chosen_logprobs(token_ids: Sequence[int], logprobs: Any,
 
 def to_result(output: Any, prompt_len: int, want_logprobs: bool,
               decode: Callable[[list[int]], str] | None = None) -> GenerationResult:
-    """A finished vLLM `RequestOutput` -> our `GenerationResult`."""
+    """A finished vLLM `RequestOutput` -> our `GenerationResult`. With `decode` (the tokenizer's)
+    the text is the output's token ids decoded once (requests are sent with `detokenize=False`),
+    else vLLM's own text."""
     choice = output.outputs[0]
     finish: FinishReason = "length" if choice.finish_reason == "length" else "stop"
     return GenerationResult(
-        text=choice.text,
+        text=decode(list(choice.token_ids)) if decode is not None else choice.text,
         finish_reason=finish,
         prompt_tokens=len(output.prompt_token_ids or ()) or prompt_len,
         completion_tokens=len(choice.token_ids),
@@ -185,8 +190,9 @@ class VllmEngine:
         self._structured_params = StructuredOutputsParams
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
         self._prompts = PromptCache(self.tokenizer)
-        # the output text is vLLM's detokenization with special tokens skipped: token texts match it
-        self._decode: Callable[[list[int]], str] = lambda ids: str(self.tokenizer.decode(ids, skip_special_tokens=True))
+        # the output text as vLLM's detokenizer writes it: special tokens skipped, no clean-up of spaces
+        self._decode: Callable[[list[int]], str] = lambda ids: str(self.tokenizer.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
         try:
             config = StructuredOutputsConfig(**structured_outputs_config(compact_whitespace=compact_whitespace,
                                                                           backend=backend))
