@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -60,8 +61,9 @@ class Task(Generic[ModelT]):
     model: type[ModelT] | None = None
     examples: tuple[Example, ...] = field(default=())
 
-    @property
+    @cached_property
     def schema_json(self) -> str:
+        """The strict schema as compact JSON (computed once: a task's schema is never changed)."""
         return json.dumps(self.strict_schema, separators=(",", ":"))
 
 

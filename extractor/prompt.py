@@ -91,14 +91,29 @@ def compact_json(record: Any) -> str:
     return json.dumps(record, ensure_ascii=False, separators=JSON_SEPARATORS)
 
 
+#: the messages every document of a task shares, by id(task): (task, messages); bounded
+_HEADS: dict[int, tuple[Task[Any], tuple[Message, ...]]] = {}
+_MAX_HEADS = 256
+
+
+def _head(task: Task[BaseModel]) -> tuple[Message, ...]:
+    """System instructions and few-shot pairs, built once per task (a task is immutable)."""
+    cached = _HEADS.get(id(task))
+    if cached is not None and cached[0] is task:
+        return cached[1]
+    head: list[Message] = [{"role": "system", "content": system_prompt(task)}]
+    for ex in task.examples:
+        head.append({"role": "user", "content": wrap_document(ex.document)})
+        head.append({"role": "assistant", "content": compact_json(ex.record)})
+    if len(_HEADS) >= _MAX_HEADS:
+        _HEADS.pop(next(iter(_HEADS)))
+    _HEADS[id(task)] = (task, tuple(head))
+    return tuple(head)
+
+
 def build_messages(task: Task[BaseModel], document: str) -> list[Message]:
     """System instructions, few-shot pairs, then the document as the last message."""
-    messages: list[Message] = [{"role": "system", "content": system_prompt(task)}]
-    for ex in task.examples:
-        messages.append({"role": "user", "content": wrap_document(ex.document)})
-        messages.append({"role": "assistant", "content": compact_json(ex.record)})
-    messages.append({"role": "user", "content": wrap_document(document)})
-    return messages
+    return [*(m.copy() for m in _head(task)), {"role": "user", "content": wrap_document(document)}]
 
 
 def feedback_message(errors: list[str]) -> Message:

@@ -3,6 +3,12 @@
 Three gates, in order: JSON parsing, the strict JSON schema (Draft 2020-12),
 and the Pydantic model with its own validators. Messages name the JSON path
 so they can be fed back to the model verbatim.
+
+The schema gate first asks `jsonschema_rs` (Rust, about 100x faster per
+record) whether the value is valid, formats included; only a value it refuses
+goes through `jsonschema`, whose messages are the ones fed back and whose
+verdict stands. On batches of short records the Python validator was the
+largest share of the library's own CPU time per document.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 import jsonschema
+import jsonschema_rs
 from pydantic import BaseModel, ValidationError
 
 from .contract import Task
@@ -35,6 +42,24 @@ def _validator(schema_json: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(schema_json), format_checker=jsonschema.FormatChecker())
 
 
+@lru_cache(maxsize=256)
+def _fast_validator(schema_json: str) -> jsonschema_rs.Validator | None:
+    """The Rust validator of a schema, or None where it cannot build one (then `jsonschema` alone decides)."""
+    try:
+        return jsonschema_rs.validator_for(json.loads(schema_json), validate_formats=True)
+    except Exception:  # a schema the Rust crate does not take is still validated, in Python
+        return None
+
+
+def schema_errors(schema_json: str, data: Any) -> list[str]:
+    """Messages for what in `data` breaks the schema, by JSON path; [] when it is valid."""
+    fast = _fast_validator(schema_json)
+    if fast is not None and fast.is_valid(data):
+        return []
+    errors = sorted(_validator(schema_json).iter_errors(data), key=lambda e: list(e.absolute_path))
+    return [f"{_path(e.absolute_path)}: {e.message}" for e in errors[:10]]
+
+
 def _path(parts: Any) -> str:
     out = "$"
     for p in parts:
@@ -52,9 +77,9 @@ def validate_output(task: Task[Any], text: str, document: str | None = None) -> 
         return Invalid([f"not valid JSON: {exc.msg} at character {exc.pos}"])
     except (ValueError, RecursionError) as exc:  # a number of 5000 digits, nesting past the stack
         return Invalid([f"not valid JSON: {type(exc).__name__}: {exc}"[:300]])
-    schema_errors = sorted(_validator(task.schema_json).iter_errors(data), key=lambda e: list(e.absolute_path))
-    if schema_errors:
-        return Invalid([f"{_path(e.absolute_path)}: {e.message}" for e in schema_errors[:10]])
+    errors = schema_errors(task.schema_json, data)
+    if errors:
+        return Invalid(errors)
     model: type[BaseModel] | None = task.model
     if model is None:
         return Valid(data)

@@ -183,3 +183,26 @@ def test_any_bytes_are_a_document_or_a_document_error(raw: bytes) -> None:
         return
     assert text.strip() and "\x00" not in text
     assert check_text(text) == text
+
+
+INVOICE_LIKE = json_values | st.fixed_dictionaries({
+    "vendor": scalars, "invoice_number": scalars, "currency": st.sampled_from(["EUR", "USD", "eur", None]),
+    "date": st.sampled_from(["2024-03-01", "2024-13-01", "01/03/2024", "2024-02-30", None]),
+    "line_items": st.lists(st.fixed_dictionaries({"description": scalars, "quantity": scalars,
+                                                  "unit_price": scalars}), max_size=2),
+    "total": scalars})
+
+
+@FUZZ
+@given(task=st.sampled_from(TASKS), value=INVOICE_LIKE)
+def test_the_fast_schema_check_never_passes_what_jsonschema_refuses(task: Any, value: Any) -> None:
+    """The schema gate asks jsonschema_rs first; whatever it passes, the Python validator (whose
+    verdict stands) passes too, formats included, so the fast path never lets an output through."""
+    from extractor.validate import _fast_validator, _validator, schema_errors
+
+    fast = _fast_validator(task.schema_json)
+    assert fast is not None
+    python_ok = not any(True for _ in _validator(task.schema_json).iter_errors(value))
+    if fast.is_valid(value):
+        assert python_ok
+    assert (schema_errors(task.schema_json, value) == []) == python_ok
