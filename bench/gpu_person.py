@@ -9,7 +9,10 @@ runs, each in its own process so that GPU memory is freed in between:
   http      raw async openai client, 256 concurrent   vs  `Extractor("vllm-http")` at 256
   lean      the server driven by 4 lean client processes (prebuilt JSON bodies, 256 in flight in all):
             the harder baseline, since one process's openai client can hold the server back
-  service   both baselines                            vs  our service (`POST /extract/person`) at 256
+  service   the lean baseline                         vs  our service (`POST /extract/person`), driven by
+            the same 4 lean client processes at 256 in all, with 1 and with 4 service workers
+  profile   (not in `all` unless asked) `extract batch` again under py-spy: collapsed stacks of every
+            thread and of vLLM's engine-core process, for where the time goes (no timing taken)
 
 Raw and ours get the same prompt (the person task's messages), the same strict schema and the
 same token budget, with vLLM's default JSON whitespace. Raw runs are timed after a 64-document
@@ -187,69 +190,83 @@ def phase_http_raw(url: str) -> dict[str, Any]:
     return asyncio.run(_raw_http(url))
 
 
-# -- http, lean client: what the server can do when no client process is the bottleneck ---------
+# -- http, lean client: what a server can do when no client process is the bottleneck ---------
 LEAN_PROCS = 4
 
 
-async def _lean_part(url: str, records: list[dict[str, Any]], start_at: float) -> dict[str, Any]:
-    """One client process: plain JSON posts, CONCURRENCY / LEAN_PROCS in flight over pools of 16."""
-    import httpx2
-
+def _lean_bodies(kind: str, records: list[dict[str, Any]]) -> list[bytes]:
+    """Prebuilt JSON bodies: vLLM's chat completion ("vllm") or our `POST /extract/person` ("service")."""
+    if kind == "service":
+        return [json.dumps({"text": r["text"]}).encode() for r in records]
     from extractor.prompt import build_messages
 
     task = _task()
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": task.strict_schema, "strict": True}}
-    bodies = [json.dumps({"model": SERVED, "messages": build_messages(task, r["text"]), "temperature": 0,
-                          "max_tokens": task.max_tokens, "response_format": fmt}).encode() for r in records]
+    return [json.dumps({"model": SERVED, "messages": build_messages(task, r["text"]), "temperature": 0,
+                        "max_tokens": task.max_tokens, "response_format": fmt}).encode() for r in records]
+
+
+async def _lean_part(url: str, path: str, bodies: list[bytes], start_at: float) -> dict[str, Any]:
+    """One client process: plain JSON posts, CONCURRENCY / LEAN_PROCS in flight over pools of 16."""
+    import httpx2
+
     per = CONCURRENCY // LEAN_PROCS
     clients = [httpx2.AsyncClient(base_url=url, timeout=600, limits=httpx2.Limits(max_connections=16))
                for _ in range(per // 16)]
     slots = asyncio.Semaphore(per)
-    texts: list[str | None] = [None] * len(records)
-    tokens = 0
+    answers: list[dict[str, Any] | None] = [None] * len(bodies)
+    walls: list[float] = [0.0] * len(bodies)
 
     async def one(i: int) -> None:
-        nonlocal tokens
         async with slots:
-            r = await clients[i % len(clients)].post("/chat/completions", content=bodies[i],
+            t0 = time.perf_counter()
+            r = await clients[i % len(clients)].post(path, content=bodies[i],
                                                      headers={"content-type": "application/json"})
+            walls[i] = (time.perf_counter() - t0) * 1000
         if r.status_code == 200:
-            out = r.json()
-            texts[i] = out["choices"][0]["message"]["content"]
-            tokens += out["usage"]["completion_tokens"]
+            answers[i] = r.json()
 
-    await asyncio.gather(*(one(i) for i in range(min(16, len(records)))))  # warm-up: open connections
+    await asyncio.gather(*(one(i) for i in range(min(16, len(bodies)))))  # warm-up: open connections
     await asyncio.sleep(max(0.0, start_at - time.time()))
     start = time.time()
-    await asyncio.gather(*(one(i) for i in range(len(records))))
+    await asyncio.gather(*(one(i) for i in range(len(bodies))))
     end = time.time()
     for c in clients:
         await c.aclose()
-    return {"start": start, "end": end, "texts": texts, "tokens": tokens}
+    return {"start": start, "end": end, "answers": answers, "walls": walls}
 
 
-def _lean_worker(args: tuple[str, int, float]) -> dict[str, Any]:
-    url, part, start_at = args
-    records = person_records(N)[part::LEAN_PROCS]
-    return asyncio.run(_lean_part(url, records, start_at))
+def _lean_worker(args: tuple[str, str, str, int, float]) -> dict[str, Any]:
+    url, path, kind, part, start_at = args
+    bodies = _lean_bodies(kind, person_records(N)[part::LEAN_PROCS])
+    return asyncio.run(_lean_part(url, path, bodies, start_at))
+
+
+def _lean_run(url: str, path: str, kind: str) -> tuple[list[dict[str, Any] | None], list[float], float]:
+    """All N records through LEAN_PROCS client processes that start together: the answers and client
+    wall times in record order, and the seconds from the first request to the last answer."""
+    import multiprocessing
+
+    start_at = time.time() + 20  # every process has imported and warmed up by then
+    with multiprocessing.get_context("spawn").Pool(LEAN_PROCS) as pool:
+        parts = pool.map(_lean_worker, [(url, path, kind, k, start_at) for k in range(LEAN_PROCS)])
+    answers: list[dict[str, Any] | None] = [None] * N
+    walls: list[float] = [0.0] * N
+    for k, part in enumerate(parts):
+        answers[k::LEAN_PROCS] = part["answers"]
+        walls[k::LEAN_PROCS] = part["walls"]
+    return answers, walls, max(p["end"] for p in parts) - min(p["start"] for p in parts)
 
 
 def phase_http_raw_lean(url: str) -> dict[str, Any]:
     """The server's throughput with LEAN_PROCS client processes (CONCURRENCY in flight in all), each
     posting prebuilt JSON bodies: the openai client in one process spends enough CPU per request
     to hold the server back, so this is the harder baseline for the service."""
-    import multiprocessing
-
-    start_at = time.time() + 20  # every process has imported and warmed up by then
-    with multiprocessing.get_context("spawn").Pool(LEAN_PROCS) as pool:
-        parts = pool.map(_lean_worker, [(url, k, start_at) for k in range(LEAN_PROCS)])
-    records = person_records(N)
-    texts: list[str | None] = [None] * N
-    for k, part in enumerate(parts):
-        texts[k::LEAN_PROCS] = part["texts"]
-    elapsed = max(p["end"] for p in parts) - min(p["start"] for p in parts)
-    valid, ok = _check(texts, records)
-    return {"docs_per_s": N / elapsed, "tok_per_s": sum(p["tokens"] for p in parts) / elapsed, "valid": valid,
+    answers, _, elapsed = _lean_run(url, "/chat/completions", "vllm")
+    texts = [a["choices"][0]["message"]["content"] if a else None for a in answers]
+    valid, ok = _check(texts, person_records(N))
+    tokens = sum(a["usage"]["completion_tokens"] for a in answers if a)
+    return {"docs_per_s": N / elapsed, "tok_per_s": tokens / elapsed, "valid": valid,
             "exact": ok, "seconds": elapsed, "processes": LEAN_PROCS}
 
 
@@ -261,38 +278,16 @@ def phase_http_ours(url: str) -> dict[str, Any]:
 
 
 # -- service: our FastAPI service in front of the vLLM server --------------------------------
-async def _service(url: str, vllm_url: str) -> dict[str, Any]:
+async def _sequential_latency(url: str, vllm_url: str) -> tuple[list[float], list[float]]:
+    """One request at a time, the service and vLLM itself in turns: the service's own added latency."""
     import httpx2
 
-    records = person_records(N)
-    slots = asyncio.Semaphore(CONCURRENCY)
-    added: list[float] = []
-    async with httpx2.AsyncClient(base_url=url, timeout=600,
-                                  limits=httpx2.Limits(max_connections=CONCURRENCY)) as http:
-        async def one(rec: dict[str, Any]) -> dict[str, Any] | None:
-            async with slots:
-                t0 = time.perf_counter()
-                r = await http.post("/extract/person", json={"text": rec["text"]})
-                wall = (time.perf_counter() - t0) * 1000
-            if r.status_code != 200:
-                return None
-            body: dict[str, Any] = r.json()
-            engine_ms = body["meta"].get("engine_ms")
-            if engine_ms is not None:
-                added.append(wall - float(engine_ms))
-            return body
+    from extractor.prompt import build_messages
 
-        await asyncio.gather(*(one(r) for r in records[:64]))
-        added.clear()
-        start = time.perf_counter()
-        outs = await asyncio.gather(*(one(r) for r in records))
-        elapsed = time.perf_counter() - start
-        walls, direct = [], []
-        task = _task()
-        fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": task.strict_schema, "strict": True}}
-        from extractor.prompt import build_messages
-
-        # one request at a time, the service and vLLM itself in turns: the service's own added latency
+    task, records = _task(), person_records(N)
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": task.strict_schema, "strict": True}}
+    walls, direct = [], []
+    async with httpx2.AsyncClient(base_url=url, timeout=600) as http:
         for rec in records[:SEQUENTIAL]:
             body = {"model": SERVED, "messages": build_messages(task, rec["text"]), "temperature": 0,
                     "max_tokens": task.max_tokens, "response_format": fmt}
@@ -302,28 +297,50 @@ async def _service(url: str, vllm_url: str) -> dict[str, Any]:
             t0 = time.perf_counter()
             (await http.post("/extract/person", json={"text": rec["text"]})).raise_for_status()
             walls.append((time.perf_counter() - t0) * 1000)
-    good = [(o, rec) for o, rec in zip(outs, records, strict=True) if o is not None]
-    return {"docs_per_s": N / elapsed, "valid": len(good), "seconds": elapsed,
-            "exact": sum(exact(o["data"], rec["expected"]) for o, rec in good),
-            "tok_per_s": sum(o["meta"]["tokens"]["completion"] for o, _ in good) / elapsed,
-            "latency_p50_ms_sequential": _p50(walls), "vllm_latency_p50_ms_sequential_paired": _p50(direct),
-            # at 256 in flight: client wall time minus the time the service waited on vLLM
-            "wall_minus_engine_p50_ms_at_256": _p50(added)}
+    return walls, direct
 
 
 def phase_service(url: str, vllm_url: str) -> dict[str, Any]:
-    return asyncio.run(_service(url, vllm_url))
+    """The service driven the way the lean baseline drives vLLM: LEAN_PROCS client processes,
+    CONCURRENCY in flight in all."""
+    records = person_records(N)
+    answers, client_walls, elapsed = _lean_run(url, "/extract/person", "service")
+    good = [(a, rec) for a, rec in zip(answers, records, strict=True) if a is not None]
+    # at 256 in flight: client wall time minus the time the service waited on vLLM
+    added = [w - float(a["meta"]["engine_ms"]) for w, a in zip(client_walls, answers, strict=True)
+             if a is not None and a["meta"].get("engine_ms") is not None]
+    walls, direct = asyncio.run(_sequential_latency(url, vllm_url))
+    return {"docs_per_s": N / elapsed, "valid": len(good), "seconds": elapsed, "processes": LEAN_PROCS,
+            "exact": sum(exact(a["data"], rec["expected"]) for a, rec in good),
+            "tok_per_s": sum(a["meta"]["tokens"]["completion"] for a, _ in good) / elapsed,
+            "latency_p50_ms_sequential": _p50(walls), "vllm_latency_p50_ms_sequential_paired": _p50(direct),
+            "wall_minus_engine_p50_ms_at_256": _p50(added)}
 
 
 # -- batch: `extract batch` on the in-process engine --------------------------------------
-def phase_batch(model: str) -> dict[str, Any]:
+def _py_spy() -> str:
+    """The py-spy binary: on PATH, or in the bin/ folder of a --target install on sys.path."""
+    import shutil
+
+    found = shutil.which("py-spy")
+    for entry in sys.path:
+        if found is None and entry and Path(entry, "bin", "py-spy").exists():
+            found = str(Path(entry, "bin", "py-spy"))
+    if found is None:
+        raise SystemExit("py-spy is not installed")
+    return found
+
+
+def phase_batch(model: str, profile: str = "") -> dict[str, Any]:
+    """`extract batch` as a user runs it; with `profile` (a file) under py-spy, writing collapsed stacks."""
     import tempfile
 
     records = person_records(N)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst, summary = Path(tmp, "in.jsonl"), Path(tmp, "out.jsonl"), Path(tmp, "summary.json")
         src.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in records))
-        proc = subprocess.run([sys.executable, "-m", "extractor", "batch", "person", str(src), "-o", str(dst),
+        spy = [_py_spy(), "record", "-r", "100", "-f", "raw", "--subprocesses", "-o", profile, "--"] if profile else []
+        proc = subprocess.run([*spy, sys.executable, "-m", "extractor", "batch", "person", str(src), "-o", str(dst),
                                "--engine", "vllm", "--engine-option", f"model={model}",
                                "--engine-option", "gpu_memory_utilization=0.5", "--concurrency", "2048",
                                "--no-progress", "--summary-json", str(summary)],
@@ -390,6 +407,8 @@ def run_all(model: str, out: Path, phases: set[str]) -> None:
         r["offline_ours"] = _phase("offline-ours", "--model", model)
     if "batch" in phases:
         r["batch_ours"] = _phase("batch", "--model", model)
+    if "profile" in phases:
+        r["batch_profile"] = _phase("batch", "--model", model, "--profile", str(out / "batch_profile.txt"))
     if phases & {"http", "lean", "service"}:
         port = 8011
         server = _spawn([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
@@ -436,7 +455,6 @@ def write_results(r: dict[str, dict[str, Any]], out: Path, model: str) -> None:
     pairs = [("offline", "vllm", "LLM.generate", "offline_ours", "offline_raw"),
              ("batch", "extract batch --engine vllm", "LLM.generate", "batch_ours", "offline_raw"),
              ("http", "vllm-http", "openai async client @256", "http_ours", "http_raw"),
-             ("service", "service -> vllm-http", "openai async client @256", "service_ours", "http_raw"),
              ("http_lean", "vllm-http", f"{LEAN_PROCS} lean client processes @256", "http_ours", "http_raw_lean"),
              ("service_lean", "service -> vllm-http", f"{LEAN_PROCS} lean client processes @256", "service_ours",
               "http_raw_lean")]
@@ -504,13 +522,14 @@ def main() -> None:
     ap.add_argument("--url", default="")
     ap.add_argument("--vllm-url", default="", help="the service phase: vLLM's own URL, for the paired latency")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--phases", default="offline,batch,http,lean,service")
+    ap.add_argument("--phases", default="offline,batch,http,lean,service", help="also: profile")
+    ap.add_argument("--profile", default="", help="the batch phase: run under py-spy, collapsed stacks to this file")
     args = ap.parse_args()
     if args.phase == "all":
         run_all(args.model, Path(args.out), set(args.phases.split(",")))
         return
     fn = {"offline-raw": lambda: phase_offline_raw(args.model), "offline-ours": lambda: phase_offline_ours(args.model),
-          "batch": lambda: phase_batch(args.model),
+          "batch": lambda: phase_batch(args.model, args.profile),
           "http-raw": lambda: phase_http_raw(args.url), "http-ours": lambda: phase_http_ours(args.url),
           "http-raw-lean": lambda: phase_http_raw_lean(args.url),
           "service": lambda: phase_service(args.url, args.vllm_url)}[args.phase]
