@@ -498,14 +498,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(9, 4.4))
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [row["baseline_docs_per_s"] for row in rows], 0.4, label="raw vLLM", color="#999999")
     ax.bar([x + 0.2 for x in xs], [row["ours_docs_per_s"] for row in rows], 0.4, label="ours", color="#4c72b0")
     for x, row in zip(xs, rows, strict=True):
         ax.text(x + 0.2, row["ours_docs_per_s"], f"{row['ratio']:.2f}x\n{row['valid']}/{row['total']} valid",
                 ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(list(xs), [row["engine"] for row in rows])
+    ax.set_xticks(list(xs), [f"{row['benchmark'].removeprefix(f'person_{N}_')}\nvs " + row["baseline"].split(" @")[0].replace(
+        " client processes", " clients").replace(" async client", "") for row in rows],
+                  fontsize=7)
     ax.set_ylim(0, 1.25 * max(max(row["ours_docs_per_s"], row["baseline_docs_per_s"]) for row in rows))
     ax.set_ylabel("docs/s")
     ax.set_title(f"person x{N}, SmolLM2-135M, vLLM {rows[0]['vllm']}, {rows[0]['device']}", fontsize=9)
