@@ -16,12 +16,31 @@ values that occur in the document.
   invoice line item's unit price is on its item line, not the total's line). Dates, times, rates
   (`20 %`) and identifiers such as `BR/24/105` are not amounts: their digits are not offered (so a number
   field meant to hold a year printed only inside a date cannot be decoded this way);
+- an array of objects with `k` required number fields whose item lines each print some text
+  gets, as its items, one variant per item line and per way of giving those `k` fields
+  different amounts of that line: the variant's free-text strings are spans of that line only
+  and each of its `k` numbers is one amount printed there, no amount used twice (the model that
+  writes "Printer paper" can only give it the quantity and the price printed next to it, and
+  never the quantity as the price too). For two number fields, an amount that is the product of
+  two others on the line (a line total) is not offered. Item lines are those that print `k`
+  amounts, and of those, where some print money (two decimals, a currency sign or code), only
+  those (a street number and a postal code are no item); a list's numbering (`1.`) is no
+  amount. Past `MAX_ITEM_VARIANTS` variants, or where an item line prints no text (a table
+  whose descriptions sit on the line above), the items keep the amounts of all item lines
+  together;
 - every array gets a `maxItems` the document can fill: an array of objects with `k` required
   number fields at most one item per line, or `;`-separated part of a line, printing `k`
   amounts (an invoice's item line prints its quantity and price), other arrays of
   objects one per non-empty line, arrays of strings one per piece of text (cells, split at
   commas, semicolons, slashes, bullets, sentence ends and "and" / "or"). A small model that
   repeats the last list item until `max_tokens` is stopped by the grammar instead.
+
+- a string `enum` (a currency code, an employment type) is narrowed to the values the document
+  prints, compared without case and with `_` / `-` read as spaces (`full_time` is printed as
+  "Full-time"); where it prints none of them the enum is left whole;
+- a `format: date` string gets an `enum` of the dates the document prints, written as ISO
+  dates (`2024-05-14`, `14.05.2024`, `9 April 2025`, `May 16, 2018`; both readings of a date
+  like `03/04/2024`); where it prints none, the format is left alone.
 
 Since it is still a JSON schema, the same schema goes to every engine: the grammar (xgrammar on
 the CPU, vLLM's guided decoding on the GPU) then makes the model copy a value rather than write
@@ -30,26 +49,29 @@ one. Nullable fields keep their `null` branch, so "not in the document" stays ex
 Limits: a field is left as it was when the document offers no candidate for it (a number field
 in a document without numbers), and the candidate list is capped at `max_candidates` by using
 shorter word runs, so a long document still compiles in bounded time. A value the document
-states only in another form (a date printed as 23.08.2024 for a `format: date` field, an
-implied quantity of 1) is not affected: formats and enums are left alone, and an implied number
-is not offered.
+states only in another form (an implied quantity of 1, a currency written only as `$`) is not
+offered, or the field is left as it was.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .grounding import resolve_ref
 
-__all__ = ["candidate_numbers", "candidate_spans", "constrain_to_document"]
+__all__ = ["candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document"]
 
 MAX_WORDS = 12
 MAX_CANDIDATES = 4000
 MAX_JOINED_LINES = 4
 MAX_DOCUMENT_CHARS = 200_000
+#: at most this many item variants (item lines x ways to give the number fields their amounts)
+MAX_ITEM_VARIANTS = 256
 #: the `$defs` entry holding the document's spans
 SPAN_DEF = "DocumentSpan"
 
@@ -137,9 +159,14 @@ _NOT_AMOUNTS = re.compile(
 _THOUSANDS = re.compile(r"(?<![\w.,])(\d+(?:[.,]\d+)?)\s?[kK]\b")
 
 
+#: `1.` / `2)` opening a line: a list's numbering, not an amount
+_LIST_MARKER = re.compile(r"^[ \t]*\(?\d{1,3}[.)](?=[ \t])", re.MULTILINE)
+
+
 def _amounts_only(text: str) -> str:
-    """`text` with dates, times and identifiers blanked out: what is left are amounts."""
-    return _NOT_AMOUNTS.sub(lambda m: " " * len(m.group()), text)
+    """`text` with dates, times, identifiers and list numbering blanked out: what is left are amounts."""
+    blank = _NOT_AMOUNTS.sub(lambda m: " " * len(m.group()), text)
+    return _LIST_MARKER.sub(lambda m: " " * len(m.group()), blank)
 
 
 def candidate_numbers(document: str) -> list[float]:
@@ -154,6 +181,63 @@ def candidate_numbers(document: str) -> list[float]:
         for value in _readings(match.group(1)):
             out[round(value * 1000, 6)] = None
     return list(out)
+
+
+_MONTHS = {name: i + 1 for i, names in enumerate(
+    ("jan january", "feb february", "mar march", "apr april", "may", "jun june", "jul july", "aug august",
+     "sep sept september", "oct october", "nov november", "dec december")) for name in names.split()}
+_MONTH_NAME = r"(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DATES = (
+    (re.compile(r"\b(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})\b"), "ymd"),
+    (re.compile(r"\b(\d{1,2})[./-](\d{1,2})[./-](\d{4}|\d{2})\b"), "dmy|mdy"),
+    (re.compile(r"\b(\d{1,2})(?:st|nd|rd|th)?\s+" + _MONTH_NAME + r",?\s+(\d{4})\b", re.IGNORECASE), "dMy"),
+    (re.compile(r"\b" + _MONTH_NAME + r"\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})\b", re.IGNORECASE), "Mdy"),
+)
+
+
+def candidate_dates(document: str) -> list[str]:
+    """The dates the document prints, as ISO dates, in document order (both readings of an
+    ambiguous `03/04/2024`; two-digit years are 20xx)."""
+    import datetime as dt
+
+    found: list[tuple[int, str]] = []
+
+    def add(at: int, year: str, month: str | int, day: str) -> None:
+        y = int(year) + (2000 if len(year) == 2 else 0)
+        try:
+            found.append((at, dt.date(y, int(month), int(day)).isoformat()))
+        except ValueError:
+            pass
+
+    for pattern, order in _DATES:
+        for m in pattern.finditer(document):
+            a, b, c = m.groups()
+            if order == "ymd":
+                add(m.start(), a, b, c)
+            elif order == "dmy|mdy":
+                add(m.start(), c, b, a)
+                add(m.start(), c, a, b)
+            elif order == "dMy":
+                add(m.start(), c, _MONTHS[b.lower()], a)
+            else:
+                add(m.start(), c, _MONTHS[a.lower()], b)
+    return list(dict.fromkeys(iso for _, iso in sorted(found, key=lambda f: f[0])))
+
+
+def _normalised(text: str) -> str:
+    return " " + " ".join(re.sub(r"[_\-\s]+", " ", text.lower()).split()) + " "
+
+
+def _printed_enum(values: list[Any], document_words: str) -> list[Any]:
+    """The string values of an enum that the document prints (as whole words, see the module doc)."""
+    out = []
+    for value in values:
+        if not isinstance(value, str):
+            return []  # a mixed enum is left alone
+        needle = _normalised(value).strip()
+        if needle and re.search(r"(?<![^\W_])" + re.escape(needle) + r"(?![^\W_])", document_words):
+            out.append(value)
+    return out
 
 
 def _free_text(node: Mapping[str, Any]) -> bool:
@@ -199,11 +283,18 @@ def _pieces(document: str) -> int:
                for line in document.splitlines() for cell in _CELL_SPLIT.split(line.strip()) if cell.strip())
 
 
+#: an amount written as money: two decimals, or next to a currency sign or a three-letter code
+_MONEY = re.compile(r"[$\u20ac\u00a3\u00a5\u20b9]\s?\d|\d[.,]\d{2}(?!\d)|\d\s?[A-Z]{3}\b|\b[A-Z]{3}\s?\d")
+
+
 def _item_parts(document: str, k: int) -> list[str]:
     """The lines, or `;`-separated parts of a line (a sentence billing three items), that print at
-    least `k` amounts: where an item with `k` number fields can be."""
-    return [part for line in document.splitlines() for part in line.split(";")
-            if len(_NUMBER.findall(_amounts_only(part))) >= k]
+    least `k` amounts: where an item with `k` number fields can be. Where some of them print money
+    (`4.50`, `$4`, `15 EUR`), only those: a street number and a postal code are not an item."""
+    parts = [part for line in document.splitlines() for part in line.split(";")
+             if len(_NUMBER.findall(_amounts_only(part))) >= k]
+    money = [part for part in parts if _MONEY.search(_amounts_only(part))]
+    return money or parts
 
 
 def _required_numbers(node: Mapping[str, Any], root: Mapping[str, Any]) -> int:
@@ -220,6 +311,40 @@ def _max_items(node: Mapping[str, Any], root: Mapping[str, Any], document: str) 
         k = _required_numbers(items, root)
         return len(_item_parts(document, k)) if k else sum(1 for line in document.splitlines() if line.strip())
     return _pieces(document)
+
+
+def _amount_slots(part: str) -> list[list[float]]:
+    """The amounts `part` prints, one entry per printed amount (with every reading of it)."""
+    text = _amounts_only(part)
+    slots = [_readings(m.group()) for m in _NUMBER.finditer(text)]
+    slots += [[round(v * 1000, 6) for v in _readings(m.group(1))] for m in _THOUSANDS.finditer(text)]
+    return slots
+
+
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def _factors(slots: list[list[float]]) -> list[list[float]]:
+    """A line's amounts without the last one that is the product of two others (`5  3.50  17.50`:
+    the line total of a quantity and a unit price), for an item of two number fields."""
+    for c in range(len(slots) - 1, -1, -1):
+        others = [slot for i, slot in enumerate(slots) if i != c]
+        if len(others) >= 2 and any(abs(x * y - z) <= max(0.01, 0.005 * abs(z))
+                                    for a in range(len(others)) for b in range(a + 1, len(others))
+                                    for x in others[a] for y in others[b] for z in slots[c]):
+            return others
+    return slots
+
+
+def _number_fields(item: Mapping[str, Any], root: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(name, "number" | "integer") of the required number fields of an object schema."""
+    props = item.get("properties", {})
+    out = []
+    for name in item.get("required", ()):
+        kind = _numeric(resolve_ref(props.get(name, {}), root))
+        if kind is not None:
+            out.append((str(name), kind))
+    return out
 
 
 def _spans_within(document: str, max_candidates: int) -> list[str]:
@@ -271,30 +396,80 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
     # one definition that every free-text field refers to: the grammar compiles the list once
     span_ref = {"$ref": f"#/$defs/{SPAN_DEF}"}
     used = False
+    #: the spans of each item line, for the item variants
+    line_defs: dict[str, dict[str, Any]] = {}
+    document_words = _normalised(document)
+    dates = candidate_dates(document)
 
     def item_numbers(k: int) -> list[float]:
         return candidate_numbers("\n".join(_item_parts(document, k))) if numbers else []
 
-    def walk(node: Any, amounts: list[float]) -> Any:
+    def walk(node: Any, amounts: list[float], span: dict[str, str] = span_ref) -> Any:
         nonlocal used
         if isinstance(node, list):
-            return [walk(item, amounts) for item in node]
+            return [walk(item, amounts, span) for item in node]
         if not isinstance(node, dict):
             return node
-        if _free_text(node) and spans:
-            used = True
-            return dict(span_ref)
+        if _free_text(node) and (spans or span is not span_ref):
+            used = used or span is span_ref
+            return dict(span)
         if (kind := _numeric(node)) and amounts and (allowed := _number_enum(node, kind, amounts)):
             node["enum"] = allowed
+        if node.get("type") == "string" and isinstance(node.get("enum"), list) and (
+                printed := _printed_enum(node["enum"], document_words)):
+            node["enum"] = printed
+        if node.get("type") == "string" and node.get("format") == "date" and "enum" not in node and dates:
+            node["enum"] = dates
         done: set[str] = set()
         if node.get("type") == "array" and "items" in node and not node.get("prefixItems"):
             bound = max(_max_items(node, root, document), int(node.get("minItems", 0)))
             node["maxItems"] = min(bound, int(node.get("maxItems", bound)))
             items = node["items"]
-            if isinstance(items, dict) and "$ref" not in items and (k := _required_numbers(items, root)):
-                node["items"] = walk(items, item_numbers(k) or amounts)  # an item's amounts come from item lines
+            resolved = resolve_ref(items, root) if isinstance(items, dict) else {}
+            k = _required_numbers(resolved, root) if resolved.get("type") == "object" else 0
+            if k and (variants := item_variants(resolved, k)):
+                node["items"] = {"anyOf": variants}
                 done.add("items")
-        return {key: value if key in _LEAVE or key in done else walk(value, amounts) for key, value in node.items()}
+            elif isinstance(items, dict) and "$ref" not in items and k:
+                node["items"] = walk(items, item_numbers(k) or amounts, span)  # an item's amounts: item lines
+                done.add("items")
+        return {key: value if key in _LEAVE or key in done else walk(value, amounts, span)
+                for key, value in node.items()}
+
+    def item_variants(item: Mapping[str, Any], k: int) -> list[dict[str, Any]] | None:
+        """One item schema per item line and per injective choice of that line's amounts for the
+        item's required number fields; None where that does not apply (see the module's doc)."""
+        parts = _item_parts(document, k)
+        fields = _number_fields(item, root)
+        if not numbers or not parts or len(fields) != k:
+            return None
+        if any(not _LETTER.search(_amounts_only(part)) for part in parts):
+            return None  # an item line without text: its description is printed elsewhere
+        variants: dict[str, dict[str, Any]] = {}
+        first_def = len(line_defs)
+        for part in parts:
+            part_spans = candidate_spans(part)
+            slots = _amount_slots(part)
+            if k == 2:
+                slots = _factors(slots)
+            name = f"{SPAN_DEF}Line{len(line_defs)}"
+            line_defs[name] = {"type": "string", "enum": part_spans}
+            base = walk(copy.deepcopy(dict(item)), [v for slot in slots for v in slot], {"$ref": f"#/$defs/{name}"})
+            for chosen in itertools.permutations(range(len(slots)), k):
+                variant = copy.deepcopy(base)
+                for (field, kind), slot in zip(fields, chosen, strict=True):
+                    node = variant["properties"][field]
+                    allowed = _number_enum(resolve_ref(node, root), kind, slots[slot])
+                    if not allowed:
+                        break
+                    variant["properties"][field] = {**node, "enum": allowed}
+                else:
+                    variants.setdefault(json.dumps(variant, sort_keys=True), variant)
+                if len(variants) > MAX_ITEM_VARIANTS:
+                    for stale in list(line_defs)[first_def:]:
+                        del line_defs[stale]
+                    return None
+        return list(variants.values()) or None
 
     defs = out.get("$defs", {})
     for name, definition in list(defs.items()):
@@ -303,4 +478,6 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
     out = {key: value if key == "$defs" else walk(value, found) for key, value in out.items()}
     if used:
         out.setdefault("$defs", {})[SPAN_DEF] = {"type": "string", "enum": spans}
+    if line_defs:
+        out.setdefault("$defs", {}).update(line_defs)
     return out

@@ -12,6 +12,7 @@ from extractor import Extractor
 from extractor.contract import task_from_model
 from extractor.document_constraint import (
     SPAN_DEF,
+    candidate_dates,
     candidate_numbers,
     candidate_spans,
     constrain_to_document,
@@ -82,15 +83,65 @@ def test_person_schema_constrains_name_city_email_and_age_but_keeps_null() -> No
         jsonschema.validate({**record, "age": 35}, out)
 
 
-def test_formats_and_enums_are_left_alone_and_numbers_respect_bounds() -> None:
+def test_dates_and_enums_are_narrowed_to_what_is_printed_and_numbers_respect_bounds() -> None:
     strict = task_from_model(Invoice).strict_schema
     out = constrain_to_document(strict, "ACME Ltd\nInvoice 77 dated 23.08.2024\nWidget  2  -5.00  10.00\nTotal EUR 10.00")
     props = out["properties"]
-    assert props["date"] == strict["properties"]["date"]  # format: date is converted, not copied
-    assert out["$defs"]["Currency"] == strict["$defs"]["Currency"]
+    assert props["date"] == {**strict["properties"]["date"], "enum": ["2024-08-23"]}  # printed 23.08.2024
+    assert out["$defs"]["Currency"]["enum"] == ["EUR"]
     item = out["$defs"]["LineItem"]["properties"]
     assert -5.0 not in item["quantity"]["enum"]  # minimum 0
+    assert all(v["properties"]["quantity"]["enum"] != [-5] for v in props["line_items"]["items"]["anyOf"])
     assert 10.0 in props["total"]["enum"] or 10 in props["total"]["enum"]
+    # a document that prints no date and no code of the enum: both left whole
+    bare = constrain_to_document(strict, "ACME Ltd\nWidget 2 x 5.00\nTotal $10.00")
+    assert "enum" not in bare["properties"]["date"]
+    assert bare["$defs"]["Currency"] == strict["$defs"]["Currency"]
+
+
+@pytest.mark.parametrize(("text", "dates"), [
+    ("Date: 9 April 2025", ["2025-04-09"]),
+    ("issued May 16, 2018 and Sept. 3rd, 2021", ["2018-05-16", "2021-09-03"]),
+    ("2024-05-14", ["2024-05-14"]),
+    ("03/04/2024", ["2024-04-03", "2024-03-04"]),  # both readings
+    ("31/12/24", ["2024-12-31"]),  # the other reading is no date
+    ("version 1.2.3, 2024-13-45, 99 Maybe 2024", []),
+])
+def test_dates_printed_in_common_forms(text: str, dates: list[str]) -> None:
+    assert candidate_dates(text) == dates
+
+
+def test_string_enums_keep_the_values_printed_as_whole_words() -> None:
+    strict = task_from_model(JobPosting).strict_schema
+    out = constrain_to_document(strict, "Data engineer, Full-time, Berlin. Contractors welcome.")
+    assert out["$defs"]["EmploymentType"]["enum"] == ["full_time"]  # "Contractors" is not "contract"
+
+
+def test_item_lines_give_their_own_text_and_each_amount_to_one_field() -> None:
+    doc = ("Green Thumb\nInvoice GT-5531, 9 April 2025\n2 x Terracotta pot @ 14.50 GBP\n1 x Compost bag @ 6.00 GBP\n"
+           "Total: 35.00 GBP")
+    out = constrain_to_document(task_from_model(Invoice).strict_schema, doc)
+    variants = out["properties"]["line_items"]["items"]["anyOf"]
+    pairs = {(out["$defs"][v["properties"]["description"]["$ref"].rsplit("/", 1)[-1]]["enum"][0],
+              v["properties"]["quantity"]["enum"][0], v["properties"]["unit_price"]["enum"][0]) for v in variants}
+    assert pairs == {("2 x Terracotta pot @ 14.50 GBP", 2, 14.5), ("2 x Terracotta pot @ 14.50 GBP", 14.5, 2),
+                     ("1 x Compost bag @ 6.00 GBP", 1, 6), ("1 x Compost bag @ 6.00 GBP", 6, 1)}
+    good = {"vendor": "Green Thumb", "invoice_number": "GT-5531", "date": "2025-04-09", "currency": "GBP",
+            "line_items": [{"description": "Terracotta pot", "quantity": 2, "unit_price": 14.5},
+                           {"description": "Compost bag", "quantity": 1, "unit_price": 6}], "total": 35}
+    jsonschema.validate(good, out)
+    for bad_item in ({"description": "Terracotta pot", "quantity": 2, "unit_price": 2},  # one amount twice
+                     {"description": "Terracotta pot", "quantity": 1, "unit_price": 6},  # another line's amounts
+                     {"description": "Compost", "quantity": 2, "unit_price": 14.5}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**good, "line_items": [bad_item]}, out)
+
+
+def test_items_whose_lines_print_no_text_keep_the_amounts_of_all_item_lines() -> None:
+    doc = "ACME\nDesk lamp\n5   199.00\nOffice chair\n2   1450.00\nTotal 3895.00"
+    out = constrain_to_document(task_from_model(Invoice).strict_schema, doc)
+    assert out["properties"]["line_items"]["items"] == {"$ref": "#/$defs/LineItem"}
+    assert sorted(out["$defs"]["LineItem"]["properties"]["unit_price"]["enum"]) == [2, 5, 199, 1450]
 
 
 def test_arrays_are_bounded_by_what_the_document_can_fill() -> None:
