@@ -36,8 +36,9 @@ def add_parser(sub: Any, engine_names: list[str]) -> None:
     p.add_argument("--max-retries", type=int, default=2, help="retries after a failed validation (default 2)")
     p.add_argument("--require-grounded", action="store_true",
                    help="a free-text value that occurs nowhere in the document fails validation and is retried")
-    p.add_argument("--grounded-decoding", action="store_true",
-                   help="decode free-text strings and numbers only as values that occur in the document")
+    p.add_argument("--grounded-decoding", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode free-text strings and numbers only as values that occur in the document "
+                        "(default: the schema's own setting)")
     p.add_argument("--concurrency", type=int, default=64, help="documents in flight (default 64)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N documents")
     p.add_argument("--abs-tol", type=float, default=0.005, help="numbers equal within this absolute difference (0.005)")

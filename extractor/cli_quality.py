@@ -16,8 +16,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         help="add meta.confidence: per-field probability from token logprobs (engines that return them)")
     parser.add_argument("--require-grounded", action="store_true",
                         help="a free-text value that occurs nowhere in the document fails validation and is retried")
-    parser.add_argument("--grounded-decoding", action="store_true",
-                        help="decode free-text strings and numbers only as values that occur in the document")
+    parser.add_argument("--grounded-decoding", action=argparse.BooleanOptionalAction, default=None,
+                        help="decode free-text strings and numbers only as values that occur in the document "
+                             "(default: the schema's own setting, on for invoice, receipt and job_posting)")
 
 
 def extractor_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -152,13 +152,15 @@ def _headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, s
 
 
 def _body(text: str, options: dict[str, Any] | None, spans: bool, confidence: bool,
-          require_grounded: bool, grounded_decoding: bool) -> dict[str, Any]:
-    """The request body; the keyword flags are shorthands for the same `options`."""
+          require_grounded: bool, grounded_decoding: bool | None) -> dict[str, Any]:
+    """The request body; the keyword flags are shorthands for the same `options`
+    (`grounded_decoding=None` leaves it to the schema's own setting)."""
     opts = dict(options or {})
-    for key, on in (("spans", spans), ("confidence", confidence), ("require_grounded", require_grounded),
-                    ("grounded_decoding", grounded_decoding)):
+    for key, on in (("spans", spans), ("confidence", confidence), ("require_grounded", require_grounded)):
         if on:
             opts[key] = True
+    if grounded_decoding is not None:
+        opts["grounded_decoding"] = grounded_decoding
     return {"text": text, "options": opts}
 
 
@@ -212,7 +214,7 @@ class Client:
 
     def run(self, schema: Schema, text: str, *, options: dict[str, Any] | None = None, spans: bool = False,
             confidence: bool = False, require_grounded: bool = False,
-            grounded_decoding: bool = False) -> Extraction[Any]:
+            grounded_decoding: bool | None = None) -> Extraction[Any]:
         """Extract with metadata: an `Extraction` (data + meta), as `Extractor.run`; `spans`,
         `confidence`, `require_grounded` and `grounded_decoding` ask the server for them (`options`
         of the request)."""
@@ -301,7 +303,7 @@ class AsyncClient:
 
     async def run(self, schema: Schema, text: str, *, options: dict[str, Any] | None = None, spans: bool = False,
                   confidence: bool = False, require_grounded: bool = False,
-                  grounded_decoding: bool = False) -> Extraction[Any]:
+                  grounded_decoding: bool | None = None) -> Extraction[Any]:
         name, model = _resolve(schema, self.registry)
         body = _body(text, options, spans, confidence, require_grounded, grounded_decoding)
         return _extraction(await self._post(f"/extract/{name}", body), model, text)

@@ -42,6 +42,9 @@ class Contract(BaseModel):
     contract_version: ClassVar[str] = "1"
     instructions: ClassVar[str] = ""
     examples: ClassVar[tuple[Example, ...]] = ()
+    #: the contract's values are copied from the document: decode its strings and numbers only
+    #: as values the document prints (`document_constraint`) unless a call says otherwise
+    grounded_decoding: ClassVar[bool] = False
 
 
 DEFAULT_INSTRUCTIONS = "Extract the fields of the schema from the document."
@@ -60,6 +63,9 @@ class Task(Generic[ModelT]):
     max_tokens: int
     model: type[ModelT] | None = None
     examples: tuple[Example, ...] = field(default=())
+    #: grounded decoding when a call does not choose (`Contract.grounded_decoding`,
+    #: `x-grounded-decoding` of a raw schema)
+    grounded_decoding: bool = False
 
     @cached_property
     def schema_json(self) -> str:
@@ -81,8 +87,10 @@ def task_from_model(model: type[ModelT]) -> Task[ModelT]:
         version = model.contract_version
         instructions = model.instructions or DEFAULT_INSTRUCTIONS
         examples = tuple(model.examples)
+        grounded = bool(model.grounded_decoding)
     else:
         name, version, instructions, examples = _snake(model.__name__), "1", DEFAULT_INSTRUCTIONS, ()
+        grounded = False
     for i, ex in enumerate(examples):
         try:
             model.model_validate(ex.record)
@@ -96,6 +104,7 @@ def task_from_model(model: type[ModelT]) -> Task[ModelT]:
         max_tokens=estimate_max_tokens(strict),
         model=model,
         examples=examples,
+        grounded_decoding=grounded,
     )
 
 
@@ -103,7 +112,8 @@ def task_from_json_schema(schema: Any, *, name: str, version: str | None = None)
     """Resolve a raw JSON Schema (already parsed) into a Task with no Pydantic model.
 
     The schema may carry `title`, `description` (used as instructions),
-    `x-version` and `x-examples` (a list of `{"document", "record"}`).
+    `x-version`, `x-examples` (a list of `{"document", "record"}`) and
+    `x-grounded-decoding` (true: grounded decoding unless a call says otherwise).
     """
     if not isinstance(schema, dict):
         raise SchemaRejected("$", f"a schema must be a JSON object, got {type(schema).__name__}")
@@ -117,6 +127,9 @@ def task_from_json_schema(schema: Any, *, name: str, version: str | None = None)
             raise SchemaRejected(f"$.x-examples[{i}]", "must be an object with a string 'document' and an object 'record'")
         examples.append(Example(document=ex["document"], record=ex["record"]))
     description = schema.get("description")
+    grounded = schema.get("x-grounded-decoding", False)
+    if not isinstance(grounded, bool):
+        raise SchemaRejected("$.x-grounded-decoding", "must be true or false")
     return Task(
         name=name,
         version=str(version or schema.get("x-version", "1")),
@@ -125,6 +138,7 @@ def task_from_json_schema(schema: Any, *, name: str, version: str | None = None)
         max_tokens=estimate_max_tokens(strict),
         model=None,
         examples=tuple(examples),
+        grounded_decoding=grounded,
     )
 
 

@@ -135,7 +135,7 @@ async def aevaluate(extractor: Extractor, task: Task[Any], docs: Sequence[Labele
     return EvalRun(task=task, engine=extractor.engine.name, model=extractor.engine.model, dataset=dataset,
                    outcomes=outcomes, seconds=seconds, max_retries=extractor.policy.max_attempts - 1,
                    require_grounded=bool(getattr(extractor.policy, "require_grounded", False)),
-                   grounded_decoding=bool(getattr(extractor.policy, "grounded_decoding", False)))
+                   grounded_decoding=extractor.policy.grounded_for(task))
 
 
 def evaluate(extractor: Extractor, task: Task[Any], docs: Sequence[LabeledDocument], *, dataset: str = "",

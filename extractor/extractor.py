@@ -41,12 +41,14 @@ class Extractor:
     engine's token logprobs in `meta.confidence`; `require_grounded=True` rejects (and
     retries) free-text values that occur nowhere in the document; `grounded_decoding=True`
     lets the grammar write only strings and numbers that occur in the document (see
-    `document_constraint`). `run`/`arun` take the same four per call.
+    `document_constraint`), `False` never, and `None` (the default) as the schema says
+    (`Contract.grounded_decoding`: on for the shipped invoice, receipt and job_posting).
+    `run`/`arun` take the same four per call.
     """
 
     def __init__(self, engine: str | Engine = "local", *, max_retries: int = 2,
                  registry: SchemaRegistry | None = None, logprobs: bool = False, spans: bool = False,
-                 confidence: bool = False, require_grounded: bool = False, grounded_decoding: bool = False,
+                 confidence: bool = False, require_grounded: bool = False, grounded_decoding: bool | None = None,
                  **engine_options: Any) -> None:
         self.engine: Engine = create_engine(engine, **engine_options) if isinstance(engine, str) else engine
         self.registry = registry if registry is not None else default_registry()

@@ -56,8 +56,12 @@ class RetryPolicy:
     #: a free-text string found nowhere in the document fails validation (and is retried)
     require_grounded: bool = False
     #: decode against a per-document schema whose free-text strings and numbers can only be
-    #: values that occur in the document (`document_constraint`)
-    grounded_decoding: bool = False
+    #: values that occur in the document (`document_constraint`); None: the task's own default
+    grounded_decoding: bool | None = None
+
+    def grounded_for(self, task: Task[Any]) -> bool:
+        """Whether a document of `task` is decoded grounded: this policy's choice, else the task's."""
+        return task.grounded_decoding if self.grounded_decoding is None else self.grounded_decoding
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, policy: Re
     check_unicode(document)  # a lone surrogate: no tokenizer takes it
     start = time.perf_counter()
     messages: list[Message] = build_messages(task, document)
-    schema = constrain_to_document(task.strict_schema, document) if policy.grounded_decoding else task.strict_schema
+    schema = constrain_to_document(task.strict_schema, document) if policy.grounded_for(task) else task.strict_schema
     max_tokens = task.max_tokens
     grew = False
     seen: list[list[str]] = []

@@ -35,6 +35,8 @@ class LineItem(Contract):
 class Invoice(Contract):
     contract_name = "invoice"
     contract_version = "1"
+    #: every value is printed in the document: decoded only as what it prints (document_constraint)
+    grounded_decoding = True
     instructions = (
         "Extract the invoice: who issued it, its number, its date as YYYY-MM-DD, the currency code, "
         "every line item with quantity and unit price, and the total amount due."

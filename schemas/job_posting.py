@@ -33,6 +33,8 @@ class SalaryRange(Contract):
 class JobPosting(Contract):
     contract_name = "job_posting"
     contract_version = "1"
+    #: every value is printed in the document: decoded only as what it prints (document_constraint)
+    grounded_decoding = True
     instructions = "Extract the job posting: title, hiring company, location, employment type, salary range if stated, and required skills."
     examples = (
         Example(

@@ -15,6 +15,8 @@ class ReceiptItem(Contract):
 class Receipt(Contract):
     contract_name = "receipt"
     contract_version = "1"
+    #: every value is printed in the document: decoded only as what it prints (document_constraint)
+    grounded_decoding = True
     instructions = "Extract the receipt's company, address, date and total exactly as printed, and the items if listed."
     examples = (
         Example(

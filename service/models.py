@@ -24,7 +24,8 @@ class ExtractOptions(BaseModel):
     require_grounded: bool | None = Field(default=None, description="a free-text value that occurs nowhere in the "
                                                                     "document fails validation and is retried")
     grounded_decoding: bool | None = Field(default=None, description="decode free-text strings and numbers only as "
-                                                                     "values that occur in the document")
+                                                                     "values that occur in the document (default: "
+                                                                     "the schema's own setting)")
 
 
 class ExtractRequest(BaseModel):

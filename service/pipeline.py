@@ -67,7 +67,7 @@ class Pipeline:
         retries = self.max_retries if options.max_retries is None else options.max_retries
         policy = RetryPolicy(max_attempts=retries + 1, spans=bool(options.spans), confidence=bool(options.confidence),
                              require_grounded=bool(options.require_grounded),
-                             grounded_decoding=bool(options.grounded_decoding))
+                             grounded_decoding=options.grounded_decoding)
         deadline = min(options.timeout_s or self.deadline_s, self.deadline_s)
         started = time.perf_counter()
         queue_s = 0.0

@@ -226,3 +226,46 @@ def test_long_runs_without_spaces_are_scanned_once(doc: str) -> None:
     strict = task_from_model(Invoice).strict_schema
     assert "maxItems" in constrain_to_document(strict, doc)["properties"]["line_items"]
     assert constrain_to_document(strict, doc * 2) == strict
+
+
+def test_a_line_total_is_not_offered_and_list_numbering_is_no_amount() -> None:
+    doc = ("Blue Heron Catering LLC\n410 Pine Street, Portland, OR 97204\nInvoice 7, 23 March 2024\n"
+           "1. Coffee service per guest   5   3.50   17.50\n2. Fruit bowl   5   28.00   140.00\nTotal due 157.50 USD")
+    out = constrain_to_document(task_from_model(Invoice).strict_schema, doc)
+    items = out["properties"]["line_items"]
+    assert items["maxItems"] == 2  # the address prints two numbers but no money: no item line
+    pairs = {(v["properties"]["quantity"]["enum"][0], v["properties"]["unit_price"]["enum"][0])
+             for v in items["items"]["anyOf"]}
+    assert pairs == {(5, 3.5), (3.5, 5), (5, 28), (28, 5)}  # no line totals, no list numbers, no 97204
+    assert 1 not in out["properties"]["total"]["enum"] and 2 not in out["properties"]["total"]["enum"]
+
+
+def test_the_shipped_contracts_say_which_are_decoded_grounded_and_a_call_can_override() -> None:
+    from extractor.retry import RetryPolicy
+
+    assert [task_from_model(m).grounded_decoding for m in (Person, Invoice, Receipt, JobPosting)] == [
+        False, True, True, True]
+    invoice = task_from_model(Invoice)
+    assert RetryPolicy().grounded_for(invoice) and not RetryPolicy(grounded_decoding=False).grounded_for(invoice)
+    assert RetryPolicy(grounded_decoding=True).grounded_for(task_from_model(Person))
+    from extractor.contract import task_from_json_schema
+
+    raw = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    assert not task_from_json_schema(raw, name="x").grounded_decoding
+    assert task_from_json_schema({**raw, "x-grounded-decoding": True}, name="x").grounded_decoding
+    from extractor.errors import SchemaRejected
+
+    with pytest.raises(SchemaRejected, match="x-grounded-decoding"):
+        task_from_json_schema({**raw, "x-grounded-decoding": "yes"}, name="x")
+
+
+def test_an_invoice_gets_its_document_schema_by_default_and_not_when_a_call_says_no() -> None:
+    answer = json.dumps({"vendor": "ACME", "invoice_number": "A-1", "date": "2024-03-03", "currency": "EUR",
+                         "line_items": [{"description": "Widget", "quantity": 2, "unit_price": 5}], "total": 10})
+    text = "ACME\nInvoice A-1, 3 March 2024\n2 x Widget @ 5.00 EUR\nTotal 10.00 EUR"
+    default = RecordingEngine(answer)
+    Extractor(default).run(Invoice, text)
+    assert default.requests[0].schema == constrain_to_document(task_from_model(Invoice).strict_schema, text)
+    off = RecordingEngine(answer)
+    Extractor(off, grounded_decoding=False).run(Invoice, text)
+    assert off.requests[0].schema == task_from_model(Invoice).strict_schema

@@ -68,23 +68,35 @@ def test_grounded_decoding_writes_only_what_the_document_holds(local_engine: obj
     assert 1 <= len(job.skills) <= 12
 
 
-def test_an_unseen_invoice_validates_with_grounded_decoding(tmp_path: object) -> None:
-    """Issue 2's check, through the CLI: an invoice that is in no fixture, `extract run invoice
-    --grounded-decoding`, a record that passed the items-add-up validator. (Plain decoding writes
-    the total, 25, as the unit price; with grounded decoding an item's numbers come from its line.)"""
+UNSEEN_INVOICES = {
+    "harbor": ("Harbor Lights Cafe Supplies\nInvoice no. HL-7781\nDate: 12 February 2025\n\n"
+               "4 x Espresso cups @ 6.25 USD\n\nTotal: 25.00 USD\n"),
+    "terracotta": ("Green Thumb Garden Centre\nInvoice No: GT-5531\nDate: 9 April 2025\n\n"
+                   "2 x Terracotta pot @ 14.50 GBP\n1 x Compost bag @ 6.00 GBP\n\nTotal: 35.00 GBP\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNSEEN_INVOICES))
+def test_an_unseen_invoice_validates_with_the_plain_command(tmp_path: object, name: str) -> None:
+    """Issue 2's check, through the CLI exactly as a user types it: `extract run invoice FILE` on
+    invoices that are in no fixture gives a record that passed the items-add-up validator. (The
+    invoice contract decodes grounded by default; plain decoding wrote the total, 25, as the unit
+    price, and 2 as both the quantity and the price of the terracotta pots.)"""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
-    doc = Path(str(tmp_path)) / "harbor.txt"
-    doc.write_text("Harbor Lights Cafe Supplies\nInvoice no. HL-7781\nDate: 12 February 2025\n\n"
-                   "4 x Espresso cups @ 6.25 USD\n\nTotal: 25.00 USD\n", encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "extractor", "run", "invoice", str(doc), "--grounded-decoding"],
+    doc = Path(str(tmp_path)) / f"{name}.txt"
+    doc.write_text(UNSEEN_INVOICES[name], encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "extractor", "run", "invoice", str(doc)],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(proc.stdout)
     invoice = Invoice.model_validate(record["data"])  # the validators run again here
-    assert (invoice.vendor, invoice.invoice_number, str(invoice.date)) == ("Harbor Lights Cafe Supplies", "HL-7781",
-                                                                           "2025-02-12")
-    assert invoice.total == 25.0 and [(i.quantity, i.unit_price) for i in invoice.line_items] == [(4, 6.25)]
+    if name == "harbor":
+        assert (invoice.vendor, invoice.invoice_number, str(invoice.date)) == (
+            "Harbor Lights Cafe Supplies", "HL-7781", "2025-02-12")
+        assert invoice.total == 25.0 and [(i.quantity, i.unit_price) for i in invoice.line_items] == [(4, 6.25)]
+    else:
+        assert (invoice.currency, str(invoice.date), invoice.total) == ("GBP", "2025-04-09", 35.0)
