@@ -137,7 +137,8 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     if action == "list":
         for name in registry.names():
             task = registry.get(name)
-            print(f"{name}\tv{task.version}\t{task.instructions.splitlines()[0]}")
+            decoding = "grounded" if task.grounded_decoding else "plain"
+            print(f"{name}\tv{task.version}\t{decoding}\t{task.instructions.splitlines()[0]}")
         return EXIT_OK
     if action == "show":
         if not args.names or len(args.names) != 1:

@@ -269,3 +269,11 @@ def test_an_invoice_gets_its_document_schema_by_default_and_not_when_a_call_says
     off = RecordingEngine(answer)
     Extractor(off, grounded_decoding=False).run(Invoice, text)
     assert off.requests[0].schema == task_from_model(Invoice).strict_schema
+
+
+def test_extract_schemas_lists_how_each_schema_decodes(capsys: pytest.CaptureFixture[str]) -> None:
+    from extractor.cli import main
+
+    assert main(["schemas"]) == 0
+    rows = {line.split("\t")[0]: line.split("\t")[2] for line in capsys.readouterr().out.splitlines()}
+    assert rows == {"invoice": "grounded", "job_posting": "grounded", "person": "plain", "receipt": "grounded"}
