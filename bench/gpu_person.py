@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import signal
@@ -49,11 +50,26 @@ SERVICE_WORKERS = (1, 4)
 SERVED = "SmolLM2-135M-Instruct"
 
 
+@functools.cache
 def _task() -> Any:
     from extractor import task_from_model
     from schemas import Person
 
     return task_from_model(Person)
+
+
+def _response_format() -> dict[str, Any]:
+    """The person task's strict schema as the OpenAI API's `response_format`."""
+    return {"type": "json_schema", "json_schema": {"name": "person", "schema": _task().strict_schema, "strict": True}}
+
+
+def _chat_body(text: str) -> dict[str, Any]:
+    """The raw chat completion for one person document: our prompt, strict schema and token budget."""
+    from extractor.prompt import build_messages
+
+    task = _task()
+    return {"model": SERVED, "messages": build_messages(task, text), "temperature": 0,
+            "max_tokens": task.max_tokens, "response_format": _response_format()}
 
 
 def _check(texts: list[str | None], records: list[dict[str, Any]]) -> tuple[int, int]:
@@ -155,7 +171,7 @@ async def _raw_http(url: str) -> dict[str, Any]:
     http = httpx2.AsyncClient(limits=httpx2.Limits(max_connections=CONCURRENCY), timeout=600)
     client = openai.AsyncOpenAI(base_url=url, api_key="EMPTY", http_client=http, max_retries=0)
     slots = asyncio.Semaphore(CONCURRENCY)
-    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": task.strict_schema, "strict": True}}
+    fmt = _response_format()
 
     async def one(rec: dict[str, Any]) -> tuple[str | None, int]:
         async with slots:
@@ -177,8 +193,7 @@ async def _raw_http(url: str) -> dict[str, Any]:
     walls = []
     async with httpx2.AsyncClient(timeout=60) as plain:
         for rec in records[:SEQUENTIAL]:
-            body = {"model": SERVED, "messages": build_messages(task, rec["text"]), "temperature": 0,
-                    "max_tokens": task.max_tokens, "response_format": fmt}
+            body = _chat_body(rec["text"])
             t0 = time.perf_counter()
             (await plain.post(f"{url}/chat/completions", json=body)).raise_for_status()
             walls.append((time.perf_counter() - t0) * 1000)
@@ -198,12 +213,7 @@ def _lean_bodies(kind: str, records: list[dict[str, Any]]) -> list[bytes]:
     """Prebuilt JSON bodies: vLLM's chat completion ("vllm") or our `POST /extract/person` ("service")."""
     if kind == "service":
         return [json.dumps({"text": r["text"]}).encode() for r in records]
-    from extractor.prompt import build_messages
-
-    task = _task()
-    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": task.strict_schema, "strict": True}}
-    return [json.dumps({"model": SERVED, "messages": build_messages(task, r["text"]), "temperature": 0,
-                        "max_tokens": task.max_tokens, "response_format": fmt}).encode() for r in records]
+    return [json.dumps(_chat_body(r["text"])).encode() for r in records]
 
 
 async def _lean_part(url: str, path: str, bodies: list[bytes], start_at: float) -> dict[str, Any]:
@@ -282,15 +292,10 @@ async def _sequential_latency(url: str, vllm_url: str) -> tuple[list[float], lis
     """One request at a time, the service and vLLM itself in turns: the service's own added latency."""
     import httpx2
 
-    from extractor.prompt import build_messages
-
-    task, records = _task(), person_records(N)
-    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": task.strict_schema, "strict": True}}
     walls, direct = [], []
     async with httpx2.AsyncClient(base_url=url, timeout=600) as http:
-        for rec in records[:SEQUENTIAL]:
-            body = {"model": SERVED, "messages": build_messages(task, rec["text"]), "temperature": 0,
-                    "max_tokens": task.max_tokens, "response_format": fmt}
+        for rec in person_records(N)[:SEQUENTIAL]:
+            body = _chat_body(rec["text"])
             t0 = time.perf_counter()
             (await http.post(f"{vllm_url}/chat/completions", json=body)).raise_for_status()
             direct.append((time.perf_counter() - t0) * 1000)
