@@ -169,18 +169,18 @@ def _amounts_only(text: str) -> str:
     return _LIST_MARKER.sub(lambda m: " " * len(m.group()), blank)
 
 
+def _amount_slots(text: str) -> list[list[float]]:
+    """The amounts `text` prints, one entry per printed amount (with every reading of it)."""
+    text = _amounts_only(text)
+    slots = [_readings(m.group()) for m in _NUMBER.finditer(text)]
+    slots += [[round(v * 1000, 6) for v in _readings(m.group(1))] for m in _THOUSANDS.finditer(text)]
+    return slots
+
+
 def candidate_numbers(document: str) -> list[float]:
     """The amounts printed in the document, in every reading (dates, times and identifiers
     such as `BR/24/105` are not amounts; `88k` is read as 88000)."""
-    text = _amounts_only(document)
-    out: dict[float, None] = {}
-    for match in _NUMBER.finditer(text):
-        for value in _readings(match.group()):
-            out[value] = None
-    for match in _THOUSANDS.finditer(text):
-        for value in _readings(match.group(1)):
-            out[round(value * 1000, 6)] = None
-    return list(out)
+    return list(dict.fromkeys(value for slot in _amount_slots(document) for value in slot))
 
 
 _MONTHS = {name: i + 1 for i, names in enumerate(
@@ -291,10 +291,10 @@ def _item_parts(document: str, k: int) -> list[str]:
     """The lines, or `;`-separated parts of a line (a sentence billing three items), that print at
     least `k` amounts: where an item with `k` number fields can be. Where some of them print money
     (`4.50`, `$4`, `15 EUR`), only those: a street number and a postal code are not an item."""
-    parts = [part for line in document.splitlines() for part in line.split(";")
-             if len(_NUMBER.findall(_amounts_only(part))) >= k]
-    money = [part for part in parts if _MONEY.search(_amounts_only(part))]
-    return money or parts
+    parts = [(part, amounts) for line in document.splitlines() for part in line.split(";")
+             if len(_NUMBER.findall(amounts := _amounts_only(part))) >= k]
+    money = [part for part, amounts in parts if _MONEY.search(amounts)]
+    return money or [part for part, _ in parts]
 
 
 def _required_numbers(node: Mapping[str, Any], root: Mapping[str, Any]) -> int:
@@ -311,14 +311,6 @@ def _max_items(node: Mapping[str, Any], root: Mapping[str, Any], document: str) 
         k = _required_numbers(items, root)
         return len(_item_parts(document, k)) if k else sum(1 for line in document.splitlines() if line.strip())
     return _pieces(document)
-
-
-def _amount_slots(part: str) -> list[list[float]]:
-    """The amounts `part` prints, one entry per printed amount (with every reading of it)."""
-    text = _amounts_only(part)
-    slots = [_readings(m.group()) for m in _NUMBER.finditer(text)]
-    slots += [[round(v * 1000, 6) for v in _readings(m.group(1))] for m in _THOUSANDS.finditer(text)]
-    return slots
 
 
 _LETTER = re.compile(r"[^\W\d_]")
