@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from extractor import Extractor, default_registry  # noqa: E402
 from extractor.engines import engine_names, parse_options  # noqa: E402
-from extractor.eval_report import build_report, write_report  # noqa: E402
-from extractor.eval_run import aevaluate, read_dataset  # noqa: E402
+from extractor.eval.report import build_report, write_report  # noqa: E402
+from extractor.eval.run import aevaluate, read_dataset  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DEV = ROOT / "fixtures" / "dev"

@@ -65,7 +65,7 @@ def _response_format() -> dict[str, Any]:
 
 def _chat_body(text: str) -> dict[str, Any]:
     """The raw chat completion for one person document: our prompt, strict schema and token budget."""
-    from extractor.prompt import build_messages
+    from extractor.pipeline.prompt import build_messages
 
     task = _task()
     return {"model": SERVED, "messages": build_messages(task, text), "temperature": 0,
@@ -74,7 +74,7 @@ def _chat_body(text: str) -> dict[str, Any]:
 
 def _check(texts: list[str | None], records: list[dict[str, Any]]) -> tuple[int, int]:
     """(valid, exact) of raw outputs: valid = parses and validates against the strict schema and the model."""
-    from extractor.validate import Valid, validate_output
+    from extractor.pipeline.validate import Valid, validate_output
 
     task = _task()
     valid = ok = 0
@@ -113,7 +113,7 @@ def phase_offline_raw(model: str) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    from extractor.prompt import build_messages
+    from extractor.pipeline.prompt import build_messages
 
     task, records = _task(), person_records(N)
     tok = AutoTokenizer.from_pretrained(model)
@@ -165,7 +165,7 @@ async def _raw_http(url: str) -> dict[str, Any]:
     import httpx2
     import openai
 
-    from extractor.prompt import build_messages
+    from extractor.pipeline.prompt import build_messages
 
     task, records = _task(), person_records(N)
     http = httpx2.AsyncClient(limits=httpx2.Limits(max_connections=CONCURRENCY), timeout=600)

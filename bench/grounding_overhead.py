@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.person_records import person_records  # noqa: E402
 from extractor import task_from_model  # noqa: E402
-from extractor.confidence import field_confidence  # noqa: E402
 from extractor.engines.base import TokenLogprob  # noqa: E402
-from extractor.grounding import ground_record, ungrounded_errors  # noqa: E402
+from extractor.grounding.confidence import field_confidence  # noqa: E402
+from extractor.grounding.spans import ground_record, ungrounded_errors  # noqa: E402
 from schemas import Person  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

@@ -55,7 +55,7 @@ def in_process(records: list[dict[str, Any]], *, warm: bool) -> dict[str, Any]:
 def on_ray(records: list[dict[str, Any]], *, actors: int, cpus_per_actor: float, threads: int) -> dict[str, Any]:
     import ray.data
 
-    from extractor.ray_data import extract_dataset
+    from extractor.batch.ray_data import extract_dataset
 
     start = time.perf_counter()
     ds = ray.data.from_items([{"id": r["id"], "text": r["text"]} for r in records])

@@ -169,7 +169,7 @@ async def measure(upstream: str, service: str, service_pid: int, upstream_pid: i
     from extractor import task_from_model
     from extractor.engines.base import GenerationRequest
     from extractor.engines.vllm_http import chat_request
-    from extractor.prompt import build_messages
+    from extractor.pipeline.prompt import build_messages
     from schemas import Person
 
     task, records = task_from_model(Person), person_records(n)

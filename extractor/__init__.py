@@ -2,10 +2,12 @@
 
 from typing import TYPE_CHECKING, Any
 
-from .compile import Limits, compile_strict_schema
-from .contract import Contract, Example, Task, task_from_file, task_from_json_schema, task_from_model
-from .engines import Engine, GenerationRequest, GenerationResult, ScriptedEngine, create_engine
-from .errors import (
+from extractor.batch.ray_data import extract_dataset  # imports Ray only when called
+from extractor.contracts.compile import Limits, compile_strict_schema
+from extractor.contracts.contract import Contract, Example, Task, task_from_file, task_from_json_schema, task_from_model
+from extractor.contracts.registry import SchemaRegistry, default_registry
+from extractor.engines import Engine, GenerationRequest, GenerationResult, ScriptedEngine, create_engine
+from extractor.errors import (
     DeadlineExceeded,
     DocumentError,
     DocumentTooLarge,
@@ -30,22 +32,20 @@ from .errors import (
     error_class,
     http_status,
 )
-from .eval_report import build_report, compare_reports, write_report
-from .eval_run import aevaluate, evaluate, read_dataset
-from .extractor import Extractor
-from .grounding import Span
-from .ray_data import extract_dataset  # imports Ray only when called
-from .registry import SchemaRegistry, default_registry
-from .result import Extraction, Meta
+from extractor.eval.report import build_report, compare_reports, write_report
+from extractor.eval.run import aevaluate, evaluate, read_dataset
+from extractor.grounding.spans import Span
+from extractor.pipeline.extractor import Extractor
+from extractor.pipeline.result import Extraction, Meta
 
 if TYPE_CHECKING:
-    from .client import AsyncClient, Client
+    from extractor.client import AsyncClient, Client
 
 
 def __getattr__(name: str) -> Any:
     """`Client` and `AsyncClient` are imported on first use (they bring in the HTTP client)."""
     if name in ("Client", "AsyncClient"):
-        from . import client
+        from extractor import client
 
         return getattr(client, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

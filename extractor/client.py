@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Literal, TypeVar, overload
 
 import httpx2
 from pydantic import BaseModel, ValidationError
 
-from .contract import Task, task_from_model
-from .errors import (
+from extractor.contracts.contract import Task, task_from_model
+from extractor.contracts.registry import SchemaRegistry, default_registry
+from extractor.errors import (
     EngineOverloaded,
     EngineTimeout,
     EngineUnavailable,
@@ -34,9 +35,9 @@ from .errors import (
     UnknownSchema,
     error_class,
 )
-from .grounding import Span
-from .registry import SchemaRegistry, default_registry
-from .result import Extraction, Meta
+from extractor.grounding.spans import Span
+from extractor.pipeline.options import DEFAULT_CONCURRENCY, ExtractOptions
+from extractor.pipeline.result import Extraction, Meta
 
 M = TypeVar("M", bound=BaseModel)
 TYPE_PREFIX = "urn:extractor:problem:"
@@ -151,16 +152,16 @@ def _headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, s
     return out
 
 
-def _body(text: str, options: dict[str, Any] | None, spans: bool, confidence: bool,
-          require_grounded: bool, grounded_decoding: bool | None) -> dict[str, Any]:
-    """The request body; the keyword flags are shorthands for the same `options`
-    (`grounded_decoding=None` leaves it to the schema's own setting)."""
-    opts = dict(options or {})
-    for key, on in (("spans", spans), ("confidence", confidence), ("require_grounded", require_grounded)):
-        if on:
-            opts[key] = True
-    if grounded_decoding is not None:
-        opts["grounded_decoding"] = grounded_decoding
+def _body(text: str, options: ExtractOptions | Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The request body. `options` (an `ExtractOptions`: the fields it sets; or a mapping, which
+    may also hold the request's `timeout_s`) and keywords named like `ExtractOptions` fields
+    (`spans=True`) become the request's `options`; an unset one keeps the server's default."""
+    opts = dict(options.model_dump(include=options.model_fields_set)) if isinstance(options, ExtractOptions) \
+        else dict(options or {})
+    unknown = sorted(set(overrides) - set(ExtractOptions.exposed_fields()))
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; options are {', '.join(ExtractOptions.exposed_fields())}")
+    opts.update({k: v for k, v in overrides.items() if v is not None})
     return {"text": text, "options": opts}
 
 
@@ -212,35 +213,34 @@ class Client:
             time.sleep(_backoff(error, attempt, self.max_backoff_s))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def run(self, schema: Schema, text: str, *, options: dict[str, Any] | None = None, spans: bool = False,
-            confidence: bool = False, require_grounded: bool = False,
-            grounded_decoding: bool | None = None) -> Extraction[Any]:
-        """Extract with metadata: an `Extraction` (data + meta), as `Extractor.run`; `spans`,
-        `confidence`, `require_grounded` and `grounded_decoding` ask the server for them (`options`
-        of the request)."""
+    def run(self, schema: Schema, text: str, options: ExtractOptions | Mapping[str, Any] | None = None,
+            **overrides: Any) -> Extraction[Any]:
+        """Extract with metadata: an `Extraction` (data + meta), as `Extractor.run`; `options` and
+        keywords named like `ExtractOptions` fields (`spans=True`) go to the server as the request's
+        `options`."""
         name, model = _resolve(schema, self.registry)
-        body = _body(text, options, spans, confidence, require_grounded, grounded_decoding)
+        body = _body(text, options, overrides)
         return _extraction(self._post(f"/extract/{name}", body), model, text)
 
     @overload
-    def extract(self, schema: type[M], text: str, *, options: dict[str, Any] | None = None) -> M: ...
+    def extract(self, schema: type[M], text: str, *, options: ExtractOptions | Mapping[str, Any] | None = None) -> M: ...
     @overload
-    def extract(self, schema: str | Task[Any], text: str, *, options: dict[str, Any] | None = None) -> Any: ...
-    def extract(self, schema: Any, text: str, *, options: dict[str, Any] | None = None) -> Any:
+    def extract(self, schema: str | Task[Any], text: str, *, options: ExtractOptions | Mapping[str, Any] | None = None) -> Any: ...
+    def extract(self, schema: Any, text: str, *, options: ExtractOptions | Mapping[str, Any] | None = None) -> Any:
         """The validated value: a model instance (for a model, or a name registered locally), else a dict."""
         return self.run(schema, text, options=options).data
 
     @overload
     def extract_many(self, schema: type[M], texts: Sequence[str], *, return_exceptions: Literal[False] = False,
-                     concurrency: int = 8) -> list[M]: ...
+                     concurrency: int = DEFAULT_CONCURRENCY) -> list[M]: ...
     @overload
     def extract_many(self, schema: type[M], texts: Sequence[str], *, return_exceptions: Literal[True],
-                     concurrency: int = 8) -> list[M | ExtractorError]: ...
+                     concurrency: int = DEFAULT_CONCURRENCY) -> list[M | ExtractorError]: ...
     @overload
     def extract_many(self, schema: str | Task[Any], texts: Sequence[str], *, return_exceptions: bool = False,
-                     concurrency: int = 8) -> list[Any]: ...
+                     concurrency: int = DEFAULT_CONCURRENCY) -> list[Any]: ...
     def extract_many(self, schema: Any, texts: Sequence[str], *, return_exceptions: bool = False,
-                     concurrency: int = 8) -> list[Any]:
+                     concurrency: int = DEFAULT_CONCURRENCY) -> list[Any]:
         """One value per text, in order, sent `concurrency` at a time (the server batches them)."""
         from concurrent.futures import ThreadPoolExecutor
 
@@ -301,31 +301,30 @@ class AsyncClient:
             await asyncio.sleep(_backoff(error, attempt, self.max_backoff_s))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def run(self, schema: Schema, text: str, *, options: dict[str, Any] | None = None, spans: bool = False,
-                  confidence: bool = False, require_grounded: bool = False,
-                  grounded_decoding: bool | None = None) -> Extraction[Any]:
+    async def run(self, schema: Schema, text: str, options: ExtractOptions | Mapping[str, Any] | None = None,
+                  **overrides: Any) -> Extraction[Any]:
         name, model = _resolve(schema, self.registry)
-        body = _body(text, options, spans, confidence, require_grounded, grounded_decoding)
+        body = _body(text, options, overrides)
         return _extraction(await self._post(f"/extract/{name}", body), model, text)
 
     @overload
-    async def extract(self, schema: type[M], text: str, *, options: dict[str, Any] | None = None) -> M: ...
+    async def extract(self, schema: type[M], text: str, *, options: ExtractOptions | Mapping[str, Any] | None = None) -> M: ...
     @overload
-    async def extract(self, schema: str | Task[Any], text: str, *, options: dict[str, Any] | None = None) -> Any: ...
-    async def extract(self, schema: Any, text: str, *, options: dict[str, Any] | None = None) -> Any:
+    async def extract(self, schema: str | Task[Any], text: str, *, options: ExtractOptions | Mapping[str, Any] | None = None) -> Any: ...
+    async def extract(self, schema: Any, text: str, *, options: ExtractOptions | Mapping[str, Any] | None = None) -> Any:
         return (await self.run(schema, text, options=options)).data
 
     @overload
     async def extract_many(self, schema: type[M], texts: Sequence[str], *, return_exceptions: Literal[False] = False,
-                           concurrency: int = 8) -> list[M]: ...
+                           concurrency: int = DEFAULT_CONCURRENCY) -> list[M]: ...
     @overload
     async def extract_many(self, schema: type[M], texts: Sequence[str], *, return_exceptions: Literal[True],
-                           concurrency: int = 8) -> list[M | ExtractorError]: ...
+                           concurrency: int = DEFAULT_CONCURRENCY) -> list[M | ExtractorError]: ...
     @overload
     async def extract_many(self, schema: str | Task[Any], texts: Sequence[str], *, return_exceptions: bool = False,
-                           concurrency: int = 8) -> list[Any]: ...
+                           concurrency: int = DEFAULT_CONCURRENCY) -> list[Any]: ...
     async def extract_many(self, schema: Any, texts: Sequence[str], *, return_exceptions: bool = False,
-                           concurrency: int = 8) -> list[Any]:
+                           concurrency: int = DEFAULT_CONCURRENCY) -> list[Any]:
         semaphore = asyncio.Semaphore(max(1, concurrency))
 
         async def one(text: str) -> Any:

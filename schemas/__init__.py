@@ -4,10 +4,10 @@ Each is a `Contract` (a Pydantic v2 model with a name, version,
 instructions and few-shot examples). `BUILTIN` lists them for the registry.
 """
 
-from .invoice import Invoice, LineItem
-from .job_posting import JobPosting, SalaryRange
-from .person import Person
-from .receipt import Receipt, ReceiptItem
+from schemas.invoice import Invoice, LineItem
+from schemas.job_posting import JobPosting, SalaryRange
+from schemas.person import Person
+from schemas.receipt import Receipt, ReceiptItem
 
 BUILTIN = (Person, Invoice, Receipt, JobPosting)
 

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field, model_validator
 
-from extractor.contract import Contract, Example
+from extractor.contracts.contract import Contract, Example
 
 
 class Currency(StrEnum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from extractor.contract import Contract, Example
+from extractor.contracts.contract import Contract, Example
 
 
 class Person(Contract):

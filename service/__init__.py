@@ -1,6 +1,6 @@
 """The extraction service: the library behind HTTP (`extract serve`)."""
 
-from .app import create_app
-from .settings import Settings
+from service.app import create_app
+from service.settings import Settings
 
 __all__ = ["Settings", "create_app"]

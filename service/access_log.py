@@ -20,7 +20,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .metrics import Metrics
+from service.metrics import Metrics
 
 access_log = logging.getLogger("extractor.access")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

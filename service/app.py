@@ -25,23 +25,23 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
-from extractor.contract import Task
+from extractor.contracts.contract import Task
+from extractor.contracts.registry import SchemaRegistry, default_registry
 from extractor.engines import Engine
 from extractor.errors import ExtractionFailed, UnknownSchema
-from extractor.registry import SchemaRegistry, default_registry
-
-from . import batch_routes, openapi, problems, view_routes
-from .access_log import RequestContext
-from .auth import ApiKeys
-from .batch_store import BatchStore, database_url
-from .batch_worker import BatchWorker
-from .engine import EngineHolder
-from .metrics import Metrics
-from .models import response_model
-from .pipeline import Pipeline
-from .queue import AdmissionQueue
-from .settings import Settings
-from .upload import read_document
+from extractor.pipeline.options import ExtractOptions
+from service import batch_routes, openapi, problems, view_routes
+from service.access_log import RequestContext
+from service.auth import ApiKeys
+from service.batch_store import BatchStore, database_url
+from service.batch_worker import BatchWorker
+from service.engine import EngineHolder
+from service.metrics import Metrics
+from service.models import response_model
+from service.pipeline import Pipeline
+from service.queue import AdmissionQueue
+from service.settings import Settings
+from service.upload import read_document
 
 
 class SchemaInfo(BaseModel):
@@ -89,7 +89,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                            ready_cache_s=settings.ready_cache_s)
     queue = AdmissionQueue(settings.max_inflight, settings.max_waiting, retry_after_s=settings.retry_after_s,
                            on_change=metrics.queue_depth)
-    pipeline = Pipeline(engines, queue, metrics, deadline_s=settings.deadline_s, max_retries=settings.max_retries)
+    pipeline = Pipeline(engines, queue, metrics, deadline_s=settings.deadline_s,
+                        defaults=ExtractOptions(max_retries=settings.max_retries))
     batches = BatchStore(database_url(settings.batch_db))
 
     def lookup(name: str) -> Task[Any]:

@@ -28,8 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from extractor.batch import ItemResult
-from extractor.contract import Task
+from extractor.contracts.contract import Task
 from extractor.errors import (
     DocumentTooLarge,
     ExtractorError,
@@ -38,13 +37,13 @@ from extractor.errors import (
     UndecodableDocument,
     UnsupportedMediaType,
 )
-
-from . import openapi
-from .batch_store import BatchStore, NewItem
-from .batch_worker import BatchWorker
-from .models import ExtractOptions
-from .settings import Settings
-from .upload import _loads, media_type, parse_options, read_body, validation_messages
+from extractor.pipeline.many import ItemResult
+from service import openapi
+from service.batch_store import BatchStore, NewItem
+from service.batch_worker import BatchWorker
+from service.models import RequestOptions
+from service.settings import Settings
+from service.upload import _loads, media_type, parse_options, read_body, validation_messages
 
 JSONL_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/ndjson"})
 ACCEPTED = "application/json, application/x-ndjson, application/jsonl, multipart/form-data"
@@ -62,7 +61,7 @@ class BatchRequest(BaseModel):
 
     schema_: str = Field(alias="schema", description="a registered schema name")
     items: list[BatchItem] = Field(min_length=1)
-    options: ExtractOptions = Field(default_factory=ExtractOptions)
+    options: RequestOptions = Field(default_factory=RequestOptions)
 
 
 class BatchCounts(BaseModel):
@@ -95,7 +94,7 @@ BATCH_BODY: dict[str, Any] = {
         "multipart/form-data": {"schema": {
             "type": "object",
             "properties": {"file": {"type": "string", "format": "binary", "description": "a JSONL file"},
-                           "options": {"type": "string", "description": "a JSON object of ExtractOptions"}},
+                           "options": {"type": "string", "description": "a JSON object of RequestOptions"}},
             "required": ["file"],
         }},
     },
@@ -179,7 +178,7 @@ def _digest(schema: str, options: dict[str, Any], items: list[NewItem]) -> str:
 
 def install(app: FastAPI, *, store: BatchStore, worker: BatchWorker, lookup: Callable[[str], Task[Any]],
             settings: Settings, secured: list[DependsParam]) -> None:
-    async def read_request(request: Request) -> tuple[str, ExtractOptions, list[NewItem]]:
+    async def read_request(request: Request) -> tuple[str, RequestOptions, list[NewItem]]:
         kind, _ = media_type(request.headers.get("content-type"))
         if kind not in JSONL_TYPES and kind not in ("application/json", "multipart/form-data") \
                 and not kind.endswith("+json"):

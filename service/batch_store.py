@@ -49,8 +49,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
 from extractor.errors import IdempotencyConflict, UnknownBatch
-
-from .batch_migrations import migrate
+from service.batch_migrations import migrate
 
 _META = MetaData()
 JOBS = Table(

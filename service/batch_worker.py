@@ -31,13 +31,12 @@ from collections.abc import Callable
 from itertools import groupby
 from typing import Any
 
-from extractor.batch import ItemResult
-from extractor.contract import Task
+from extractor.contracts.contract import Task
 from extractor.errors import DeadlineExceeded, EngineError, EngineOverloaded, EngineUnavailable, ExtractorError
-
-from .batch_store import BatchStore, Claimed
-from .models import ExtractOptions
-from .pipeline import Pipeline
+from extractor.pipeline.many import ItemResult
+from service.batch_store import BatchStore, Claimed
+from service.models import RequestOptions
+from service.pipeline import Pipeline
 
 log = logging.getLogger("extractor.service")
 
@@ -161,7 +160,7 @@ class BatchWorker:
         first = items[0]
         try:
             task = self.lookup(first.schema)
-            options = ExtractOptions.model_validate(first.options)
+            options = RequestOptions.model_validate(first.options)
         except ExtractorError as exc:  # e.g. a schema module no longer loaded: each item fails with it
             for c in items:
                 await self._finish(c.job_id, c.seq, ItemResult(c.item_id, c.seq, error=exc), pending)

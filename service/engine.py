@@ -97,8 +97,4 @@ class EngineHolder:
         engine, self._engine, self._loading = self._engine, None, None
         if engine is None:
             return
-        aclose = getattr(engine, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        elif (close := getattr(engine, "close", None)) is not None:
-            await asyncio.to_thread(close)
+        await engine.aclose()

@@ -2,37 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from extractor.contract import Task
+from extractor.contracts.contract import Task
+from extractor.pipeline.options import ExtractOptions
 
 
-class ExtractOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _request_options() -> type[BaseModel]:
+    """The body's `options`: every exposed `ExtractOptions` field, each optional (an omitted one
+    keeps the server's default), plus this request's own deadline. Generated, so the library, the
+    CLI flags and the request body cannot disagree."""
+    fields: dict[str, Any] = {}
+    for name in ExtractOptions.exposed_fields():
+        info = ExtractOptions.model_fields[name]
+        annotation: Any = info.annotation | None  # type: ignore[operator]
+        if info.metadata:  # the field's bounds (ge/le) hold for the request too
+            annotation = Annotated[annotation, *info.metadata]
+        fields[name] = (annotation,
+                        Field(default=None, description=f"{info.description} (default: the server's)"))
+    fields["timeout_s"] = (float | None, Field(default=None, gt=0, le=3600,
+                                               description="deadline for this request in seconds, queue wait included; "
+                                                           "capped at the server's deadline"))
+    model: type[BaseModel] = create_model("RequestOptions", __config__=ConfigDict(extra="forbid"), **fields)
+    return model
 
-    max_retries: int | None = Field(default=None, ge=0, le=5,
-                                    description="retries after a failed validation (default: the server's)")
-    timeout_s: float | None = Field(default=None, gt=0, le=3600,
-                                    description="deadline for this request in seconds, queue wait included; "
-                                                "capped at the server's deadline")
-    spans: bool | None = Field(default=None, description="add meta.spans: where each string and number of the record "
-                                                         "occurs in the document")
-    confidence: bool | None = Field(default=None, description="add meta.confidence: per-field probability from the "
-                                                              "engine's token logprobs (engines that return them)")
-    require_grounded: bool | None = Field(default=None, description="a free-text value that occurs nowhere in the "
-                                                                    "document fails validation and is retried")
-    grounded_decoding: bool | None = Field(default=None, description="decode free-text strings and numbers only as "
-                                                                     "values that occur in the document (default: "
-                                                                     "the schema's own setting)")
+
+if TYPE_CHECKING:  # the type checker sees a model; the real one is generated
+    RequestOptions = BaseModel
+else:
+    RequestOptions = _request_options()
+
+
+def extract_options(options: BaseModel) -> dict[str, Any]:
+    """The `ExtractOptions` overrides a request's `options` sets (its deadline is the service's own)."""
+    return options.model_dump(exclude_none=True, exclude={"timeout_s"})
 
 
 class ExtractRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(description="the document, as text")
-    options: ExtractOptions = Field(default_factory=ExtractOptions)
+    options: RequestOptions = Field(default_factory=RequestOptions)
 
 
 class Tokens(BaseModel):

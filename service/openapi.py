@@ -10,8 +10,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from .models import ExtractRequest, Problem
-from .problems import MEDIA_TYPE
+from service.models import ExtractRequest, Problem
+from service.problems import MEDIA_TYPE
 
 REF = "#/components/schemas/{model}"
 
@@ -26,7 +26,7 @@ EXTRACT_BODY: dict[str, Any] = {
             "type": "object",
             "properties": {
                 "file": {"type": "string", "format": "binary", "description": "a text, markdown or PDF file"},
-                "options": {"type": "string", "description": "a JSON object of ExtractOptions"},
+                "options": {"type": "string", "description": "a JSON object of RequestOptions"},
             },
             "required": ["file"],
         }},

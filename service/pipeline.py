@@ -10,19 +10,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from extractor.contract import Task
+from extractor.contracts.contract import Task
 from extractor.engines import Engine, GenerationRequest, GenerationResult
 from extractor.errors import DeadlineExceeded, ExtractionFailed
-from extractor.result import Extraction
-from extractor.retry import RetryPolicy, extract_one
+from extractor.pipeline.loop import extract_one
+from extractor.pipeline.options import ExtractOptions
+from extractor.pipeline.result import Extraction
+from service.engine import EngineHolder
+from service.metrics import Metrics
+from service.models import RequestOptions, extract_options
+from service.queue import AdmissionQueue
 
-from .engine import EngineHolder
-from .metrics import Metrics
-from .models import ExtractOptions
-from .queue import AdmissionQueue
 
-
-class TimedEngine:
+class TimedEngine(Engine):
     """The engine, seen by one request: counts the time spent in `generate`, calls and tokens."""
 
     def __init__(self, engine: Engine) -> None:
@@ -55,20 +55,18 @@ class Outcome:
 
 class Pipeline:
     def __init__(self, engines: EngineHolder, queue: AdmissionQueue, metrics: Metrics, *,
-                 deadline_s: float, max_retries: int) -> None:
+                 deadline_s: float, defaults: ExtractOptions) -> None:
         self.engines = engines
         self.queue = queue
         self.metrics = metrics
         self.deadline_s = deadline_s
-        self.max_retries = max_retries
+        #: the server's options (`EXTRACTOR_MAX_RETRIES`, ...); a request's `options` override them
+        self.defaults = defaults
 
-    async def extract(self, task: Task[Any], text: str, options: ExtractOptions) -> Outcome:
+    async def extract(self, task: Task[Any], text: str, options: RequestOptions) -> Outcome:
         engine = TimedEngine(self.engines.get())
-        retries = self.max_retries if options.max_retries is None else options.max_retries
-        policy = RetryPolicy(max_attempts=retries + 1, spans=bool(options.spans), confidence=bool(options.confidence),
-                             require_grounded=bool(options.require_grounded),
-                             grounded_decoding=options.grounded_decoding)
-        deadline = min(options.timeout_s or self.deadline_s, self.deadline_s)
+        merged = self.defaults.merged(extract_options(options))
+        deadline = min(getattr(options, "timeout_s", None) or self.deadline_s, self.deadline_s)
         started = time.perf_counter()
         queue_s = 0.0
         outcome = "error"
@@ -78,7 +76,7 @@ class Pipeline:
                 async with self.queue.slot(deadline):
                     queue_s = time.perf_counter() - started
                     self.metrics.queue_wait.observe(queue_s)
-                    result = await extract_one(engine, task, text, policy)
+                    result = await extract_one(engine, task, text, merged)
             outcome, failures = "ok", len(result.meta.errors)
             return Outcome(result, engine.seconds, queue_s)
         except TimeoutError as exc:

@@ -17,11 +17,10 @@ from typing import Any
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from extractor.registry import SchemaRegistry
-
-from .access_log import configure_logging
-from .app import create_app
-from .settings import Settings
+from extractor.contracts.registry import SchemaRegistry
+from service.access_log import configure_logging
+from service.app import create_app
+from service.settings import Settings
 
 SETTINGS_ENV = "EXTRACTOR_SERVE_SETTINGS"
 LOG_LEVEL_ENV = "EXTRACTOR_SERVE_LOG_LEVEL"

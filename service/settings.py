@@ -34,6 +34,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from extractor.engines import parse_option
+from extractor.pipeline.documents import MAX_DOCUMENT_CHARS
+from extractor.pipeline.options import DEFAULT_OPTIONS
+
 PREFIX = "EXTRACTOR_"
 
 
@@ -48,8 +52,8 @@ class Settings:
     max_waiting: int = 128
     deadline_s: float = 60.0
     max_body_bytes: int = 10 * 1024 * 1024
-    max_document_chars: int = 200_000
-    max_retries: int = 2
+    max_document_chars: int = MAX_DOCUMENT_CHARS
+    max_retries: int = DEFAULT_OPTIONS.max_retries
     api_keys: tuple[str, ...] = ()
     api_keys_file: str | None = None
     schemas: tuple[str, ...] = ()
@@ -109,7 +113,7 @@ def _parse(name: str, raw: str) -> Any:
         value = json.loads(raw)
         if not isinstance(value, dict):
             raise ValueError(f"{PREFIX}ENGINE_OPTIONS must be a JSON object")
-        return value
+        return dict(parse_option(f"{key}={json.dumps(v)}") for key, v in value.items())
     if name in ("api_keys", "schemas"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if isinstance(default, bool):
@@ -119,14 +123,3 @@ def _parse(name: str, raw: str) -> Any:
     if isinstance(default, float):
         return float(raw)
     return raw
-
-
-def parse_engine_option(item: str) -> tuple[str, Any]:
-    """`KEY=VALUE` from the command line; VALUE is read as JSON when it parses (numbers, booleans)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ValueError(f"expected KEY=VALUE, got {item!r}")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw

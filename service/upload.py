@@ -32,8 +32,7 @@ from extractor.errors import (
     UndecodableDocument,
     UnsupportedMediaType,
 )
-
-from .models import ExtractOptions, ExtractRequest
+from service.models import ExtractRequest, RequestOptions
 
 TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown"})
 PDF_TYPE = "application/pdf"
@@ -44,7 +43,7 @@ ACCEPTED = "application/json, text/plain, text/markdown, application/pdf, multip
 @dataclass(frozen=True)
 class Document:
     text: str
-    options: ExtractOptions
+    options: RequestOptions
     #: how it came: json, text, pdf, or file:NAME for an upload
     source: str
 
@@ -105,9 +104,9 @@ def pdf_text(raw: bytes) -> str:
         raise UndecodableDocument(f"not a readable PDF: {type(exc).__name__}: {exc}") from exc
 
 
-def parse_options(raw: Any) -> ExtractOptions:
+def parse_options(raw: Any) -> RequestOptions:
     try:
-        return ExtractOptions.model_validate(raw if raw is not None else {})
+        return RequestOptions.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
         raise InvalidRequest("invalid options", errors=validation_messages(exc, prefix="$.options")) from exc
 
@@ -181,9 +180,9 @@ async def read_document(request: Request, *, max_body_bytes: int, max_document_c
     if kind == "multipart/form-data":
         doc = await from_multipart(request, raw, max_body_bytes)
     elif kind in TEXT_TYPES:
-        doc = Document(decode_text(raw, params.get("charset")), ExtractOptions(), "text")
+        doc = Document(decode_text(raw, params.get("charset")), RequestOptions(), "text")
     elif kind == PDF_TYPE:
-        doc = Document(await asyncio.to_thread(pdf_text, raw), ExtractOptions(), "pdf")
+        doc = Document(await asyncio.to_thread(pdf_text, raw), RequestOptions(), "pdf")
     else:
         doc = from_json(raw)
     try:

@@ -1,4 +1,4 @@
-"""The HTML view of the service (`extractor.view` renders it):
+"""The HTML view of the service (`extractor.view.html` renders it):
 
     GET  /view                     a form: pick a schema, paste a document
     POST /view                     the form posted (application/x-www-form-urlencoded): extracts with
@@ -23,7 +23,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.params import Depends as DependsParam
 from starlette.responses import HTMLResponse
 
-from extractor.contract import Task
+from extractor.contracts.contract import Task
 from extractor.errors import (
     DocumentTooLarge,
     EmptyDocument,
@@ -33,15 +33,14 @@ from extractor.errors import (
     UnsupportedMediaType,
     http_status,
 )
-from extractor.view import CSP, ViewForm, ViewItem, item_from_result, render_page
-
-from . import openapi
-from .auth import ApiKeys
-from .batch_store import BatchStore
-from .models import ExtractOptions
-from .pipeline import Pipeline
-from .settings import Settings
-from .upload import media_type, read_body
+from extractor.view.html import CSP, ViewForm, ViewItem, item_from_result, render_page
+from service import openapi
+from service.auth import ApiKeys
+from service.batch_store import BatchStore
+from service.models import RequestOptions
+from service.pipeline import Pipeline
+from service.settings import Settings
+from service.upload import media_type, read_body
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
@@ -103,7 +102,7 @@ def install(app: FastAPI, *, pipeline: Pipeline, lookup: Callable[[str], Task[An
             if not text.strip():
                 raise EmptyDocument("paste a document first")
             request.state.log.update(schema=task.name, source="view", chars=len(text))
-            outcome = await pipeline.extract(task, text, ExtractOptions(spans=True, confidence=True))
+            outcome = await pipeline.extract(task, text, RequestOptions(spans=True, confidence=True))
         except ExtractorError as exc:
             request.state.log["error"] = exc.code
             notice = f"{exc.code}: {exc}"

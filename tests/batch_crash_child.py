@@ -13,8 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from extractor import GenerationRequest, GenerationResult, ScriptedEngine
-
-from .service_support import answer, make_app
+from tests.service_support import answer, make_app
 
 DOC_ID = re.compile(r"\[doc (\S+)\]")
 

@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 
 from extractor import Engine, GenerationRequest, task_from_model
-from extractor.prompt import build_messages
+from extractor.pipeline.prompt import build_messages
 from schemas import Person
 
 PERSON = task_from_model(Person)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from extractor import EngineUnavailable, Extractor, GenerationRequest, ScriptedEngine
-from extractor.batch import Document
-from extractor.batch_io import ResultsFile, read_documents
+from extractor.batch.jsonl import ResultsFile, read_documents
+from extractor.pipeline.many import Document
 from schemas import Person
 
 

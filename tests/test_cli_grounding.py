@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from extractor.cli import main
+from extractor.cli.main import main
 from extractor.engines import ENGINES
 
 DOC = "Alice Smith is 34 years old and lives in Lisbon."

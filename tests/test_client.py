@@ -36,8 +36,7 @@ from extractor import (
 )
 from schemas import Person
 from service.auth import hash_key
-
-from .service_support import BASE, DOC, GOOD, GatedEngine, answer, make_app
+from tests.service_support import BASE, DOC, GOOD, GatedEngine, answer, make_app
 
 ALICE = Person(name="Alice Smith", age=34, city="Lisbon", email=None)
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from extractor.confidence import field_confidence, token_offsets, value_spans
 from extractor.engines.base import TokenLogprob
 from extractor.engines.detok import byte_pieces, token_pieces
+from extractor.grounding.confidence import field_confidence, token_offsets, value_spans
 
 OUT = '{"name":"José Li","age":34,"tags":["a",""],"x":{"y":null,"z":-1.5e3},"ok":true}'
 

@@ -9,15 +9,15 @@ import jsonschema
 import pytest
 
 from extractor import Extractor
-from extractor.contract import task_from_model
-from extractor.document_constraint import (
+from extractor.contracts.contract import task_from_model
+from extractor.engines.base import GenerationRequest, GenerationResult
+from extractor.grounding.decoding import (
     SPAN_DEF,
     candidate_dates,
     candidate_numbers,
     candidate_spans,
     constrain_to_document,
 )
-from extractor.engines.base import GenerationRequest, GenerationResult
 from schemas import Invoice, JobPosting, Person, Receipt
 
 RECEIPT = """KEDAI MAKANAN SRI MELATI
@@ -241,14 +241,14 @@ def test_a_line_total_is_not_offered_and_list_numbering_is_no_amount() -> None:
 
 
 def test_the_shipped_contracts_say_which_are_decoded_grounded_and_a_call_can_override() -> None:
-    from extractor.retry import RetryPolicy
+    from extractor.pipeline.options import ExtractOptions as RetryPolicy
 
     assert [task_from_model(m).grounded_decoding for m in (Person, Invoice, Receipt, JobPosting)] == [
         False, True, True, True]
     invoice = task_from_model(Invoice)
     assert RetryPolicy().grounded_for(invoice) and not RetryPolicy(grounded_decoding=False).grounded_for(invoice)
     assert RetryPolicy(grounded_decoding=True).grounded_for(task_from_model(Person))
-    from extractor.contract import task_from_json_schema
+    from extractor.contracts.contract import task_from_json_schema
 
     raw = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
     assert not task_from_json_schema(raw, name="x").grounded_decoding
@@ -272,7 +272,7 @@ def test_an_invoice_gets_its_document_schema_by_default_and_not_when_a_call_says
 
 
 def test_extract_schemas_lists_how_each_schema_decodes(capsys: pytest.CaptureFixture[str]) -> None:
-    from extractor.cli import main
+    from extractor.cli.main import main
 
     assert main(["schemas"]) == 0
     rows = {line.split("\t")[0]: line.split("\t")[2] for line in capsys.readouterr().out.splitlines()}

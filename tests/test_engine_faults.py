@@ -20,14 +20,13 @@ import pytest
 from fastapi import FastAPI
 
 from extractor import EngineError, EngineOverloaded, EngineTimeout, EngineUnavailable, ExtractionFailed, Extractor
-from extractor.cli import main
+from extractor.cli.main import main
 from extractor.engines.vllm_http import VllmHttpEngine
 from schemas import Person
 from service import Settings, create_app
 from service.batch_store import BatchStore, NewItem, database_url
-
-from .fake_openai import GOOD, FakeOpenAI, Reply, default_reply, fake_openai
-from .service_support import DOC, client
+from tests.fake_openai import GOOD, FakeOpenAI, Reply, default_reply, fake_openai
+from tests.service_support import DOC, client
 
 PROBLEM = "application/problem+json"
 

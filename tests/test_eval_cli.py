@@ -10,13 +10,12 @@ from typing import Any
 import pytest
 
 from extractor import Extractor, ScriptedEngine, default_registry
-from extractor.cli import main
+from extractor.cli.main import main
 from extractor.engines import ENGINES
 from extractor.errors import DocumentError
-from extractor.eval_report import build_report, compare_reports, load_report, render_html
-from extractor.eval_run import LabeledDocument, evaluate, read_dataset
-
-from .conftest import FIXTURES
+from extractor.eval.report import build_report, compare_reports, load_report, render_html
+from extractor.eval.run import LabeledDocument, evaluate, read_dataset
+from tests.conftest import FIXTURES
 
 DOCS = [
     ("d1", "Alice Smith is 34 and lives in Lisbon.", {"name": "Alice Smith", "age": 34, "city": "Lisbon", "email": None}),

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from extractor import default_registry
-from extractor.eval_metrics import normalize_string
-from extractor.eval_run import label_errors, read_dataset
-
-from .conftest import FIXTURES
+from extractor.eval.metrics import normalize_string
+from extractor.eval.run import label_errors, read_dataset
+from tests.conftest import FIXTURES
 
 DEV = FIXTURES / "dev"
 SCHEMAS = ["person", "invoice", "receipt", "job_posting"]

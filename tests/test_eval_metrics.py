@@ -8,7 +8,7 @@ import random
 import pytest
 
 from extractor import default_registry
-from extractor.eval_metrics import (
+from extractor.eval.metrics import (
     Counts,
     FieldStats,
     Spec,

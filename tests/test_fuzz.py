@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from extractor import DocumentError, SchemaRejected, compile_strict_schema, task_from_json_schema, task_from_model
-from extractor.compile import SUPPORTED
-from extractor.documents import check_text, decode_document
-from extractor.prompt import build_messages, system_prompt
-from extractor.prompt_echo import echo_errors
-from extractor.validate import Invalid, Valid, validate_output
+from extractor.contracts.compile import SUPPORTED
+from extractor.pipeline.documents import check_text, decode_document
+from extractor.pipeline.injection import echo_errors
+from extractor.pipeline.prompt import build_messages, system_prompt
+from extractor.pipeline.validate import Invalid, Valid, validate_output
 from schemas import BUILTIN
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -198,7 +198,7 @@ INVOICE_LIKE = json_values | st.fixed_dictionaries({
 def test_the_fast_schema_check_never_passes_what_jsonschema_refuses(task: Any, value: Any) -> None:
     """The schema gate asks jsonschema_rs first; whatever it passes, the Python validator (whose
     verdict stands) passes too, formats included, so the fast path never lets an output through."""
-    from extractor.validate import _fast_validator, _validator, schema_errors
+    from extractor.pipeline.validate import _fast_validator, _validator, schema_errors
 
     fast = _fast_validator(task.schema_json)
     assert fast is not None

@@ -9,7 +9,7 @@ import pytest
 
 from extractor import ExtractionFailed, Extractor, GenerationRequest, GenerationResult, ScriptedEngine
 from extractor.engines.base import TokenLogprob
-from extractor.grounding import Span
+from extractor.grounding.spans import Span
 from schemas import Invoice, Person
 
 DOC = "Alice Smith is 34 years old and lives in Lisbon."

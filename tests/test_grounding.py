@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extractor import task_from_model
-from extractor.fieldpath import dollar_path, field_key, field_path
-from extractor.grounding import (
+from extractor.grounding.fieldpath import dollar_path, field_key, field_path
+from extractor.grounding.spans import (
     Grounder,
     Span,
     date_forms,

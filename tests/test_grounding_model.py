@@ -8,10 +8,9 @@ from typing import Any
 import pytest
 
 from extractor import Extractor, GenerationRequest, task_from_model
-from extractor.prompt import build_messages
+from extractor.pipeline.prompt import build_messages
 from schemas import Person
-
-from .conftest import FIXTURES
+from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.model
 PERSON = task_from_model(Person)

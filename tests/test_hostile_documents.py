@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 
 from extractor import DocumentTooLarge, EmptyDocument, Extractor, ScriptedEngine, UndecodableDocument
-from extractor.cli import main
-from extractor.documents import MAX_DOCUMENT_CHARS, check_text, decode_document
+from extractor.cli.main import main
 from extractor.engines.vllm_http import VllmHttpEngine
+from extractor.pipeline.documents import MAX_DOCUMENT_CHARS, check_text, decode_document
 from schemas import Person
-
-from .fake_openai import fake_openai
-from .service_support import DOC, answer, call, make_app
+from tests.fake_openai import fake_openai
+from tests.service_support import DOC, answer, call, make_app
 
 PROBLEM = "application/problem+json"
 TEN_MB = 10 * 1000 * 1000

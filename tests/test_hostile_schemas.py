@@ -18,9 +18,9 @@ import pytest
 from pydantic import BaseModel, Field
 
 from extractor import Extractor, SchemaRegistry, SchemaRejected, ScriptedEngine, compile_strict_schema, task_from_model
-from extractor.cli import main
-from extractor.grammar_cache import GrammarCache
-from extractor.grammar_check import GrammarChecker
+from extractor.cli.main import main
+from extractor.engines.grammar_cache import GrammarCache
+from extractor.engines.grammar_check import GrammarChecker
 from schemas import Person
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,7 +205,7 @@ def test_a_service_with_a_hostile_schema_module_refuses_to_start(tmp_path: Path)
 
 
 def test_the_service_never_resolves_a_schema_path_from_the_url(tmp_path: Path) -> None:
-    from .service_support import call, make_app
+    from tests.service_support import call, make_app
 
     engine = ScriptedEngine([])
     app = make_app(engine)

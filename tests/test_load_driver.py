@@ -15,9 +15,8 @@ import pytest
 import uvicorn
 
 from bench.load_test import main, queue_depth
-
-from .fake_openai import free_port
-from .service_support import make_app
+from tests.fake_openai import free_port
+from tests.service_support import make_app
 
 EXPECTED_BAD = {"bad-json": "400", "unknown-schema": "404", "empty-document": "422", "oversized": "413",
                 "wrong-content-type": "415", "binary": "400"}

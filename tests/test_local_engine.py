@@ -6,9 +6,8 @@ import pytest
 
 from extractor import ExtractionFailed, Extractor
 from schemas import Invoice, Person
-
-from .conftest import FIXTURES
-from .engine_contract import check_engine_contract
+from tests.conftest import FIXTURES
+from tests.engine_contract import check_engine_contract
 
 pytestmark = pytest.mark.model
 
@@ -53,7 +52,7 @@ def test_invoice_is_validated_or_refused_never_returned_unchecked(local_engine: 
 def test_grounded_decoding_writes_only_what_the_document_holds(local_engine: object) -> None:
     """Grounded decoding on the real model: the person fixtures come out right, and on a job
     posting every string is a span of the document and every skill list stays within its bound."""
-    from extractor.document_constraint import candidate_spans
+    from extractor.grounding.decoding import candidate_spans
     from schemas import JobPosting
 
     extractor = Extractor(local_engine, grounded_decoding=True)  # type: ignore[arg-type]

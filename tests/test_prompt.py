@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 from extractor import task_from_model
-from extractor.prompt import build_messages, system_prompt
+from extractor.pipeline.prompt import build_messages, system_prompt
 from schemas import Invoice, JobPosting, Person
 
 

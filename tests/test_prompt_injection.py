@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 
 from extractor import ExtractionFailed, Extractor, GenerationRequest, ScriptedEngine, task_from_model
-from extractor.prompt import build_messages, system_prompt
-from extractor.prompt_echo import ECHO_MIN_CHARS, echo_errors, echoed_fields
+from extractor.pipeline.injection import ECHO_MIN_CHARS, echo_errors, echoed_fields
+from extractor.pipeline.prompt import build_messages, system_prompt
 from schemas import Invoice, Person
-
-from .service_support import call, make_app
+from tests.service_support import call, make_app
 
 GOOD = '{"name":"Alice Smith","age":34,"city":"Lisbon","email":null}'
 BENIGN = "Alice Smith is 34 years old and lives in Lisbon."

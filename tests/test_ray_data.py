@@ -13,11 +13,10 @@ import ray
 import ray.data
 
 from extractor import EngineUnavailable, ExtractorError, GenerationRequest, ScriptedEngine, UnknownSchema
-from extractor.prompt import OPEN
-from extractor.ray_data import OUTPUT_COLUMNS, extract_dataset
+from extractor.batch.ray_data import OUTPUT_COLUMNS, extract_dataset
+from extractor.pipeline.prompt import OPEN
 from schemas import Person
-
-from .conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,7 +55,7 @@ def test_rows_keep_ids_and_order_with_per_item_errors_as_values() -> None:
     texts = ["Alice Smith, 34, Lisbon", "garbled text", "", None, "Kenji Sato, 19, Osaka", "John Doe, 28, Paris",
              "Maria Garcia, 41, Porto"]
     ds = ray.data.from_items([{"id": 100 + i, "text": t} for i, t in enumerate(texts)])
-    out = rows(extract_dataset(ds, Person, engine=scripted_engine, max_retries=0, concurrency=2, batch_size=2))
+    out = rows(extract_dataset(ds, Person, engine=scripted_engine, options={"max_retries": 0}, concurrency=2, batch_size=2))
 
     assert [r["id"] for r in out] == [str(100 + i) for i in range(len(texts))]
     assert all(set(r) == set(OUTPUT_COLUMNS) for r in out)
@@ -108,8 +107,8 @@ def test_bad_arguments_fail_before_anything_runs() -> None:
         extract_dataset(ds, Person, engine="nope")
     with pytest.raises(ValueError, match="engine_options"):
         extract_dataset(ds, Person, engine=scripted_engine, engine_options={"model": "x"})
-    with pytest.raises(ValueError, match="Extractor takes no nonsense"):
-        extract_dataset(ds, Person, extractor_options={"nonsense": True})
+    with pytest.raises(ValueError, match="nonsense"):
+        extract_dataset(ds, Person, options={"nonsense": True})
     with pytest.raises(ValueError, match="concurrency"):
         extract_dataset(ds, Person, concurrency=0)
 

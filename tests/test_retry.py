@@ -8,7 +8,8 @@ import json
 import pytest
 
 from extractor import EmptyDocument, ExtractionFailed, Extractor, GenerationResult, ScriptedEngine, task_from_model
-from extractor.retry import RetryPolicy, extract_one
+from extractor.pipeline.loop import extract_one
+from extractor.pipeline.options import ExtractOptions
 from schemas import Invoice, Person
 
 GOOD = '{"name":"Alice Smith","age":34,"city":"Lisbon","email":null}'
@@ -86,7 +87,7 @@ def test_length_twice_gives_up_even_with_attempts_left() -> None:
     cut = GenerationResult(text="{", finish_reason="length", prompt_tokens=10, completion_tokens=5)
     engine = ScriptedEngine([cut, cut, GOOD])
     with pytest.raises(ExtractionFailed, match="cut off"):
-        asyncio.run(extract_one(engine, task_from_model(Person), DOC, RetryPolicy(max_attempts=5)))
+        asyncio.run(extract_one(engine, task_from_model(Person), DOC, ExtractOptions(max_retries=4)))
     assert len(engine.requests) == 2
 
 
@@ -109,7 +110,7 @@ def test_tokens_are_summed_over_attempts() -> None:
 def test_first_attempt_is_greedy_and_retries_sample_with_fresh_seeds() -> None:
     cut = GenerationResult(text='{"name":"Ali', finish_reason="length", prompt_tokens=10, completion_tokens=5)
     engine = ScriptedEngine([cut, '{"name":1}', GOOD])
-    asyncio.run(extract_one(engine, task_from_model(Person), DOC, RetryPolicy(max_attempts=3, retry_temperature=0.7)))
+    asyncio.run(extract_one(engine, task_from_model(Person), DOC, ExtractOptions(max_retries=2, retry_temperature=0.7)))
     assert [r.temperature for r in engine.requests] == [0.0, 0.7, 0.7]
     assert len({r.seed for r in engine.requests}) == 3
     assert all(r.repetition_penalty == 1.0 for r in engine.requests)

@@ -20,8 +20,7 @@ from extractor import (
 )
 from extractor import errors as e
 from service.auth import hash_key
-
-from .service_support import DOC, GOOD, GatedEngine, answer, call, client, make_app, text_pdf
+from tests.service_support import DOC, GOOD, GatedEngine, answer, call, client, make_app, text_pdf
 
 PROBLEM = "application/problem+json"
 
@@ -471,7 +470,8 @@ def test_new_error_classes_map_to_their_statuses_and_back_from_their_codes() -> 
 
 
 def test_settings_come_from_the_environment_and_flags_override_them() -> None:
-    from service.settings import Settings, parse_engine_option
+    from extractor.engines import parse_option as parse_engine_option
+    from service.settings import Settings
 
     env = {"EXTRACTOR_ENGINE": "vllm-http", "EXTRACTOR_MAX_INFLIGHT": "4", "EXTRACTOR_DEADLINE_S": "2.5",
            "EXTRACTOR_ENGINE_OPTIONS": '{"base_url": "http://127.0.0.1:8000/v1"}', "EXTRACTOR_API_KEYS": "a, b",

@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from .service_support import make_app
+from tests.service_support import make_app
 
 
 @schemathesis.serializer("application/pdf")

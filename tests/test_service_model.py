@@ -12,8 +12,7 @@ import pytest
 from extractor import AsyncClient
 from schemas import Person
 from service import Settings, create_app
-
-from .conftest import FIXTURES
+from tests.conftest import FIXTURES
 
 
 @pytest.mark.model

@@ -23,9 +23,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from extractor.cli import main
-
-from .service_support import DOC, make_app
+from extractor.cli.main import main
+from tests.service_support import DOC, make_app
 
 HOSTILE = (DOC + " <script>document.body.setAttribute('data-pwned','script')</script>"
            "<img src=x onerror=\"document.body.setAttribute('data-pwned','onerror')\">")

@@ -15,11 +15,10 @@ import pytest
 from fastapi import FastAPI
 
 from extractor import AsyncClient, GenerationRequest, ScriptedEngine
-from extractor.grounding import Span
+from extractor.grounding.spans import Span
 from schemas import Person
 from service.auth import hash_key
-
-from .service_support import DOC, GOOD, answer, call, client, make_app
+from tests.service_support import DOC, GOOD, answer, call, client, make_app
 
 FORM = "application/x-www-form-urlencoded"
 INVENTED = '{"name":"Maria Garcia","age":34,"city":"Lisbon","email":null}'

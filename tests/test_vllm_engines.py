@@ -97,7 +97,7 @@ def test_both_engines_give_confidence_from_logprobs_and_spans(http_engine: Any, 
 def test_both_engines_decode_against_the_document_schema(http_engine: Any, inprocess_engine: Any) -> None:
     """Grounded decoding: vLLM takes the per-document schema ($defs enum of spans, number enums,
     maxItems) and every value it writes occurs in the document, on both engines alike."""
-    from extractor.document_constraint import candidate_numbers, candidate_spans
+    from extractor.grounding.decoding import candidate_numbers, candidate_spans
     from schemas import JobPosting
 
     doc = DOCS[0]

@@ -14,7 +14,7 @@ from extractor.engines.vllm_inprocess import (
     structured_outputs_config,
     to_result,
 )
-from extractor.prompt import build_messages
+from extractor.pipeline.prompt import build_messages
 from schemas import Person
 
 PERSON = task_from_model(Person)
@@ -111,7 +111,7 @@ def test_logprobs_take_each_tokens_text_from_the_tokenizer_when_given() -> None:
 
 
 def test_confidence_from_in_process_logprobs() -> None:
-    from extractor.confidence import field_confidence
+    from extractor.grounding.confidence import field_confidence
 
     text = '{"name":"Bob","age":40}'
     ids = list(range(1, 8))

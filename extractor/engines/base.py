@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, Self, TypedDict, runtime_checkable
 
-from ..prompt import Message
+
+class Message(TypedDict):
+    """One chat message, as the prompt builder writes it and engines render it."""
+
+    role: str
+    content: str
+
+
+#: JSON separators of few-shot records; engines that control whitespace emit the same.
+JSON_SEPARATORS = (",", ":")
 
 FinishReason = Literal["stop", "length"]
 
@@ -44,7 +53,13 @@ class GenerationResult:
 
 @runtime_checkable
 class Engine(Protocol):
-    """What every engine provides. `name` and `model` label results."""
+    """What every engine provides. `name` and `model` label results.
+
+    `generate` is the whole contract. `aclose` releases what the engine holds (threads, HTTP
+    connections, GPU memory); an engine that subclasses `Engine` inherits a no-op `aclose` and
+    the async context manager (`async with engine:`), so the one who opens an engine closes it
+    the same way whatever the engine.
+    """
 
     name: str
     model: str
@@ -52,3 +67,13 @@ class Engine(Protocol):
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Generate one result per request, in order. Raise `EngineError` on failure."""
         ...
+
+    async def aclose(self) -> None:
+        """Release the engine's resources; later calls may fail. Idempotent."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from ..errors import EngineError
-from .base import FinishReason, GenerationRequest, GenerationResult
+from extractor.engines.base import Engine, FinishReason, GenerationRequest, GenerationResult
+from extractor.errors import EngineError
 
 Script = Callable[[GenerationRequest], "str | GenerationResult | Exception"]
 
 
-class ScriptedEngine:
+class ScriptedEngine(Engine):
     """Returns scripted outputs in order (or from a function of the request).
 
     An item may be a string (a finished output), a `GenerationResult`, or an

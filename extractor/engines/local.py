@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
-from ..grammar_cache import GrammarCache
-from ..prompt import JSON_SEPARATORS
-from .base import FinishReason, GenerationRequest, GenerationResult, TokenLogprob
-from .detok import token_pieces
-from .worker import Job, settle
+from extractor.engines.base import JSON_SEPARATORS, Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
+from extractor.engines.detok import token_pieces
+from extractor.engines.grammar_cache import GrammarCache
+from extractor.engines.worker import Job, settle
+from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ def _buffered_cache(layers: Any, rows: int, capacity: int) -> Any:
     return Cache(layers=[BufferedLayer(k, v) for k, v in layers])
 
 
-class LocalEngine:
+class LocalEngine(Engine):
     name = "local"
 
     def __init__(self, model_dir: str | os.PathLike[str] | None = None, *, max_batch_size: int = 64,

@@ -22,7 +22,9 @@ import httpx2
 import openai
 from openai.types.chat import ChatCompletion
 
-from ..errors import (
+from extractor.engines.base import Engine, GenerationRequest, GenerationResult, TokenLogprob
+from extractor.engines.detok import byte_pieces
+from extractor.errors import (
     DocumentTooLarge,
     EngineError,
     EngineOverloaded,
@@ -31,8 +33,6 @@ from ..errors import (
     ExtractorError,
     GrammarNotEnforced,
 )
-from .base import GenerationRequest, GenerationResult, TokenLogprob
-from .detok import byte_pieces
 
 #: vLLM's 400 for a prompt (plus max_tokens) over the model's context, across versions
 _OVER_CONTEXT = re.compile(r"maximum context length|maximum model length|longer than the maximum|context length is",
@@ -139,7 +139,7 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
         return None
 
 
-class VllmHttpEngine:
+class VllmHttpEngine(Engine):
     name = "vllm-http"
 
     def __init__(self, base_url: str | None = None, *, model: str | None = None, api_key: str = "EMPTY",

@@ -28,10 +28,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..errors import DocumentTooLarge, EngineError, EngineUnavailable
-from .base import FinishReason, GenerationRequest, GenerationResult, TokenLogprob
-from .detok import token_pieces
-from .worker import Job, settle
+from extractor.engines.base import Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
+from extractor.engines.detok import token_pieces
+from extractor.engines.worker import Job, settle
+from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def to_result(output: Any, prompt_len: int, want_logprobs: bool,
     )
 
 
-class VllmEngine:
+class VllmEngine(Engine):
     """vLLM in this process.
 
     `model` is a model folder (or `$EXTRACTOR_VLLM_MODEL_DIR`); any other

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from .base import GenerationRequest, GenerationResult
+from extractor.engines.base import GenerationRequest, GenerationResult
 
 
 @dataclass

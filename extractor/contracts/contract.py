@@ -1,0 +1,158 @@
+"""What a task schema is: a Pydantic model plus the metadata extraction needs.
+
+A *contract* is a Pydantic v2 model that subclasses `Contract` and sets its
+class variables (name, version, instructions, examples). Plain Pydantic
+models and raw JSON Schema files work too; `Task` is the resolved form that
+the rest of the library consumes, whatever the source.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from extractor.contracts.compile import compile_strict_schema, estimate_max_tokens
+from extractor.errors import SchemaRejected
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One few-shot example: a document and the record expected from it."""
+
+    document: str
+    record: dict[str, Any]
+
+
+class Contract(BaseModel):
+    """Base class for task schemas.
+
+    Subclasses set `name`, `version`, `instructions` and optionally `examples`
+    as class variables; field descriptions come from `Field(description=...)`.
+    """
+
+    contract_name: ClassVar[str] = ""
+    contract_version: ClassVar[str] = "1"
+    instructions: ClassVar[str] = ""
+    examples: ClassVar[tuple[Example, ...]] = ()
+    #: the contract's values are copied from the document: decode its strings and numbers only
+    #: as values the document prints (`document_constraint`) unless a call says otherwise
+    grounded_decoding: ClassVar[bool] = False
+
+
+DEFAULT_INSTRUCTIONS = "Extract the fields of the schema from the document."
+#: a raw schema file is read whole: past this size it is refused unread (its JSON may be indented)
+MAX_SCHEMA_FILE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Task(Generic[ModelT]):
+    """A compiled, ready-to-run extraction task."""
+
+    name: str
+    version: str
+    instructions: str
+    strict_schema: dict[str, Any]
+    max_tokens: int
+    model: type[ModelT] | None = None
+    examples: tuple[Example, ...] = field(default=())
+    #: grounded decoding when a call does not choose (`Contract.grounded_decoding`,
+    #: `x-grounded-decoding` of a raw schema)
+    grounded_decoding: bool = False
+
+    @cached_property
+    def schema_json(self) -> str:
+        """The strict schema as compact JSON (computed once: a task's schema is never changed)."""
+        return json.dumps(self.strict_schema, separators=(",", ":"))
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def task_from_model(model: type[ModelT]) -> Task[ModelT]:
+    """Resolve a Pydantic model (a `Contract` or a plain `BaseModel`) into a Task."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise TypeError(f"expected a Pydantic model class, got {model!r}")
+    strict = compile_strict_schema(model.model_json_schema())
+    if issubclass(model, Contract):
+        name = model.contract_name or _snake(model.__name__)
+        version = model.contract_version
+        instructions = model.instructions or DEFAULT_INSTRUCTIONS
+        examples = tuple(model.examples)
+        grounded = bool(model.grounded_decoding)
+    else:
+        name, version, instructions, examples = _snake(model.__name__), "1", DEFAULT_INSTRUCTIONS, ()
+        grounded = False
+    for i, ex in enumerate(examples):
+        try:
+            model.model_validate(ex.record)
+        except Exception as exc:
+            raise SchemaRejected(f"examples[{i}]", f"example record does not validate: {exc}") from exc
+    return Task(
+        name=name,
+        version=version,
+        instructions=instructions,
+        strict_schema=strict,
+        max_tokens=estimate_max_tokens(strict),
+        model=model,
+        examples=examples,
+        grounded_decoding=grounded,
+    )
+
+
+def task_from_json_schema(schema: Any, *, name: str, version: str | None = None) -> Task[BaseModel]:
+    """Resolve a raw JSON Schema (already parsed) into a Task with no Pydantic model.
+
+    The schema may carry `title`, `description` (used as instructions),
+    `x-version`, `x-examples` (a list of `{"document", "record"}`) and
+    `x-grounded-decoding` (true: grounded decoding unless a call says otherwise).
+    """
+    if not isinstance(schema, dict):
+        raise SchemaRejected("$", f"a schema must be a JSON object, got {type(schema).__name__}")
+    strict = compile_strict_schema(schema)
+    raw_examples = schema.get("x-examples", [])
+    if not isinstance(raw_examples, list):
+        raise SchemaRejected("$.x-examples", "must be a list of {document, record}")
+    examples = []
+    for i, ex in enumerate(raw_examples):
+        if not (isinstance(ex, dict) and isinstance(ex.get("document"), str) and isinstance(ex.get("record"), dict)):
+            raise SchemaRejected(f"$.x-examples[{i}]", "must be an object with a string 'document' and an object 'record'")
+        examples.append(Example(document=ex["document"], record=ex["record"]))
+    description = schema.get("description")
+    grounded = schema.get("x-grounded-decoding", False)
+    if not isinstance(grounded, bool):
+        raise SchemaRejected("$.x-grounded-decoding", "must be true or false")
+    return Task(
+        name=name,
+        version=str(version or schema.get("x-version", "1")),
+        instructions=description if isinstance(description, str) and description else DEFAULT_INSTRUCTIONS,
+        strict_schema=strict,
+        max_tokens=estimate_max_tokens(strict),
+        model=None,
+        examples=tuple(examples),
+        grounded_decoding=grounded,
+    )
+
+
+def task_from_file(path: str | Path) -> Task[BaseModel]:
+    """Load a raw JSON Schema file as a Task named after the file."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_SCHEMA_FILE_BYTES:
+            raise SchemaRejected("$", f"{p} is {size} bytes, more than the limit of {MAX_SCHEMA_FILE_BYTES}")
+        schema = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SchemaRejected("$", f"cannot read {p}: {exc.strerror or exc}") from exc
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, 5000-digit numbers, nesting past the stack
+        raise SchemaRejected("$", f"{p} is not valid JSON: {type(exc).__name__}: {exc}"[:500]) from exc
+    name = p.name.removesuffix(".json").removesuffix(".schema")
+    return task_from_json_schema(schema, name=name)

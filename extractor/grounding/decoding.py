@@ -1,0 +1,475 @@
+"""Grounded decoding: a per-document schema whose free-text strings and numbers can only be
+values that occur in the document.
+
+`constrain_to_document(strict_schema, document)` returns a copy of the strict schema in which
+
+- every free-text string (type `string`, no `enum`, `const`, `format` or `pattern`) gets an
+  `enum` of the document's candidate spans: each line, each cell of a line (cells are split at
+  runs of two or more spaces, tabs and ` | `), every run of up to `max_words` words inside a
+  cell, with surrounding punctuation trimmed as a variant, and runs of 2 to 4 consecutive whole
+  lines joined by a space (and by ", " where a line does not already end with a comma), which
+  is how an address printed on several lines is written on one;
+- every `number` / `integer` without `enum` or `const` gets an `enum` of the amounts printed in
+  the document (`1,234.50`, `1.234,50`, `3,500`, `7.00`, `88k`; both readings where one is
+  ambiguous), within the node's `minimum` / `maximum`; inside the items of an array of objects
+  with `k` required number fields, only the amounts of lines printing at least `k` amounts (an
+  invoice line item's unit price is on its item line, not the total's line). Dates, times, rates
+  (`20 %`) and identifiers such as `BR/24/105` are not amounts: their digits are not offered (so a number
+  field meant to hold a year printed only inside a date cannot be decoded this way);
+- an array of objects with `k` required number fields whose item lines each print some text
+  gets, as its items, one variant per item line and per way of giving those `k` fields
+  different amounts of that line: the variant's free-text strings are spans of that line only
+  and each of its `k` numbers is one amount printed there, no amount used twice (the model that
+  writes "Printer paper" can only give it the quantity and the price printed next to it, and
+  never the quantity as the price too). For two number fields, an amount that is the product of
+  two others on the line (a line total) is not offered. Item lines are those that print `k`
+  amounts, and of those, where some print money (two decimals, a currency sign or code), only
+  those (a street number and a postal code are no item); a list's numbering (`1.`) is no
+  amount. Past `MAX_ITEM_VARIANTS` variants, or where an item line prints no text (a table
+  whose descriptions sit on the line above), the items keep the amounts of all item lines
+  together;
+- every array gets a `maxItems` the document can fill: an array of objects with `k` required
+  number fields at most one item per line, or `;`-separated part of a line, printing `k`
+  amounts (an invoice's item line prints its quantity and price), other arrays of
+  objects one per non-empty line, arrays of strings one per piece of text (cells, split at
+  commas, semicolons, slashes, bullets, sentence ends and "and" / "or"). A small model that
+  repeats the last list item until `max_tokens` is stopped by the grammar instead.
+
+- a string `enum` (a currency code, an employment type) is narrowed to the values the document
+  prints, compared without case and with `_` / `-` read as spaces (`full_time` is printed as
+  "Full-time"); where it prints none of them the enum is left whole;
+- a `format: date` string gets an `enum` of the dates the document prints, written as ISO
+  dates (`2024-05-14`, `14.05.2024`, `9 April 2025`, `May 16, 2018`; both readings of a date
+  like `03/04/2024`); where it prints none, the format is left alone.
+
+Since it is still a JSON schema, the same schema goes to every engine: the grammar (xgrammar on
+the CPU, vLLM's guided decoding on the GPU) then makes the model copy a value rather than write
+one. Nullable fields keep their `null` branch, so "not in the document" stays expressible.
+
+Limits: a field is left as it was when the document offers no candidate for it (a number field
+in a document without numbers), and the candidate list is capped at `max_candidates` by using
+shorter word runs, so a long document still compiles in bounded time. A value the document
+states only in another form (an implied quantity of 1, a currency written only as `$`) is not
+offered, or the field is left as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from extractor.grounding.spans import resolve_ref
+
+__all__ = ["candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document"]
+
+MAX_WORDS = 12
+MAX_CANDIDATES = 4000
+MAX_JOINED_LINES = 4
+MAX_DOCUMENT_CHARS = 200_000
+#: at most this many item variants (item lines x ways to give the number fields their amounts)
+MAX_ITEM_VARIANTS = 256
+#: the `$defs` entry holding the document's spans
+SPAN_DEF = "DocumentSpan"
+
+_CELL_SPLIT = re.compile(r"\s{2,}|\t|\s\|\s")
+_TRIM = " \t,;:.()[]{}<>\"'*#-\u2013\u2014/\\"
+_NUMBER = re.compile(r"(?<![\w.,])[-\u2212]?\d+(?:[.,'\u00a0\u202f]\d+)*(?!\w)")
+
+
+def _trimmed(text: str) -> str:
+    return text.strip(_TRIM)
+
+
+def _add(out: dict[str, None], value: str) -> None:
+    value = value.strip()
+    if value:
+        out[value] = None
+
+
+def candidate_spans(document: str, *, max_words: int = MAX_WORDS) -> list[str]:
+    """Every span a free-text field may take, in document order, without repeats."""
+    out: dict[str, None] = {}
+    lines = [line.strip() for line in document.splitlines()]
+    for line in lines:
+        if not line:
+            continue
+        _add(out, line)
+        _add(out, _trimmed(line))
+        for cell in _CELL_SPLIT.split(line):
+            words = cell.split()
+            for i in range(len(words)):
+                for j in range(i + 1, min(len(words), i + max_words) + 1):
+                    run = " ".join(words[i:j])
+                    _add(out, run)
+                    _add(out, _trimmed(run))
+    full = [line for line in lines if line]
+    for i in range(len(full)):
+        for k in range(2, MAX_JOINED_LINES + 1):
+            if i + k > len(full):
+                break
+            group = full[i:i + k]
+            _add(out, " ".join(group))
+            _add(out, _trimmed(" ".join(group)))
+            _add(out, ", ".join(_trimmed(g) for g in group))
+    return list(out)
+
+
+def _readings(token: str) -> list[float]:
+    """The values a printed number may mean: `1,234.50` -> 1234.5, `1.234,50` -> 1234.5,
+    `3,500` -> 3500 (and 3.5), `7.00` -> 7.0, `2,85` -> 2.85."""
+    token = token.replace("\u2212", "-").replace("\u00a0", "'").replace("\u202f", "'")
+    sign = -1.0 if token.startswith("-") else 1.0
+    token = token.lstrip("-")
+    seps = [c for c in token if c in ".,'"]
+    digits_only = re.sub(r"[.,']", "", token)
+    values: set[float] = set()
+    if not seps:
+        values.add(float(token))
+    else:
+        last = max(token.rfind(c) for c in ".,")
+        if last >= 0:
+            head, tail = token[:last], token[last + 1:]
+            head_digits = re.sub(r"[.,']", "", head)
+            if head_digits:
+                values.add(float(f"{head_digits}.{tail}"))  # the last separator is the decimal point
+            if len(tail) == 3:
+                values.add(float(digits_only))  # ... or a thousands separator
+        else:
+            values.add(float(digits_only))  # apostrophes or narrow spaces only: thousands
+    return [sign * v for v in values]
+
+
+_MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+          r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\b\.?")
+_NOT_AMOUNTS = re.compile(
+    r"\b\d{4}-\d{1,2}-\d{1,2}\b"  # 2024-08-23
+    r"|\b\d{1,2}[./-]\d{1,2}[./-]\d{2,4}\b"  # 23.08.2024, 8/23/24
+    r"|\b\d{1,2}(?:st|nd|rd|th)?\s+" + _MONTH + r"(?:\s+\d{4})?"  # 6 September 2024
+    r"|\b" + _MONTH + r"\s+\d{1,2}(?:st|nd|rd|th)?(?:,?\s+\d{4})?"  # May 16, 2018
+    r"|\b\d{1,2}:\d{2}(?::\d{2})?\b"  # 19:11
+    r"|(?<![\d.,])\d+(?:[.,]\d+)?\s?%"  # 20 %: a rate
+    # BR/24/105, NW-2024-118, 202511-34, 2-11-3: a reference or an address, not amounts
+    # (every pattern starts at a boundary, so a long run of digits or letters is scanned once)
+    r"|(?<![#\w])[#\w]+(?:[-/][#\w]+)+",
+    re.IGNORECASE)
+_THOUSANDS = re.compile(r"(?<![\w.,])(\d+(?:[.,]\d+)?)\s?[kK]\b")
+
+
+#: `1.` / `2)` opening a line: a list's numbering, not an amount
+_LIST_MARKER = re.compile(r"^[ \t]*\(?\d{1,3}[.)](?=[ \t])", re.MULTILINE)
+
+
+def _amounts_only(text: str) -> str:
+    """`text` with dates, times, identifiers and list numbering blanked out: what is left are amounts."""
+    blank = _NOT_AMOUNTS.sub(lambda m: " " * len(m.group()), text)
+    return _LIST_MARKER.sub(lambda m: " " * len(m.group()), blank)
+
+
+def _amount_slots(text: str) -> list[list[float]]:
+    """The amounts `text` prints, one entry per printed amount (with every reading of it)."""
+    text = _amounts_only(text)
+    slots = [_readings(m.group()) for m in _NUMBER.finditer(text)]
+    slots += [[round(v * 1000, 6) for v in _readings(m.group(1))] for m in _THOUSANDS.finditer(text)]
+    return slots
+
+
+def candidate_numbers(document: str) -> list[float]:
+    """The amounts printed in the document, in every reading (dates, times and identifiers
+    such as `BR/24/105` are not amounts; `88k` is read as 88000)."""
+    return list(dict.fromkeys(value for slot in _amount_slots(document) for value in slot))
+
+
+_MONTHS = {name: i + 1 for i, names in enumerate(
+    ("jan january", "feb february", "mar march", "apr april", "may", "jun june", "jul july", "aug august",
+     "sep sept september", "oct october", "nov november", "dec december")) for name in names.split()}
+_MONTH_NAME = r"(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DATES = (
+    (re.compile(r"\b(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})\b"), "ymd"),
+    (re.compile(r"\b(\d{1,2})[./-](\d{1,2})[./-](\d{4}|\d{2})\b"), "dmy|mdy"),
+    (re.compile(r"\b(\d{1,2})(?:st|nd|rd|th)?\s+" + _MONTH_NAME + r",?\s+(\d{4})\b", re.IGNORECASE), "dMy"),
+    (re.compile(r"\b" + _MONTH_NAME + r"\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})\b", re.IGNORECASE), "Mdy"),
+)
+
+
+def candidate_dates(document: str) -> list[str]:
+    """The dates the document prints, as ISO dates, in document order (both readings of an
+    ambiguous `03/04/2024`; two-digit years are 20xx)."""
+    import datetime as dt
+
+    found: list[tuple[int, str]] = []
+
+    def add(at: int, year: str, month: str | int, day: str) -> None:
+        y = int(year) + (2000 if len(year) == 2 else 0)
+        try:
+            found.append((at, dt.date(y, int(month), int(day)).isoformat()))
+        except ValueError:
+            pass
+
+    for pattern, order in _DATES:
+        for m in pattern.finditer(document):
+            a, b, c = m.groups()
+            if order == "ymd":
+                add(m.start(), a, b, c)
+            elif order == "dmy|mdy":
+                add(m.start(), c, b, a)
+                add(m.start(), c, a, b)
+            elif order == "dMy":
+                add(m.start(), c, _MONTHS[b.lower()], a)
+            else:
+                add(m.start(), c, _MONTHS[a.lower()], b)
+    return list(dict.fromkeys(iso for _, iso in sorted(found, key=lambda f: f[0])))
+
+
+def _normalised(text: str) -> str:
+    return " " + " ".join(re.sub(r"[_\-\s]+", " ", text.lower()).split()) + " "
+
+
+def _printed_enum(values: list[Any], document_words: str) -> list[Any]:
+    """The string values of an enum that the document prints (as whole words, see the module doc)."""
+    out = []
+    for value in values:
+        if not isinstance(value, str):
+            return []  # a mixed enum is left alone
+        needle = _normalised(value).strip()
+        if needle and re.search(r"(?<![^\W_])" + re.escape(needle) + r"(?![^\W_])", document_words):
+            out.append(value)
+    return out
+
+
+def _free_text(node: Mapping[str, Any]) -> bool:
+    return node.get("type") == "string" and not any(k in node for k in ("enum", "const", "format", "pattern"))
+
+
+def _numeric(node: Mapping[str, Any]) -> str | None:
+    kind = node.get("type")
+    if kind in ("number", "integer") and not any(k in node for k in ("enum", "const")):
+        return str(kind)
+    return None
+
+
+def _within(node: Mapping[str, Any], value: float) -> bool:
+    if "minimum" in node and value < node["minimum"]:
+        return False
+    if "maximum" in node and value > node["maximum"]:
+        return False
+    if "exclusiveMinimum" in node and value <= node["exclusiveMinimum"]:
+        return False
+    return not ("exclusiveMaximum" in node and value >= node["exclusiveMaximum"])
+
+
+def _number_enum(node: Mapping[str, Any], kind: str, numbers: Iterable[float]) -> list[int | float]:
+    out: list[int | float] = []
+    for value in numbers:
+        if not _within(node, value):
+            continue
+        if value.is_integer():
+            out.append(int(value))
+        elif kind == "number":
+            out.append(value)
+    return list(dict.fromkeys(out))
+
+
+_LIST_SPLIT = re.compile(r"[,;/|\u2022\u00b7]|\.\s|\s(?:and|or|&)\s")
+
+
+def _pieces(document: str) -> int:
+    """How many list entries the document could print: its cells, split at commas, semicolons,
+    slashes, bullets, sentence ends and `and` / `or`."""
+    return sum(len([p for p in _LIST_SPLIT.split(cell) if p.strip()])
+               for line in document.splitlines() for cell in _CELL_SPLIT.split(line.strip()) if cell.strip())
+
+
+#: an amount written as money: two decimals, or next to a currency sign or a three-letter code
+_MONEY = re.compile(r"[$\u20ac\u00a3\u00a5\u20b9]\s?\d|\d[.,]\d{2}(?!\d)|\d\s?[A-Z]{3}\b|\b[A-Z]{3}\s?\d")
+
+
+def _item_parts(document: str, k: int) -> list[str]:
+    """The lines, or `;`-separated parts of a line (a sentence billing three items), that print at
+    least `k` amounts: where an item with `k` number fields can be. Where some of them print money
+    (`4.50`, `$4`, `15 EUR`), only those: a street number and a postal code are not an item."""
+    parts = [(part, amounts) for line in document.splitlines() for part in line.split(";")
+             if len(_NUMBER.findall(amounts := _amounts_only(part))) >= k]
+    money = [part for part, amounts in parts if _MONEY.search(amounts)]
+    return money or [part for part, _ in parts]
+
+
+def _required_numbers(node: Mapping[str, Any], root: Mapping[str, Any]) -> int:
+    """How many required fields of an object schema are numbers (through `$ref`s)."""
+    node = resolve_ref(node, root)
+    props = node.get("properties", {})
+    return sum(1 for name in node.get("required", ()) if resolve_ref(props.get(name, {}), root).get("type")
+               in ("number", "integer"))
+
+
+def _max_items(node: Mapping[str, Any], root: Mapping[str, Any], document: str) -> int:
+    items = resolve_ref(node.get("items", {}), root)
+    if items.get("type") == "object":
+        k = _required_numbers(items, root)
+        return len(_item_parts(document, k)) if k else sum(1 for line in document.splitlines() if line.strip())
+    return _pieces(document)
+
+
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def _factors(slots: list[list[float]]) -> list[list[float]]:
+    """A line's amounts without the last one that is the product of two others (`5  3.50  17.50`:
+    the line total of a quantity and a unit price), for an item of two number fields."""
+    for c in range(len(slots) - 1, -1, -1):
+        others = [slot for i, slot in enumerate(slots) if i != c]
+        if len(others) >= 2 and any(abs(x * y - z) <= max(0.01, 0.005 * abs(z))
+                                    for a in range(len(others)) for b in range(a + 1, len(others))
+                                    for x in others[a] for y in others[b] for z in slots[c]):
+            return others
+    return slots
+
+
+def _number_fields(item: Mapping[str, Any], root: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(name, "number" | "integer") of the required number fields of an object schema."""
+    props = item.get("properties", {})
+    out = []
+    for name in item.get("required", ()):
+        kind = _numeric(resolve_ref(props.get(name, {}), root))
+        if kind is not None:
+            out.append((str(name), kind))
+    return out
+
+
+def _spans_within(document: str, max_candidates: int) -> list[str]:
+    for words in range(MAX_WORDS, 0, -1):
+        spans = candidate_spans(document, max_words=words)
+        if len(spans) <= max_candidates:
+            return spans
+    return []
+
+
+_LEAVE = frozenset({"enum", "const", "default", "examples"})
+
+
+def _item_defs(schema: Mapping[str, Any]) -> dict[str, int]:
+    """The `$defs` that are the items of an array of objects with required number fields, with
+    how many such fields they have."""
+    out: dict[str, int] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, Mapping):
+            items = node.get("items")
+            if node.get("type") == "array" and isinstance(items, Mapping) and "$ref" in items:
+                k = _required_numbers(items, schema)
+                if k:
+                    out[str(items["$ref"]).rsplit("/", 1)[-1]] = k
+            for value in node.values():
+                walk(value)
+
+    walk(schema)
+    return out
+
+
+def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: bool = True,
+                          max_candidates: int = MAX_CANDIDATES) -> dict[str, Any]:
+    """A copy of `schema` (a strict schema) whose free-text strings, and numbers unless
+    `numbers=False`, can only take values that occur in `document`. A document longer than
+    `MAX_DOCUMENT_CHARS` (far past any model's context) gets the schema unchanged: the engine
+    refuses it as too long anyway."""
+    out: dict[str, Any] = copy.deepcopy(dict(schema))
+    if len(document) > MAX_DOCUMENT_CHARS:
+        return out
+    root = dict(schema)
+    spans = _spans_within(document, max_candidates)
+    found = candidate_numbers(document) if numbers else []
+    item_defs = _item_defs(root)
+    # one definition that every free-text field refers to: the grammar compiles the list once
+    span_ref = {"$ref": f"#/$defs/{SPAN_DEF}"}
+    used = False
+    #: the spans of each item line, for the item variants
+    line_defs: dict[str, dict[str, Any]] = {}
+    document_words = _normalised(document)
+    dates = candidate_dates(document)
+
+    def item_numbers(k: int) -> list[float]:
+        return candidate_numbers("\n".join(_item_parts(document, k))) if numbers else []
+
+    def walk(node: Any, amounts: list[float], span: dict[str, str] = span_ref) -> Any:
+        nonlocal used
+        if isinstance(node, list):
+            return [walk(item, amounts, span) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if _free_text(node) and (spans or span is not span_ref):
+            used = used or span is span_ref
+            return dict(span)
+        if (kind := _numeric(node)) and amounts and (allowed := _number_enum(node, kind, amounts)):
+            node["enum"] = allowed
+        if node.get("type") == "string" and isinstance(node.get("enum"), list) and (
+                printed := _printed_enum(node["enum"], document_words)):
+            node["enum"] = printed
+        if node.get("type") == "string" and node.get("format") == "date" and "enum" not in node and dates:
+            node["enum"] = dates
+        done: set[str] = set()
+        if node.get("type") == "array" and "items" in node and not node.get("prefixItems"):
+            bound = max(_max_items(node, root, document), int(node.get("minItems", 0)))
+            node["maxItems"] = min(bound, int(node.get("maxItems", bound)))
+            items = node["items"]
+            resolved = resolve_ref(items, root) if isinstance(items, dict) else {}
+            k = _required_numbers(resolved, root) if resolved.get("type") == "object" else 0
+            if k and (variants := item_variants(resolved, k)):
+                node["items"] = {"anyOf": variants}
+                done.add("items")
+            elif isinstance(items, dict) and "$ref" not in items and k:
+                node["items"] = walk(items, item_numbers(k) or amounts, span)  # an item's amounts: item lines
+                done.add("items")
+        return {key: value if key in _LEAVE or key in done else walk(value, amounts, span)
+                for key, value in node.items()}
+
+    def item_variants(item: Mapping[str, Any], k: int) -> list[dict[str, Any]] | None:
+        """One item schema per item line and per injective choice of that line's amounts for the
+        item's required number fields; None where that does not apply (see the module's doc)."""
+        parts = _item_parts(document, k)
+        fields = _number_fields(item, root)
+        if not numbers or not parts or len(fields) != k:
+            return None
+        if any(not _LETTER.search(_amounts_only(part)) for part in parts):
+            return None  # an item line without text: its description is printed elsewhere
+        variants: dict[str, dict[str, Any]] = {}
+        first_def = len(line_defs)
+        for part in parts:
+            part_spans = candidate_spans(part)
+            slots = _amount_slots(part)
+            if k == 2:
+                slots = _factors(slots)
+            name = f"{SPAN_DEF}Line{len(line_defs)}"
+            line_defs[name] = {"type": "string", "enum": part_spans}
+            base = walk(copy.deepcopy(dict(item)), [v for slot in slots for v in slot], {"$ref": f"#/$defs/{name}"})
+            for chosen in itertools.permutations(range(len(slots)), k):
+                variant = copy.deepcopy(base)
+                for (field, kind), slot in zip(fields, chosen, strict=True):
+                    node = variant["properties"][field]
+                    allowed = _number_enum(resolve_ref(node, root), kind, slots[slot])
+                    if not allowed:
+                        break
+                    variant["properties"][field] = {**node, "enum": allowed}
+                else:
+                    variants.setdefault(json.dumps(variant, sort_keys=True), variant)
+                if len(variants) > MAX_ITEM_VARIANTS:
+                    for stale in list(line_defs)[first_def:]:
+                        del line_defs[stale]
+                    return None
+        return list(variants.values()) or None
+
+    defs = out.get("$defs", {})
+    for name, definition in list(defs.items()):
+        k = item_defs.get(name, 0)
+        defs[name] = walk(definition, (item_numbers(k) or found) if k else found)
+    out = {key: value if key == "$defs" else walk(value, found) for key, value in out.items()}
+    if used:
+        out.setdefault("$defs", {})[SPAN_DEF] = {"type": "string", "enum": spans}
+    if line_defs:
+        out.setdefault("$defs", {}).update(line_defs)
+    return out

@@ -1,0 +1,182 @@
+"""`Extractor`: the in-process SDK entry point."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, Self, TypeVar, overload
+
+from pydantic import BaseModel
+
+from extractor.contracts.contract import Task
+from extractor.contracts.registry import SchemaRegistry, default_registry
+from extractor.engines import Engine, create_engine
+from extractor.errors import ExtractorError
+from extractor.pipeline.loop import extract_one
+from extractor.pipeline.many import Document, ItemResult, extract_many, iterate_in_thread
+from extractor.pipeline.options import DEFAULT_CONCURRENCY, DEFAULT_OPTIONS, ExtractOptions, split_option_keywords
+from extractor.pipeline.result import Extraction
+
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
+
+
+def _run(coro: Coroutine[Any, Any, R]) -> R:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    raise RuntimeError("called a sync Extractor method inside an event loop; use the `a...` method and await it")
+
+
+class Extractor:
+    """Extract typed records from documents.
+
+    >>> Extractor().extract(Person, "Alice Smith, 34, lives in Lisbon.")
+    Person(name='Alice Smith', age=34, city='Lisbon', email=None)
+
+    `engine` is an engine name (`"local"` by default) or any object that implements the
+    `Engine` protocol. `options` (an `ExtractOptions`) sets this extractor's defaults; keywords
+    named like its fields (`max_retries=1`, `spans=True`, `grounded_decoding=False`) do the same,
+    and every other keyword is an engine option (`threads=1`, `base_url=...`). `run`/`arun` take
+    per-call overrides the same way. An extractor that created its engine closes it: use it as a
+    context manager (`with Extractor() as ex:` / `async with`) or call `close()`/`aclose()`.
+    """
+
+    def __init__(self, engine: str | Engine = "local", *, options: ExtractOptions | None = None,
+                 registry: SchemaRegistry | None = None, **keywords: Any) -> None:
+        option_keywords, engine_options = split_option_keywords(keywords)
+        self.options = (options or DEFAULT_OPTIONS).merged(option_keywords)
+        self._owns_engine = isinstance(engine, str)
+        self.engine: Engine = create_engine(engine, **engine_options) if isinstance(engine, str) else engine
+        self.registry = registry if registry is not None else default_registry()
+
+    def task(self, schema: str | type[BaseModel] | Task[Any]) -> Task[Any]:
+        return self.registry.resolve(schema)
+
+    def options_for(self, options: ExtractOptions | Mapping[str, Any] | None = None, **overrides: Any) -> ExtractOptions:
+        """This extractor's options with a call's overrides (an `ExtractOptions`, a mapping, or
+        keywords named like its fields)."""
+        return self.options.merged(options).merged(overrides)
+
+    async def arun(self, schema: str | type[BaseModel] | Task[Any], text: str,
+                   options: ExtractOptions | Mapping[str, Any] | None = None, **overrides: Any) -> Extraction[Any]:
+        """Extract with metadata: an `Extraction` (data + meta). `options` and keywords named like
+        `ExtractOptions` fields (`spans=True`) override the extractor's own for this call."""
+        return await extract_one(self.engine, self.task(schema), text, self.options_for(options, **overrides))
+
+    def run(self, schema: str | type[BaseModel] | Task[Any], text: str,
+            options: ExtractOptions | Mapping[str, Any] | None = None, **overrides: Any) -> Extraction[Any]:
+        return _run(self.arun(schema, text, options, **overrides))
+
+    async def aclose(self) -> None:
+        """Close the engine if this extractor created it (an engine passed in is the caller's)."""
+        if self._owns_engine:
+            await self.engine.aclose()
+
+    def close(self) -> None:
+        _run(self.aclose())
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @overload
+    async def aextract(self, schema: type[M], text: str) -> M: ...
+    @overload
+    async def aextract(self, schema: str | Task[Any], text: str) -> Any: ...
+    async def aextract(self, schema: Any, text: str) -> Any:
+        """Extract and return only the validated value (a model instance for a model)."""
+        return (await self.arun(schema, text)).data
+
+    @overload
+    def extract(self, schema: type[M], text: str) -> M: ...
+    @overload
+    def extract(self, schema: str | Task[Any], text: str) -> Any: ...
+    def extract(self, schema: Any, text: str) -> Any:
+        return _run(self.aextract(schema, text))
+
+    @overload
+    async def aextract_many(self, schema: type[M], texts: Sequence[str], *,
+                            return_exceptions: Literal[False] = False) -> list[M]: ...
+    @overload
+    async def aextract_many(self, schema: type[M], texts: Sequence[str], *,
+                            return_exceptions: Literal[True]) -> list[M | ExtractorError]: ...
+    @overload
+    async def aextract_many(self, schema: str | Task[Any], texts: Sequence[str], *,
+                            return_exceptions: bool = False) -> list[Any]: ...
+    async def aextract_many(self, schema: Any, texts: Sequence[str], *, return_exceptions: bool = False) -> list[Any]:
+        """One value per text, in order; all run concurrently (the engine batches them).
+
+        With `return_exceptions`, a failed document gives its `ExtractorError` in its place
+        instead of raising the first one.
+        """
+        task = self.task(schema)
+
+        async def one(text: str) -> Any:
+            try:
+                return await self.aextract(task, text)
+            except ExtractorError as exc:
+                if return_exceptions:
+                    return exc
+                raise
+
+        return list(await asyncio.gather(*(one(t) for t in texts)))
+
+    @overload
+    def extract_many(self, schema: type[M], texts: Sequence[str], *,
+                     return_exceptions: Literal[False] = False) -> list[M]: ...
+    @overload
+    def extract_many(self, schema: type[M], texts: Sequence[str], *,
+                     return_exceptions: Literal[True]) -> list[M | ExtractorError]: ...
+    @overload
+    def extract_many(self, schema: str | Task[Any], texts: Sequence[str], *,
+                     return_exceptions: bool = False) -> list[Any]: ...
+    def extract_many(self, schema: Any, texts: Sequence[str], *, return_exceptions: bool = False) -> list[Any]:
+        return _run(self.aextract_many(schema, texts, return_exceptions=return_exceptions))
+
+    async def aiter_many(self, schema: str | type[BaseModel] | Task[Any],
+                         docs: Iterable[str | Document | tuple[str, str]] | AsyncIterable[Any], *,
+                         concurrency: int = DEFAULT_CONCURRENCY, ordered: bool = True, progress: bool = False,
+                         total: int | None = None) -> AsyncIterator[ItemResult]:
+        """Stream `ItemResult`s for many documents (strings, `(id, text)` pairs or `Document`s):
+        at most `concurrency` in flight, in input order or (`ordered=False`) as completed.
+        A bad document is an item with an `error`; an engine failure raises `EngineError`."""
+        task = self.task(schema)
+        bar = None
+        if progress:
+            import sys
+
+            from tqdm import tqdm
+
+            if total is None and isinstance(docs, Sequence):
+                total = len(docs)
+            bar = tqdm(total=total, unit="doc", file=sys.stderr)
+
+        async def run(text: str) -> Extraction[Any]:
+            return await extract_one(self.engine, task, text, self.options)
+
+        try:
+            async for item in extract_many(run, docs, concurrency=concurrency, ordered=ordered):
+                if bar is not None:
+                    bar.update(1)
+                yield item
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def iter_many(self, schema: str | type[BaseModel] | Task[Any], docs: Iterable[str | Document | tuple[str, str]], *,
+                  concurrency: int = DEFAULT_CONCURRENCY, ordered: bool = True, progress: bool = False) -> Iterator[ItemResult]:
+        """`aiter_many` for sync code: results stream in as they are ready (the batch runs in
+        a private event loop thread), so millions of documents need no list in memory."""
+        total = len(docs) if isinstance(docs, Sequence) else None
+        return iterate_in_thread(lambda: self.aiter_many(schema, docs, concurrency=concurrency, ordered=ordered,
+                                                         progress=progress, total=total))

@@ -1,0 +1,91 @@
+"""Validation layer: raw model text -> a validated value, or the error messages.
+
+Three gates, in order: JSON parsing, the strict JSON schema (Draft 2020-12),
+and the Pydantic model with its own validators. Messages name the JSON path
+so they can be fed back to the model verbatim.
+
+The schema gate first asks `jsonschema_rs` (Rust, about 100x faster per
+record) whether the value is valid, formats included; only a value it refuses
+goes through `jsonschema`, whose messages are the ones fed back and whose
+verdict stands. On batches of short records the Python validator was the
+largest share of the library's own CPU time per document.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Generic, TypeVar
+
+import jsonschema
+import jsonschema_rs
+from pydantic import BaseModel, ValidationError
+
+from extractor.contracts.contract import Task
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Valid(Generic[T]):
+    value: T
+
+
+@dataclass(frozen=True)
+class Invalid:
+    errors: list[str]
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(schema_json), format_checker=jsonschema.FormatChecker())
+
+
+@lru_cache(maxsize=256)
+def _fast_validator(schema_json: str) -> jsonschema_rs.Validator | None:
+    """The Rust validator of a schema, or None where it cannot build one (then `jsonschema` alone decides)."""
+    try:
+        return jsonschema_rs.validator_for(json.loads(schema_json), validate_formats=True)
+    except Exception:  # a schema the Rust crate does not take is still validated, in Python
+        return None
+
+
+def schema_errors(schema_json: str, data: Any) -> list[str]:
+    """Messages for what in `data` breaks the schema, by JSON path; [] when it is valid."""
+    fast = _fast_validator(schema_json)
+    if fast is not None and fast.is_valid(data):
+        return []
+    errors = sorted(_validator(schema_json).iter_errors(data), key=lambda e: list(e.absolute_path))
+    return [f"{_path(e.absolute_path)}: {e.message}" for e in errors[:10]]
+
+
+def _path(parts: Any) -> str:
+    out = "$"
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def validate_output(task: Task[Any], text: str, document: str | None = None) -> Valid[Any] | Invalid:
+    """Validate `text` for `task`. The document is passed to the model's validators
+    as validation context (`info.context["document"]`), so they can check that a
+    value really occurs in it."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return Invalid([f"not valid JSON: {exc.msg} at character {exc.pos}"])
+    except (ValueError, RecursionError) as exc:  # a number of 5000 digits, nesting past the stack
+        return Invalid([f"not valid JSON: {type(exc).__name__}: {exc}"[:300]])
+    errors = schema_errors(task.schema_json, data)
+    if errors:
+        return Invalid(errors)
+    model: type[BaseModel] | None = task.model
+    if model is None:
+        return Valid(data)
+    try:
+        return Valid(model.model_validate(data, context={"document": document}))
+    except ValidationError as exc:
+        return Invalid([
+            f"{_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()[:10]
+        ])
