@@ -36,6 +36,7 @@ from extractor.eval.report import build_report, compare_reports, write_report
 from extractor.eval.run import aevaluate, evaluate, read_dataset
 from extractor.grounding.spans import Span
 from extractor.pipeline.extractor import Extractor
+from extractor.pipeline.options import ExtractOptions
 from extractor.pipeline.result import Extraction, Meta
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AsyncClient", "Client", "Contract", "DeadlineExceeded", "DocumentError", "DocumentTooLarge", "EmptyDocument", "Engine", "EngineError",
-    "EngineOverloaded", "EngineTimeout", "EngineUnavailable", "Example", "Extraction", "ExtractionFailed",
+    "EngineOverloaded", "EngineTimeout", "EngineUnavailable", "Example", "ExtractOptions", "Extraction", "ExtractionFailed",
     "Extractor", "ExtractorError", "GenerationRequest", "GenerationResult", "GrammarNotEnforced", "InvalidRequest",
     "Limits", "MalformedRequest", "Meta", "QueueFull", "RequestError", "SchemaError", "SchemaRegistry", "SchemaRejected",
     "ScriptedEngine", "Span", "Task", "Unauthorized", "UndecodableDocument", "UnknownSchema", "UnsupportedMediaType",

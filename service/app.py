@@ -41,7 +41,7 @@ from service.models import response_model
 from service.pipeline import Pipeline
 from service.queue import AdmissionQueue
 from service.settings import Settings
-from service.upload import read_document
+from service.upload import read_upload
 
 
 class SchemaInfo(BaseModel):
@@ -122,7 +122,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     async def extract(request: Request, name: str) -> Response:
         task = lookup(name)
-        doc = await read_document(request, max_body_bytes=settings.max_body_bytes,
+        doc = await read_upload(request, max_body_bytes=settings.max_body_bytes,
                                   max_document_chars=settings.max_document_chars)
         fields: dict[str, Any] = request.state.log
         fields.update(schema=task.name, source=doc.source, chars=len(doc.text))

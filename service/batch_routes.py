@@ -30,13 +30,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from extractor.contracts.contract import Task
 from extractor.errors import (
+    DocumentError,
     DocumentTooLarge,
+    EmptyDocument,
     ExtractorError,
     InvalidRequest,
     MalformedRequest,
-    UndecodableDocument,
     UnsupportedMediaType,
 )
+from extractor.pipeline.documents import check_text, is_valid_unicode
 from extractor.pipeline.many import ItemResult
 from service import openapi
 from service.batch_store import BatchStore, NewItem
@@ -109,25 +111,19 @@ def _item_id(raw: Any, position: int, where: str, errors: list[str]) -> str:
         errors.append(f"{where}.id: must be a string or an integer")
         return str(position)
     ident = str(raw)
-    if len(ident) > MAX_ID_CHARS or "\x00" in ident or not _unicode(ident):
+    if len(ident) > MAX_ID_CHARS or "\x00" in ident or not is_valid_unicode(ident):
         errors.append(f"{where}.id: at most {MAX_ID_CHARS} characters of valid Unicode, no NUL")
     return ident
 
 
-def _unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _new_item(ident: str, text: str, position: int, max_chars: int) -> NewItem:
     error: ExtractorError | None = None
-    if len(text) > max_chars:
-        error = DocumentTooLarge(f"the document is {len(text)} characters; the limit is {max_chars}", limit=max_chars)
-    elif not _unicode(text) or "\x00" in text:
-        error = UndecodableDocument("the text holds a NUL or a character that is not valid Unicode")
+    try:
+        check_text(text, max_chars=max_chars)
+    except EmptyDocument:
+        pass  # an empty item is extracted and fails on its own, as it always did
+    except DocumentError as exc:
+        error = exc
     if error is None:
         return NewItem(ident, text)
     line = json.dumps(ItemResult(ident, position, error=error).to_dict(), ensure_ascii=True, separators=(",", ":"))

@@ -26,12 +26,12 @@ from starlette.requests import ClientDisconnect, Request
 
 from extractor.errors import (
     DocumentTooLarge,
-    EmptyDocument,
     InvalidRequest,
     MalformedRequest,
     UndecodableDocument,
     UnsupportedMediaType,
 )
+from extractor.pipeline.documents import check_text
 from service.models import ExtractRequest, RequestOptions
 
 TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown"})
@@ -41,7 +41,7 @@ ACCEPTED = "application/json, text/plain, text/markdown, application/pdf, multip
 
 
 @dataclass(frozen=True)
-class Document:
+class Upload:
     text: str
     options: RequestOptions
     #: how it came: json, text, pdf, or file:NAME for an upload
@@ -122,13 +122,13 @@ def _loads(raw: bytes | str, what: str) -> Any:
         raise MalformedRequest(f"{what} is not valid JSON: {exc}") from exc
 
 
-def from_json(raw: bytes) -> Document:
+def from_json(raw: bytes) -> Upload:
     try:
         request = ExtractRequest.model_validate(_loads(raw, "the body"))
     except ValidationError as exc:
         raise InvalidRequest("the body does not match {\"text\": string, \"options\": object}",
                              errors=validation_messages(exc)) from exc
-    return Document(request.text, request.options, "json")
+    return Upload(request.text, request.options, "json")
 
 
 async def _file_text(upload: UploadFile) -> tuple[str, str]:
@@ -147,7 +147,7 @@ async def _one(raw: bytes) -> AsyncGenerator[bytes, None]:
     yield raw
 
 
-async def from_multipart(request: Request, raw: bytes, limit: int) -> Document:
+async def from_multipart(request: Request, raw: bytes, limit: int) -> Upload:
     parser = MultiPartParser(request.headers, _one(raw), max_files=1, max_fields=4, max_part_size=limit)
     try:
         form = await parser.parse()
@@ -160,16 +160,16 @@ async def from_multipart(request: Request, raw: bytes, limit: int) -> Document:
         opts = parse_options(_loads(options, "the `options` field") if options else None)
         if isinstance(file, UploadFile):
             body, source = await _file_text(file)
-            return Document(body, opts, source)
+            return Upload(body, opts, source)
         if isinstance(text, str):
-            return Document(text, opts, "text")
+            return Upload(text, opts, "text")
         raise InvalidRequest("a multipart body needs a `file` part or a `text` field",
                              errors=["$.file: field required"])
     finally:
         await form.close()
 
 
-async def read_document(request: Request, *, max_body_bytes: int, max_document_chars: int) -> Document:
+async def read_upload(request: Request, *, max_body_bytes: int, max_document_chars: int) -> Upload:
     """The request's document and options, or the `ExtractorError` that says what is wrong with it."""
     kind, params = media_type(request.headers.get("content-type"))
     readers = {"application/json", PDF_TYPE, "multipart/form-data", *TEXT_TYPES}
@@ -180,21 +180,11 @@ async def read_document(request: Request, *, max_body_bytes: int, max_document_c
     if kind == "multipart/form-data":
         doc = await from_multipart(request, raw, max_body_bytes)
     elif kind in TEXT_TYPES:
-        doc = Document(decode_text(raw, params.get("charset")), RequestOptions(), "text")
+        doc = Upload(decode_text(raw, params.get("charset")), RequestOptions(), "text")
     elif kind == PDF_TYPE:
-        doc = Document(await asyncio.to_thread(pdf_text, raw), RequestOptions(), "pdf")
+        doc = Upload(await asyncio.to_thread(pdf_text, raw), RequestOptions(), "pdf")
     else:
         doc = from_json(raw)
-    try:
-        doc.text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON \ud800 escape
-        raise UndecodableDocument(f"the text holds a character that is not valid Unicode (at {exc.start})") from exc
-    if "\x00" in doc.text:  # binary data, or UTF-16 sent as UTF-8: no text document holds NUL
-        raise UndecodableDocument(f"the text holds NUL characters (at {doc.text.index(chr(0))}): binary data, "
-                                  "or UTF-16 sent as UTF-8; send UTF-8 text")
-    if len(doc.text) > max_document_chars:
-        raise DocumentTooLarge(f"the document is {len(doc.text)} characters; the limit is {max_document_chars}",
-                               limit=max_document_chars)
-    if not doc.text.strip():
-        raise EmptyDocument(f"the document ({doc.source}) has no text; a scanned PDF needs OCR first")
+    hint = "; a scanned PDF needs OCR first" if doc.source == "pdf" or doc.source.endswith(".pdf") else ""
+    check_text(doc.text, max_chars=max_document_chars, empty_hint=hint)
     return doc

@@ -1,4 +1,4 @@
-"""extract_many / Extractor.iter_many with the scripted engine, and the batch file format."""
+"""pipeline.many.run_many / Extractor.iter_many with the scripted engine, and the batch file format."""
 
 from __future__ import annotations
 

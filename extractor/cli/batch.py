@@ -20,7 +20,7 @@ from extractor.batch.jsonl import ResultsFile, read_documents
 from extractor.cli.common import EXIT_ENGINE, EXIT_FAILED, EXIT_OK, load_registry, open_extractor, run_then_close
 from extractor.cli.flags import add_engine_flags, add_option_flags
 from extractor.errors import EngineError
-from extractor.pipeline.many import Document, ItemResult, extract_many
+from extractor.pipeline.many import Document, ItemResult, run_many
 
 
 def add_parser(sub: Any, engine_names: list[str]) -> None:
@@ -84,7 +84,7 @@ async def _run(extractor: Any, task: Any, todo: list[Document], results: Results
     start = time.perf_counter()
     item: ItemResult
     first: float | None = None
-    async for item in extract_many(run, docs(), concurrency=args.concurrency, ordered=args.ordered):
+    async for item in run_many(run, docs(), concurrency=args.concurrency, ordered=args.ordered):
         results.write(item.to_dict())
         if first is None:
             first = time.perf_counter() - start

@@ -55,6 +55,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from extractor.contracts.schema_walk import resolve_ref
+
 #: how a list's path names the items' sub-fields: `line_items` -> `line_items[].unit_price`
 ITEM_SUFFIX = "[]"
 
@@ -91,26 +93,17 @@ class Spec:
 
 def spec_from_schema(schema: Mapping[str, Any]) -> Spec:
     """The `Spec` tree of a (strict) JSON schema, `$ref`s into `$defs` resolved."""
-    return _spec(schema, schema.get("$defs", {}) or schema.get("definitions", {}), depth=0)
+    return _spec(schema, schema, depth=0)
 
 
-def _resolve(node: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
-    seen = 0
-    while "$ref" in node and seen < 32:
-        target = defs.get(str(node["$ref"]).rsplit("/", 1)[-1], {})
-        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        seen += 1
-    return node
-
-
-def _spec(node: Mapping[str, Any], defs: Mapping[str, Any], depth: int) -> Spec:
+def _spec(node: Mapping[str, Any], defs: Mapping[str, Any], depth: int) -> Spec:  # defs: the root schema
     if depth > 32:
         return Spec("any")
-    node = _resolve(node, defs)
+    node = resolve_ref(node, defs)
     nullable = False
     for key in ("anyOf", "oneOf"):
         if key in node:
-            branches = [_resolve(b, defs) for b in node[key]]
+            branches = [resolve_ref(b, defs) for b in node[key]]
             real = [b for b in branches if b.get("type") != "null"]
             nullable = len(real) < len(branches)
             if len(real) == 1:

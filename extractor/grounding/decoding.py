@@ -62,7 +62,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from extractor.grounding.spans import resolve_ref
+from extractor.contracts.schema_walk import resolve_ref
 
 __all__ = ["candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document"]
 

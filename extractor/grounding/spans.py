@@ -34,6 +34,7 @@ from difflib import SequenceMatcher
 from functools import lru_cache
 from typing import Any, Literal
 
+from extractor.contracts.schema_walk import is_free_text, resolve_ref
 from extractor.grounding.fieldpath import Part, dollar_path, field_path, leaves
 
 MatchKind = Literal["exact", "normalized", "fuzzy"]
@@ -313,25 +314,6 @@ _JSON_TYPES: dict[type, tuple[str, ...]] = {
 }
 
 
-def _pointer(root: Mapping[str, Any], ref: str) -> Mapping[str, Any]:
-    node: Any = root
-    if not ref.startswith("#"):
-        return {}
-    for token in ref[1:].split("/")[1:]:
-        token = token.replace("~1", "/").replace("~0", "~")
-        node = node.get(token, {}) if isinstance(node, Mapping) else {}
-    return node if isinstance(node, Mapping) else {}
-
-
-def resolve_ref(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`node` with its chain of local `$ref`s followed (`{}` where one points nowhere)."""
-    for _ in range(32):  # a chain of refs, never a loop (the compiler refuses recursive refs)
-        if "$ref" not in node:
-            break
-        node = _pointer(root, str(node["$ref"]))
-    return node
-
-
 def _fits(node: Mapping[str, Any], value: Any) -> bool:
     if "const" in node:
         return bool(node["const"] == value)
@@ -354,15 +336,9 @@ def _branch(node: Mapping[str, Any], root: Mapping[str, Any], value: Any) -> Map
     return node
 
 
-def _free_text(node: Mapping[str, Any]) -> bool:
-    kinds = node.get("type")
-    is_string = kinds == "string" or (isinstance(kinds, list) and "string" in kinds)
-    return is_string and not any(k in node for k in ("enum", "const", "format"))
-
-
 def free_text_paths(data: Any, schema: Mapping[str, Any]) -> list[tuple[Part, ...]]:
-    """The path parts of the strings of `data` whose schema is free text (type string, no enum,
-    const or format): the values that should be copied from the document."""
+    """The path parts of the strings of `data` whose schema is free text (`is_free_text`): the
+    values that should be copied from the document."""
     out: list[tuple[Part, ...]] = []
 
     def walk(value: Any, node: Mapping[str, Any], parts: tuple[Part, ...]) -> None:
@@ -375,7 +351,7 @@ def free_text_paths(data: Any, schema: Mapping[str, Any]) -> list[tuple[Part, ..
             prefix, items = node.get("prefixItems", []), node.get("items", {})
             for i, item in enumerate(value):
                 walk(item, prefix[i] if i < len(prefix) else items if isinstance(items, Mapping) else {}, (*parts, i))
-        elif isinstance(value, str) and value.strip() and _free_text(node):
+        elif isinstance(value, str) and value.strip() and is_free_text(node):
             out.append(parts)
 
     walk(data, schema, ())

@@ -22,6 +22,15 @@ def _label(name: str | None) -> str:
     return f"{name}: " if name else ""
 
 
+def is_valid_unicode(text: str) -> bool:
+    """False for text holding a lone surrogate (a `\\ud800` JSON escape), which no encoder takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_unicode(text: str, name: str | None = None) -> str:
     """Refuse text that cannot be encoded (a lone surrogate); return it unchanged."""
     try:
@@ -33,8 +42,9 @@ def check_unicode(text: str, name: str | None = None) -> str:
 
 
 def check_text(text: str, name: str | None = None, *, max_chars: int | None = MAX_DOCUMENT_CHARS,
-               allow_nul: bool = False) -> str:
-    """The checks of a decoded document, cheapest first; returns the text unchanged."""
+               allow_nul: bool = False, empty_hint: str = "") -> str:
+    """The checks of a decoded document, cheapest first; returns the text unchanged. Every way
+    in (CLI, batch files, the service's bodies, batch items and view form) calls this one."""
     if max_chars is not None and len(text) > max_chars:
         raise DocumentTooLarge(f"{_label(name)}the document is {len(text)} characters; the limit is {max_chars}",
                                limit=max_chars)
@@ -43,7 +53,7 @@ def check_text(text: str, name: str | None = None, *, max_chars: int | None = MA
         raise UndecodableDocument(f"{_label(name)}the text holds NUL characters (at {text.index(chr(0))}): "
                                   "binary data, or UTF-16 read as UTF-8, not a text document")
     if not text.strip():
-        raise EmptyDocument(f"{_label(name)}the document is empty")
+        raise EmptyDocument(f"{_label(name)}the document is empty{empty_hint}")
     return text
 
 

@@ -13,7 +13,7 @@ from extractor.contracts.registry import SchemaRegistry, default_registry
 from extractor.engines import Engine, create_engine
 from extractor.errors import ExtractorError
 from extractor.pipeline.loop import extract_one
-from extractor.pipeline.many import Document, ItemResult, extract_many, iterate_in_thread
+from extractor.pipeline.many import Document, ItemResult, iterate_in_thread, run_many
 from extractor.pipeline.options import DEFAULT_CONCURRENCY, DEFAULT_OPTIONS, ExtractOptions, split_option_keywords
 from extractor.pipeline.result import Extraction
 
@@ -165,7 +165,7 @@ class Extractor:
             return await extract_one(self.engine, task, text, self.options)
 
         try:
-            async for item in extract_many(run, docs, concurrency=concurrency, ordered=ordered):
+            async for item in run_many(run, docs, concurrency=concurrency, ordered=ordered):
                 if bar is not None:
                     bar.update(1)
                 yield item

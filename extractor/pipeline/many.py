@@ -1,6 +1,6 @@
 """Many documents through one extractor: bounded concurrency, per-item errors as values.
 
-`extract_many` is an async iterator over `ItemResult`s; one bad document
+`run_many` is an async iterator over `ItemResult`s; one bad document
 never fails the batch (its `ExtractorError` is the item's `error`), while an
 engine that is down fails it (an `EngineError` would fail every item alike).
 Results come as completed, or in input order with `ordered=True`; at most
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extractor.errors import EngineError, ExtractorError
+from extractor.pipeline.options import DEFAULT_CONCURRENCY
 from extractor.pipeline.result import Extraction
 
 
@@ -75,7 +76,7 @@ async def _aiter(docs: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Docu
             yield d
 
 
-async def extract_many(run: Any, docs: Iterable[Any] | AsyncIterable[Any], *, concurrency: int = 64,
+async def run_many(run: Any, docs: Iterable[Any] | AsyncIterable[Any], *, concurrency: int = DEFAULT_CONCURRENCY,
                        ordered: bool = False, pilot: bool = True) -> AsyncIterator[ItemResult]:
     """`run(text)` is an async function returning an `Extraction` (e.g. a bound `Extractor.arun`).
 

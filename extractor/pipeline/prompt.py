@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
 
 from extractor.contracts.contract import Task
+from extractor.contracts.schema_walk import resolve_ref
 from extractor.engines.base import JSON_SEPARATORS, Message
 
 OPEN, CLOSE = "<document>", "</document>"
 
 
-def _describe(schema: dict[str, Any], defs: dict[str, Any], indent: str = "") -> list[str]:
+def _describe(schema: Mapping[str, Any], root: Mapping[str, Any], indent: str = "") -> list[str]:
     lines = []
     for key, sub in schema.get("properties", {}).items():
         target = sub
@@ -29,30 +31,27 @@ def _describe(schema: dict[str, Any], defs: dict[str, Any], indent: str = "") ->
             branches = [b for b in sub["anyOf"] if b.get("type") != "null"]
             nullable = len(branches) < len(sub["anyOf"])
             target = branches[0] if len(branches) == 1 else sub
-        if "$ref" in target:
-            target = {**defs.get(target["$ref"].rsplit("/", 1)[-1], {}), **{k: v for k, v in target.items() if k != "$ref"}}
+        target = resolve_ref(target, root)
         kind = target.get("type", "value")
         if "enum" in target:
             kind = "one of " + ", ".join(json.dumps(v) for v in target["enum"])
         elif kind == "array":
             item = target.get("items", {})
-            if "$ref" in item:
-                item = defs.get(item["$ref"].rsplit("/", 1)[-1], {})
+            item = resolve_ref(item, root)
             kind = f"list of {item.get('type', 'value')}"
         elif target.get("format"):
             kind = f"{kind}, {target['format']}"
         desc = sub.get("description") or target.get("description") or ""
         lines.append(f"{indent}- {key} ({kind}{', or null' if nullable else ''}){': ' + desc if desc else ''}")
         nested = target.get("items", target) if target.get("type") == "array" else target
-        if "$ref" in nested:
-            nested = defs.get(nested["$ref"].rsplit("/", 1)[-1], {})
+        nested = resolve_ref(nested, root)
         if nested.get("type") == "object":
-            lines.extend(_describe(nested, defs, indent + "  "))
+            lines.extend(_describe(nested, root, indent + "  "))
     return lines
 
 
 def system_prompt(task: Task[BaseModel]) -> str:
-    fields = "\n".join(_describe(task.strict_schema, task.strict_schema.get("$defs", {})))
+    fields = "\n".join(_describe(task.strict_schema, task.strict_schema))
     return (
         f"{task.instructions}\n"
         f"Answer with one JSON object with these fields:\n{fields}\n"

@@ -1,0 +1,60 @@
+"""Reading a (strict or raw) JSON schema: the one `$ref` resolver and the one definition of a
+free-text field, for every module that walks schemas (prompt, grounding, grounded decoding, eval).
+
+`resolve_ref` follows local refs (`#/$defs/Name`, `#/definitions/Name`, any JSON pointer into the
+root) and merges the keywords written beside a `$ref` over its target, as JSON Schema 2019+ reads
+them. `is_free_text` says whether a string field holds text copied from the document: type string
+(alone or with null), with no `enum`, `const`, `format` or `pattern` that would make it a code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: refs followed in a chain before giving up (the compiler refuses recursive refs it cannot bound)
+MAX_REF_CHAIN = 32
+#: keywords that make a string a code, not free text
+_NOT_FREE = ("enum", "const", "format", "pattern")
+
+
+def pointer(root: Mapping[str, Any], ref: str) -> Mapping[str, Any]:
+    """The node a local ref points at (`#/$defs/A`, `#/definitions/A/properties/b`); `{}` when it
+    points nowhere or is not local."""
+    if not ref.startswith("#"):
+        return {}
+    node: Any = root
+    for token in ref[1:].split("/")[1:]:
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, list) and token.isdigit():
+            node = node[int(token)] if int(token) < len(node) else {}
+        else:
+            node = node.get(token, {}) if isinstance(node, Mapping) else {}
+    return node if isinstance(node, Mapping) else {}
+
+
+def resolve_ref(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`node` with its chain of local `$ref`s followed; keywords beside a `$ref` win over its
+    target's. `{}` where a ref points nowhere."""
+    for _ in range(MAX_REF_CHAIN):
+        if not isinstance(node, Mapping) or "$ref" not in node:
+            break
+        target = pointer(root, str(node["$ref"]))
+        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        node = {**target, **siblings} if siblings else target
+    return node
+
+
+def type_names(node: Mapping[str, Any]) -> tuple[str, ...]:
+    """The node's `type` as a tuple (`"string"` -> `("string",)`; absent -> `()`)."""
+    kinds = node.get("type")
+    if isinstance(kinds, str):
+        return (kinds,)
+    return tuple(k for k in kinds if isinstance(k, str)) if isinstance(kinds, list) else ()
+
+
+def is_free_text(node: Mapping[str, Any]) -> bool:
+    """A string the model should copy from the document: type string (or string and null) with
+    no enum, const, format or pattern."""
+    kinds = type_names(node)
+    return "string" in kinds and set(kinds) <= {"string", "null"} and not any(k in node for k in _NOT_FREE)
