@@ -48,6 +48,10 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # the HTTP clients log every request they make at INFO: one line per engine call would double
+    # the log and cost CPU per request; their warnings and errors still come through
+    for noisy in ("httpx2", "httpcore2", "httpx", "httpcore", "openai"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def _route(scope: Scope) -> str:

@@ -79,6 +79,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                registry: SchemaRegistry | None = None) -> FastAPI:
     """The service. `engine` (an `Engine` object) overrides `settings.engine` (a name, loaded at start-up)."""
     settings = settings if settings is not None else Settings.from_env()
+    if engine is not None and settings.max_inflight is None:  # an engine object: its class's serving defaults
+        settings = settings.merged(max_inflight=type(engine).capacity(settings.engine_options).inflight, workers=1)
+    settings = settings.resolved()
+    assert settings.max_inflight is not None
     registry = registry if registry is not None else default_registry()
     for module in settings.schemas:
         registry.load_module(module)

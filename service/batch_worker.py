@@ -216,8 +216,9 @@ class BatchWorker:
 
 
 def _item_specific(exc: EngineError) -> bool:
-    """Whether an engine failure may be the item's own doing: not a full admission queue (429),
-    nor a deadline that ran out before the item reached the engine."""
-    if isinstance(exc, EngineOverloaded):
+    """Whether an engine failure may be the item's own doing: not a full admission queue (429), not
+    a server that could not be reached at all, nor a deadline that ran out before the item reached
+    the engine."""
+    if isinstance(exc, EngineOverloaded) or exc.details.get("unreachable"):
         return False
     return not (isinstance(exc, DeadlineExceeded) and exc.details.get("engine_calls") == 0)

@@ -8,6 +8,7 @@ passed in `EXTRACTOR_SERVE_SETTINGS` (so flags reach them too), and Prometheus m
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -45,7 +46,11 @@ class NoDelayH11Protocol(H11Protocol):
 def serve(settings: Settings, *, registry: SchemaRegistry | None = None, log_level: str = "info") -> None:
     import uvicorn
 
+    settings = settings.resolved()
     configure_logging(log_level)
+    logging.getLogger("extractor.service").info(
+        "serving engine %s with %d worker process(es), %s request(s) in flight and %d waiting per process",
+        settings.engine, settings.workers, settings.max_inflight, settings.max_waiting)
     # uvicorn's own access log is off: RequestContext writes one JSON line per request
     common: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
               "log_level": log_level, "timeout_graceful_shutdown": int(settings.deadline_s) + 1,

@@ -3,11 +3,13 @@
     EXTRACTOR_ENGINE            engine name (default local)
     EXTRACTOR_ENGINE_OPTIONS    JSON object of engine options, e.g. {"base_url": "http://127.0.0.1:8000/v1"}
     EXTRACTOR_HOST / _PORT      where to listen (127.0.0.1:8080)
-    EXTRACTOR_WORKERS           server processes (1); each has its own engine and queue, so the limits
-                                below are per process. For remote engines (vllm-http): one process's
-                                event loop tops out near 200 requests/s; the local engine would load
-                                one model per process
-    EXTRACTOR_MAX_INFLIGHT      requests extracting at once, batched into the engine (32)
+    EXTRACTOR_WORKERS           server processes; each has its own engine and queue, so the limits
+                                below are per process. Default: the engine's (`Engine.capacity`): 1 for
+                                local and vllm (each process would load the model), for vllm-http a
+                                quarter of the cores up to 4 (one process's event loop tops out near
+                                200-250 requests/s)
+    EXTRACTOR_MAX_INFLIGHT      requests extracting at once, batched into the engine. Default: the
+                                engine's: 32 for local, 256 for vllm and vllm-http (what vLLM batches)
     EXTRACTOR_MAX_WAITING       requests queued behind them before 429 (128)
     EXTRACTOR_DEADLINE_S        per-request deadline, queue wait included (60); a request may ask for less
     EXTRACTOR_MAX_BODY_BYTES    request body limit (10 MiB)
@@ -47,8 +49,9 @@ class Settings:
     engine_options: dict[str, Any] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 8080
-    workers: int = 1
-    max_inflight: int = 32
+    #: None: the engine's own default (`resolved()`)
+    workers: int | None = None
+    max_inflight: int | None = None
     max_waiting: int = 128
     deadline_s: float = 60.0
     max_body_bytes: int = 10 * 1024 * 1024
@@ -73,7 +76,7 @@ class Settings:
     def __post_init__(self) -> None:
         for name in ("max_inflight", "max_body_bytes", "max_document_chars", "port", "workers", "batch_claim", "batch_max_items",
                      "batch_max_engine_errors"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_waiting < 0 or self.max_retries < 0:
             raise ValueError("max_waiting and max_retries must not be negative")
@@ -102,6 +105,16 @@ class Settings:
             values[name] = tuple(values[name])
         return cls(**values)
 
+    def resolved(self) -> Settings:
+        """These settings with the engine's serving defaults where none was chosen."""
+        if self.workers is not None and self.max_inflight is not None:
+            return self
+        from extractor.engines import engine_class
+
+        capacity = engine_class(self.engine).capacity(self.engine_options)
+        return replace(self, workers=self.workers or capacity.processes,
+                       max_inflight=self.max_inflight or capacity.inflight)
+
     def merged(self, **overrides: Any) -> Settings:
         """These settings with every override that is not None (flags over the environment)."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -109,6 +122,8 @@ class Settings:
 
 def _parse(name: str, raw: str) -> Any:
     default = Settings.__dataclass_fields__[name].default
+    if name in ("workers", "max_inflight"):
+        return int(raw)
     if name == "engine_options":
         value = json.loads(raw)
         if not isinstance(value, dict):

@@ -51,6 +51,16 @@ class GenerationResult:
     logprobs: tuple[TokenLogprob, ...] | None = field(default=None)
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """What an engine serves best with: requests in flight at once (the service's default
+    admission bound, so a batching engine sees full batches), and server processes (more than
+    one only where each process is a thin client of a remote engine)."""
+
+    inflight: int = 32
+    processes: int = 1
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What every engine provides. `name` and `model` label results.
@@ -71,6 +81,11 @@ class Engine(Protocol):
     async def aclose(self) -> None:
         """Release the engine's resources; later calls may fail. Idempotent."""
         return None
+
+    @classmethod
+    def capacity(cls, options: Mapping[str, Any]) -> Capacity:
+        """The serving defaults of this engine class with these options (before it is built)."""
+        return Capacity()
 
     async def __aenter__(self) -> Self:
         return self

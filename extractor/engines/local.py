@@ -24,12 +24,12 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extractor.engines.base import JSON_SEPARATORS, Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
+from extractor.engines.base import JSON_SEPARATORS, Capacity, Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
 from extractor.engines.detok import token_pieces
 from extractor.engines.grammar_cache import GrammarCache
 from extractor.engines.worker import Job, settle
@@ -130,6 +130,11 @@ def _buffered_cache(layers: Any, rows: int, capacity: int) -> Any:
 
 class LocalEngine(Engine):
     name = "local"
+
+    @classmethod
+    def capacity(cls, options: Mapping[str, Any]) -> Capacity:
+        """A CPU engine: enough in flight for its batches, one process (each would load the model)."""
+        return Capacity(inflight=32, processes=1)
 
     def __init__(self, model_dir: str | os.PathLike[str] | None = None, *, max_batch_size: int = 64,
                  batch_wait_ms: float = 5.0, threads: int | None = None, prefix_cache_size: int = 8,

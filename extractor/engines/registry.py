@@ -57,15 +57,21 @@ def parse_options(pairs: Iterable[str]) -> dict[str, Any]:
     return dict(parse_option(pair) for pair in pairs)
 
 
-def create_engine(name: str, **options: Any) -> Engine:
-    """Instantiate the engine registered under `name` with its options."""
+def engine_class(name: str) -> type[Engine]:
+    """The class registered under `name` (its module imported now)."""
     registered = _registered()
     try:
         target = registered[name]
     except KeyError:
         raise ExtractorError(f"unknown engine {name!r}; choose one of {', '.join(sorted(registered))}") from None
     module_name, _, cls_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    cls: type[Engine] = getattr(importlib.import_module(module_name), cls_name)
+    return cls
+
+
+def create_engine(name: str, **options: Any) -> Engine:
+    """Instantiate the engine registered under `name` with its options."""
+    cls = engine_class(name)
     try:
         engine: Engine = cls(**options)
     except TypeError as exc:  # an option the engine does not take

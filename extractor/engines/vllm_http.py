@@ -1,10 +1,15 @@
-"""`vllm-http`: any vLLM OpenAI-compatible server, through the `openai` async client.
+"""`vllm-http`: any vLLM OpenAI-compatible server, over plain HTTP (httpx2).
 
-Request building (`chat_request`) is pure and unit-tested; `VllmHttpEngine`
-does the I/O: bounded concurrency over one pooled connection set, timeouts,
-backoff with jitter on 429/503 and dropped connections (honouring
-Retry-After), and a start-up check that the server really enforces the JSON
-schema (a server that silently ignores `response_format` is refused).
+Request building (`chat_request`) and response reading (`parse_choice`) are pure and unit-tested;
+`VllmHttpEngine` does the I/O: bounded concurrency over small pooled connection sets, timeouts,
+backoff with jitter on 429/503 and dropped connections (honouring Retry-After), and a start-up
+check that the server really enforces the JSON schema (a server that silently ignores
+`response_format` is refused).
+
+The body goes out as prebuilt JSON and the answer is read as plain JSON: the `openai` client's
+request options, auth hooks and pydantic parsing of every completion were 43 % of the service's
+CPU per request at 64 in flight (py-spy, bench/service_overhead.py), for nothing a JSON body
+needs. Tests fake the server at the HTTP layer (`transport=httpx2.MockTransport(...)`).
 """
 
 from __future__ import annotations
@@ -14,15 +19,13 @@ import json
 import os
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx2
-import openai
-from openai.types.chat import ChatCompletion
 
-from extractor.engines.base import Engine, GenerationRequest, GenerationResult, TokenLogprob
+from extractor.engines.base import Capacity, Engine, GenerationRequest, GenerationResult, TokenLogprob
 from extractor.engines.detok import byte_pieces
 from extractor.errors import (
     DocumentTooLarge,
@@ -38,6 +41,9 @@ from extractor.errors import (
 _OVER_CONTEXT = re.compile(r"maximum context length|maximum model length|longer than the maximum|context length is",
                            re.IGNORECASE)
 
+#: requests in flight to the server: what vLLM's scheduler batches by default (max_num_seqs 256)
+DEFAULT_CONCURRENCY = 256
+
 #: where the server is when no base_url is given
 BASE_URL_ENV = "EXTRACTOR_VLLM_URL"
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -51,17 +57,24 @@ PROBE_SCHEMA: dict[str, Any] = {
 }
 
 
+class _StatusError(Exception):
+    """A non-2xx answer: its status, the server's message and the Retry-After it sent."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.retry_after = status, message, retry_after
+
+
 @dataclass
 class _Session:
     loop: asyncio.AbstractEventLoop
     http: httpx2.AsyncClient
-    client: openai.AsyncOpenAI
     slots: asyncio.Semaphore
     start_lock: asyncio.Lock
     #: generation clients, each with its own small connection pool (see POOL_SIZE)
-    pools: list[tuple[openai.AsyncOpenAI, list[int]]]
+    pools: list[tuple[httpx2.AsyncClient, list[int]]]
 
-    def least_busy(self) -> tuple[openai.AsyncOpenAI, list[int]]:
+    def least_busy(self) -> tuple[httpx2.AsyncClient, list[int]]:
         return min(self.pools, key=lambda p: p[1][0])
 
 
@@ -97,22 +110,27 @@ def chat_request(request: GenerationRequest, model: str) -> dict[str, Any]:
     return body
 
 
-def parse_choice(response: Any) -> GenerationResult:
-    choice = response.choices[0]
+def parse_choice(response: dict[str, Any]) -> GenerationResult:
+    """A chat completion's JSON -> the result of its first choice (KeyError, TypeError, IndexError
+    or ValueError for a body that is no chat completion)."""
+    choice = response["choices"][0]
     logprobs = None
-    if choice.logprobs is not None and choice.logprobs.content is not None:
-        content = choice.logprobs.content
+    content = (choice.get("logprobs") or {}).get("content")
+    if content is not None:
         # each token's UTF-8 bytes, where the server sends them, give its exact text (a character
         # split over two tokens is two replacement characters in `token`)
-        tokens = ([t.token for t in content] if any(t.bytes is None for t in content)
-                  else byte_pieces([bytes(t.bytes) for t in content]))
-        logprobs = tuple(TokenLogprob(token, float(t.logprob)) for token, t in zip(tokens, content, strict=True))
-    usage = response.usage
+        tokens = ([t["token"] for t in content] if any(t.get("bytes") is None for t in content)
+                  else byte_pieces([bytes(t["bytes"]) for t in content]))
+        logprobs = tuple(TokenLogprob(token, float(t["logprob"])) for token, t in zip(tokens, content, strict=True))
+    usage = response.get("usage") or {}
+    text = choice["message"].get("content") or ""
+    if not isinstance(text, str):
+        raise TypeError(f"message content is {type(text).__name__}, not text")
     return GenerationResult(
-        text=choice.message.content or "",
-        finish_reason="length" if choice.finish_reason == "length" else "stop",
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
+        text=text,
+        finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
         logprobs=logprobs,
     )
 
@@ -131,19 +149,34 @@ def probe_enforced(result: GenerationResult) -> bool:
     return len(compact) >= 2 and PROBE_ANSWER.startswith(compact)
 
 
-def _retry_after(exc: openai.APIStatusError) -> float | None:
-    value = exc.response.headers.get("retry-after")
+def _retry_after(response: httpx2.Response) -> float | None:
+    value = response.headers.get("retry-after")
     try:
         return float(value) if value is not None else None
     except ValueError:
         return None
 
 
+def _error_message(response: httpx2.Response) -> str:
+    """The server's own words: vLLM's `{"error": {"message"}}` / `{"message"}`, else the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+    return response.text[:300]
+
+
 class VllmHttpEngine(Engine):
     name = "vllm-http"
 
     def __init__(self, base_url: str | None = None, *, model: str | None = None, api_key: str = "EMPTY",
-                 concurrency: int = 256, timeout: float = 120.0, http_retries: int = 4, backoff_s: float = 0.5,
+                 concurrency: int = DEFAULT_CONCURRENCY, timeout: float = 120.0, http_retries: int = 4, backoff_s: float = 0.5,
                  verify_grammar: bool = True, transport: httpx2.AsyncBaseTransport | None = None,
                  max_backoff_s: float = 30.0) -> None:
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
@@ -158,6 +191,14 @@ class VllmHttpEngine(Engine):
         self._session: _Session | None = None
         self._started = False
 
+    @classmethod
+    def capacity(cls, options: Mapping[str, Any]) -> Capacity:
+        """As many in flight as the engine's own concurrency (256: what vLLM batches), and a few
+        server processes on a box with cores to spare: one event loop spends a few ms of CPU per
+        request, which caps a single process near 200-250 requests/s."""
+        cores = os.cpu_count() or 1
+        return Capacity(inflight=int(options.get("concurrency", DEFAULT_CONCURRENCY)), processes=max(1, min(4, cores // 4)))
+
     def _current(self) -> _Session:
         """The client of the running event loop: pooled connections belong to one loop, and the
         sync SDK runs a new loop per call."""
@@ -165,25 +206,33 @@ class VllmHttpEngine(Engine):
         if self._session is None or self._session.loop is not loop:
             n = self._concurrency
             clients = [self._new_client(min(POOL_SIZE, n - i)) for i in range(0, n, POOL_SIZE)]
-            http, client = clients[0]
-            self._session = _Session(loop, http, client, asyncio.Semaphore(n), asyncio.Lock(),
-                                     [(c, [0]) for _, c in clients])
+            self._session = _Session(loop, clients[0], asyncio.Semaphore(n), asyncio.Lock(),
+                                     [(c, [0]) for c in clients])
         return self._session
 
-    def _new_client(self, connections: int) -> tuple[httpx2.AsyncClient, openai.AsyncOpenAI]:
-        http = httpx2.AsyncClient(transport=self._transport, timeout=self._timeout,
+    def _new_client(self, connections: int) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(transport=self._transport, timeout=self._timeout,
+                                  headers={"authorization": f"Bearer {self._api_key}",
+                                           "content-type": "application/json"},
                                   limits=httpx2.Limits(max_connections=connections,
                                                        max_keepalive_connections=connections))
-        return http, openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0,
-                                        http_client=http, timeout=self._timeout)
-
-    @property
-    def _client(self) -> openai.AsyncOpenAI:
-        return self._current().client
 
     @property
     def _http(self) -> httpx2.AsyncClient:
         return self._current().http
+
+    async def _request(self, client: httpx2.AsyncClient, method: str, path: str,
+                       body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One call: the answer's JSON, or `_StatusError` for a non-2xx answer (httpx2's transport
+        errors pass through); a 2xx body that is not a JSON object is a `ValueError`."""
+        content = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+        response = await client.request(method, f"{self.base_url}{path}", content=content)
+        if response.status_code >= 400:
+            raise _StatusError(response.status_code, _error_message(response), _retry_after(response))
+        answer = json.loads(response.content)
+        if not isinstance(answer, dict):
+            raise ValueError(f"not a JSON object: {response.text[:120]!r}")
+        return answer
 
     # -- start-up -------------------------------------------------------------
     async def start(self) -> None:
@@ -195,8 +244,11 @@ class VllmHttpEngine(Engine):
                 self._started = True
 
     async def _start(self) -> None:
-        models = await self._call(self._client.models.list)
-        served = [m.id for m in models.data]
+        try:
+            models = await self._call(self._request, client=self._http, method="GET", path="/models")
+            served = [str(m["id"]) for m in models["data"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineUnavailable(f"{self.base_url}/models is no model list: {str(models)[:120]!r}") from exc
         if not served:
             raise EngineUnavailable(f"{self.base_url} serves no model")
         if not self.model:
@@ -215,7 +267,7 @@ class VllmHttpEngine(Engine):
     async def _probe(self) -> None:
         probe = GenerationRequest(messages=({"role": "user", "content": "Say hello in one word."},),
                                   schema=PROBE_SCHEMA, max_tokens=64)
-        result = self._parsed(await self._call(self._post_chat, client=self._client, body=self._body(probe)))
+        result = self._parsed(await self._call(self._post_chat, client=self._http, body=self._body(probe)))
         if not probe_enforced(result):
             raise GrammarNotEnforced(
                 f"{self.base_url} (vLLM {self.server_version or 'unknown version'}) ignored the JSON schema in "
@@ -255,49 +307,48 @@ class VllmHttpEngine(Engine):
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
         return chat_request(request, self.model)
 
-    @staticmethod
-    async def _post_chat(client: openai.AsyncOpenAI, body: dict[str, Any]) -> ChatCompletion:
-        """`chat.completions.create` without its parameter transform: the body is already plain JSON
-        (`chat_request`), and the transform walked the whole JSON schema of every request, about a sixth
-        of the service's event-loop CPU (py-spy, bench/service_overhead.py)."""
-        return await client.post("/chat/completions", cast_to=ChatCompletion, body=body)
+    async def _post_chat(self, client: httpx2.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self._request(client, "POST", "/chat/completions", body)
+        except ValueError as exc:  # a 200 that is no JSON object: an HTML page of a proxy, a cut body
+            raise EngineError(f"{self.base_url} answered with no chat completion ({exc})") from exc
 
     async def _call(self, fn: Any, **kwargs: Any) -> Any:
         """Call the server; back off and retry on 429, 5xx and dropped connections."""
         for attempt in range(self.http_retries + 1):
             try:
                 return await fn(**kwargs)
-            except openai.APIStatusError as exc:
-                status = exc.status_code
-                if status not in (429, 500, 502, 503, 504) or attempt == self.http_retries:
-                    raise self._typed(exc) from exc
-                delay = _retry_after(exc)
-            except openai.APITimeoutError as exc:
+            except _StatusError as exc:
+                if exc.status not in (429, 500, 502, 503, 504) or attempt == self.http_retries:
+                    raise self._typed(exc) from None
+                delay = exc.retry_after
+            except httpx2.TimeoutException as exc:
                 if attempt == self.http_retries:
                     raise EngineTimeout(f"{self.base_url} did not answer in time") from exc
                 delay = None
-            except openai.APIConnectionError as exc:
+            except httpx2.TransportError as exc:
                 if attempt == self.http_retries:
-                    raise EngineUnavailable(f"cannot reach {self.base_url}: {exc}") from exc
+                    raise EngineUnavailable(f"cannot reach {self.base_url}: {type(exc).__name__}: {exc}",
+                                            unreachable=True) from exc
                 delay = None
             await asyncio.sleep(self.backoff_delay(attempt, delay))
         raise AssertionError("unreachable")
 
-    def _typed(self, exc: openai.APIStatusError) -> ExtractorError:
-        status = exc.status_code
+    def _typed(self, exc: _StatusError) -> ExtractorError:
+        status = exc.status
         detail = f"{self.base_url} answered {status}: {exc.message}"[:500]
         if status == 400 and _OVER_CONTEXT.search(exc.message):
             return DocumentTooLarge(detail)  # this document's fault, not the engine's: the batch goes on
         if status == 429:
-            return EngineOverloaded(detail, retry_after=_retry_after(exc))
+            return EngineOverloaded(detail, retry_after=exc.retry_after)
         if status == 504:
             return EngineTimeout(detail)
         if status >= 500:
-            return EngineUnavailable(detail, retry_after=_retry_after(exc))
+            return EngineUnavailable(detail, retry_after=exc.retry_after)
         return EngineError(detail)
 
     async def aclose(self) -> None:
         if self._session is not None:
             for client, _ in self._session.pools:
-                await client.close()
+                await client.aclose()
             self._session = None

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from extractor.engines.base import Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
+from extractor.engines.base import Capacity, Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
 from extractor.engines.detok import token_pieces
 from extractor.engines.worker import Job, settle
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable
@@ -170,6 +170,11 @@ class VllmEngine(Engine):
     """
 
     name = "vllm"
+
+    @classmethod
+    def capacity(cls, options: Mapping[str, Any]) -> Capacity:
+        """vLLM batches up to max_num_seqs (256 by default) in one step: keep that many in flight."""
+        return Capacity(inflight=int(options.get("max_num_seqs", 256)), processes=1)
 
     def __init__(self, model: str | None = None, *, served_model_name: str | None = None,
                  compact_whitespace: bool = False, backend: str | None = None, **engine_args: Any) -> None:
