@@ -32,7 +32,7 @@ from typing import Any
 from extractor.engines.base import JSON_SEPARATORS, Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
 from extractor.engines.detok import token_pieces
 from extractor.engines.grammar_cache import GrammarCache
-from extractor.engines.worker import Job, settle
+from extractor.engines.worker import Job, abandoned, settle
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,8 @@ class LocalEngine(Engine):
     def _process(self, batch: list[_Job]) -> None:
         groups: dict[tuple[int, ...], list[_Job]] = {}
         for job in batch:
+            if abandoned(job):  # its caller gave up while it queued
+                continue
             try:
                 self._tokenize(job)
             except Exception as exc:
@@ -330,6 +332,9 @@ class LocalEngine(Engine):
             lps = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0].tolist() if want_lp else None
             keep = []
             for r, i in enumerate(live):
+                if abandoned(jobs[i]):  # deadline passed or client gone: drop the row, free its compute
+                    finish[i] = "length"
+                    continue
                 tok = int(chosen[r])
                 if not matchers[i].accept_token(tok):
                     raise EngineError(f"grammar rejected token {tok} it had allowed")

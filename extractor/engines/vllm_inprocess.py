@@ -30,7 +30,7 @@ from typing import Any
 
 from extractor.engines.base import Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
 from extractor.engines.detok import token_pieces
-from extractor.engines.worker import Job, settle
+from extractor.engines.worker import Job, abandoned, settle
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -277,11 +277,14 @@ class VllmEngine(Engine):
                 if job is None:
                     closing = True
                     continue
+                if abandoned(job):  # its caller gave up while it queued
+                    continue
                 try:
                     self._add(job, running)
                 except Exception as exc:
                     settle(job, exc if isinstance(exc, (DocumentTooLarge, EngineError))
                             else EngineError(f"vLLM refused the request: {exc}"))
+            self._abort_abandoned(running)
             if not running:
                 continue
             try:
@@ -302,6 +305,20 @@ class VllmEngine(Engine):
                     settle(job, to_result(output, prompt_len, job.request.logprobs, self._decode))
                 except Exception as exc:
                     settle(job, EngineError(f"vLLM returned an unreadable output: {exc}"))
+
+    def _abort_abandoned(self, running: dict[str, tuple[Job, int]]) -> None:
+        """Abort in vLLM the requests whose caller gave up (deadline, client gone): they stop
+        taking batch slots and KV cache at once."""
+        gone = [request_id for request_id, (job, _) in running.items() if abandoned(job)]
+        if not gone:
+            return
+        try:
+            self._engine.abort_request(gone)
+        except Exception:  # an abort that fails leaves them to finish; their results are dropped
+            log.exception("vLLM could not abort %d request(s)", len(gone))
+            return
+        for request_id in gone:
+            running.pop(request_id, None)
 
     def _drain_inbox(self, exc: BaseException) -> None:
         while True:
