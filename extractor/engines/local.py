@@ -32,6 +32,7 @@ from typing import Any
 from extractor.engines.base import JSON_SEPARATORS, Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
 from extractor.engines.detok import token_pieces
 from extractor.engines.grammar_cache import GrammarCache
+from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
 from extractor.engines.worker import Job, abandoned, settle
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
 
@@ -145,6 +146,8 @@ class LocalEngine(Engine):
         self._torch = torch
         self._xgr = xgr
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        self.special_tokens = tokenizer_special_tokens(self.tokenizer)
+        self._defuse = Defuser(self.special_tokens)
         self.lm: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         self.lm.eval()  # type: ignore[no-untyped-call]  # no dropout
         # transformers renamed `past_key_values` to `cache` (the old name warns on every call)
@@ -193,7 +196,7 @@ class LocalEngine(Engine):
     def _tokenize(self, job: _Job) -> None:
         """Split the prompt at the start of the last message's content: the prefix
         before it is shared by every document of the same task."""
-        messages = list(job.request.messages)
+        messages = self._defuse.messages(job.request.messages)  # special tokens as text stay text
         chars = sum(len(m["content"]) for m in messages)
         if chars > self.context_length * self._max_token_chars:  # megabytes would take seconds to tokenize
             raise DocumentTooLarge(f"a prompt of {chars} characters cannot fit the model's context of "

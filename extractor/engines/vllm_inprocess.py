@@ -26,10 +26,12 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from extractor.engines.base import Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
 from extractor.engines.detok import token_pieces
+from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
 from extractor.engines.worker import Job, abandoned, settle
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable
 
@@ -98,10 +100,13 @@ class PromptCache:
 
     def __init__(self, tokenizer: Any, max_heads: int = 64) -> None:
         self.tokenizer = tokenizer
+        #: every special token of the tokenizer, written as text in any message, stays text
+        self.defuse = Defuser(tokenizer_special_tokens(tokenizer))
         self.max_heads = max_heads
         self._heads: dict[str, tuple[list[int], str] | None] = {}
 
     def __call__(self, request: GenerationRequest) -> list[int]:
+        request = replace(request, messages=tuple(self.defuse.messages(request.messages)))
         messages = [dict(m) for m in request.messages]
         key = json.dumps(messages[:-1], sort_keys=True)
         if key not in self._heads:
@@ -190,6 +195,7 @@ class VllmEngine(Engine):
         self._structured_params = StructuredOutputsParams
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
         self._prompts = PromptCache(self.tokenizer)
+        self.special_tokens = self._prompts.defuse.tokens
         # the output text as vLLM's detokenizer writes it: special tokens skipped, no clean-up of spaces
         self._decode: Callable[[list[int]], str] = lambda ids: str(self.tokenizer.decode(
             ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
