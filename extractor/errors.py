@@ -4,6 +4,7 @@
     ├── SchemaError ................ the contract itself is at fault
     │   ├── UnknownSchema .......... no schema registered under that name (404)
     │   └── SchemaRejected ......... compiles to nothing an engine can enforce (422)
+    │       └── GrammarTimeout ..... its grammar did not compile within the time limit (422)
     ├── DocumentError .............. the document cannot be extracted from
     │   ├── EmptyDocument .......... empty or whitespace only (422)
     │   ├── UndecodableDocument .... not UTF-8 text, or an unreadable PDF (400)
@@ -65,6 +66,12 @@ class SchemaRejected(SchemaError):
         super().__init__(f"{path}: {reason}", path=path, reason=reason)
         self.path = path
         self.reason = reason
+
+
+class GrammarTimeout(SchemaRejected):
+    """The schema's grammar did not compile within its time limit (the compile was killed)."""
+
+    code = "grammar-timeout"
 
 
 class DocumentError(ExtractorError):
