@@ -38,6 +38,7 @@ from service.batch_worker import BatchWorker
 from service.engine import EngineHolder
 from service.metrics import Metrics
 from service.models import response_model
+from service.pdf import PdfLimits, PdfReaders
 from service.pipeline import Pipeline
 from service.queue import AdmissionQueue
 from service.settings import Settings
@@ -101,6 +102,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     worker = BatchWorker(batches, pipeline, lookup, claim=settings.batch_claim, lease_s=settings.batch_lease_s,
                          poll_s=settings.batch_poll_s, max_engine_errors=settings.batch_max_engine_errors)
 
+    pdf_readers = PdfReaders(workers=settings.pdf_workers, limits=PdfLimits(
+        max_pages=settings.pdf_max_pages, max_content_bytes=settings.pdf_max_content_bytes,
+        timeout_s=settings.pdf_timeout_s))
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         engines.start()
@@ -109,6 +114,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         await worker.stop()
         await engines.close()
         batches.dispose()
+        pdf_readers.close()
 
     app = FastAPI(title="extractor", version=_version(), lifespan=lifespan,
                   description="Typed, validated records from documents. Errors are RFC 9457 problems whose `type` is "
@@ -123,7 +129,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     async def extract(request: Request, name: str) -> Response:
         task = lookup(name)
         doc = await read_document(request, max_body_bytes=settings.max_body_bytes,
-                                  max_document_chars=settings.max_document_chars)
+                                  max_document_chars=settings.max_document_chars, pdf=pdf_readers.text)
         fields: dict[str, Any] = request.state.log
         fields.update(schema=task.name, source=doc.source, chars=len(doc.text))
         try:

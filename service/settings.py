@@ -69,16 +69,21 @@ class Settings:
     batch_poll_s: float = 1.0
     batch_max_items: int = 100_000
     batch_max_engine_errors: int = 5
+    #: PDF uploads: read by this many child processes at most at once, within these limits
+    pdf_workers: int = 2
+    pdf_max_pages: int = 500
+    pdf_max_content_bytes: int = 32 * 1024 * 1024
+    pdf_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         for name in ("max_inflight", "max_body_bytes", "max_document_chars", "port", "workers", "batch_claim", "batch_max_items",
-                     "batch_max_engine_errors"):
+                     "batch_max_engine_errors", "pdf_workers", "pdf_max_pages", "pdf_max_content_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_waiting < 0 or self.max_retries < 0:
             raise ValueError("max_waiting and max_retries must not be negative")
-        if self.deadline_s <= 0 or self.batch_lease_s <= 0 or self.batch_poll_s <= 0:
-            raise ValueError("deadline_s, batch_lease_s and batch_poll_s must be positive")
+        if min(self.deadline_s, self.batch_lease_s, self.batch_poll_s, self.pdf_timeout_s) <= 0:
+            raise ValueError("deadline_s, batch_lease_s, batch_poll_s and pdf_timeout_s must be positive")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -12,10 +12,8 @@ the decoded text against the character limit.
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,22 +86,6 @@ def decode_text(raw: bytes, charset: str | None = None) -> str:
         raise UndecodableDocument(f"not {charset or 'UTF-8'} text (byte {exc.start})") from exc
 
 
-def pdf_text(raw: bytes) -> str:
-    """The text layer of a PDF, pages separated by blank lines."""
-    from pypdf import PdfReader
-
-    try:
-        reader = PdfReader(io.BytesIO(raw))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise UndecodableDocument("the PDF is encrypted")
-        text = "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
-        return text.replace("\x00", "")  # unmapped glyphs: no part of the text
-    except UndecodableDocument:
-        raise
-    except Exception as exc:  # pypdf raises many types on malformed input; all mean "unreadable"
-        raise UndecodableDocument(f"not a readable PDF: {type(exc).__name__}: {exc}") from exc
-
-
 def parse_options(raw: Any) -> RequestOptions:
     try:
         return RequestOptions.model_validate(raw if raw is not None else {})
@@ -131,12 +113,16 @@ def from_json(raw: bytes) -> Document:
     return Document(request.text, request.options, "json")
 
 
-async def _file_text(upload: UploadFile) -> tuple[str, str]:
+#: reads a PDF's text (service/pdf.py: in a child process, within limits, cancelled with the request)
+PdfReader = Callable[[bytes], Awaitable[str]]
+
+
+async def _file_text(upload: UploadFile, pdf: PdfReader) -> tuple[str, str]:
     raw = await upload.read()
     kind, params = media_type(upload.content_type)
     name = (upload.filename or "").lower()
     if kind == PDF_TYPE or name.endswith(".pdf"):
-        return await asyncio.to_thread(pdf_text, raw), f"file:{upload.filename}"
+        return await pdf(raw), f"file:{upload.filename}"
     if kind in TEXT_TYPES or name.endswith(TEXT_EXTENSIONS):
         return decode_text(raw, params.get("charset")), f"file:{upload.filename}"
     raise UnsupportedMediaType(f"cannot read a file of type {upload.content_type!r} named {upload.filename!r}; "
@@ -147,7 +133,7 @@ async def _one(raw: bytes) -> AsyncGenerator[bytes, None]:
     yield raw
 
 
-async def from_multipart(request: Request, raw: bytes, limit: int) -> Document:
+async def from_multipart(request: Request, raw: bytes, limit: int, pdf: PdfReader) -> Document:
     parser = MultiPartParser(request.headers, _one(raw), max_files=1, max_fields=4, max_part_size=limit)
     try:
         form = await parser.parse()
@@ -159,7 +145,7 @@ async def from_multipart(request: Request, raw: bytes, limit: int) -> Document:
             raise InvalidRequest("`options` must be a form field holding a JSON object, not a file")
         opts = parse_options(_loads(options, "the `options` field") if options else None)
         if isinstance(file, UploadFile):
-            body, source = await _file_text(file)
+            body, source = await _file_text(file, pdf)
             return Document(body, opts, source)
         if isinstance(text, str):
             return Document(text, opts, "text")
@@ -169,7 +155,7 @@ async def from_multipart(request: Request, raw: bytes, limit: int) -> Document:
         await form.close()
 
 
-async def read_document(request: Request, *, max_body_bytes: int, max_document_chars: int) -> Document:
+async def read_document(request: Request, *, max_body_bytes: int, max_document_chars: int, pdf: PdfReader) -> Document:
     """The request's document and options, or the `ExtractorError` that says what is wrong with it."""
     kind, params = media_type(request.headers.get("content-type"))
     readers = {"application/json", PDF_TYPE, "multipart/form-data", *TEXT_TYPES}
@@ -178,11 +164,11 @@ async def read_document(request: Request, *, max_body_bytes: int, max_document_c
                                    accepted=ACCEPTED)
     raw = await read_body(request, max_body_bytes)
     if kind == "multipart/form-data":
-        doc = await from_multipart(request, raw, max_body_bytes)
+        doc = await from_multipart(request, raw, max_body_bytes, pdf)
     elif kind in TEXT_TYPES:
         doc = Document(decode_text(raw, params.get("charset")), RequestOptions(), "text")
     elif kind == PDF_TYPE:
-        doc = Document(await asyncio.to_thread(pdf_text, raw), RequestOptions(), "pdf")
+        doc = Document(await pdf(raw), RequestOptions(), "pdf")
     else:
         doc = from_json(raw)
     try:
