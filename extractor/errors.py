@@ -22,6 +22,8 @@
     │   ├── UnsupportedMediaType ... a content type or file type the service does not read (415)
     │   ├── Unauthorized ........... missing or unknown API key (401)
     │   ├── UnknownBatch ........... no batch job with that id (404)
+    │   ├── RequestTimeout ......... the body did not arrive in time (408)
+    │   ├── TooManyRequests ........ this client has too many requests in flight (429)
     │   └── IdempotencyConflict .... an Idempotency-Key reused with a different body (409)
     └── ExtractionFailed ........... outputs kept failing validation (422)
 
@@ -170,6 +172,18 @@ class ExtractionFailed(ExtractorError):
         self.errors = errors
 
 
+class RequestTimeout(RequestError):
+    """The client did not send the whole body within the read timeout."""
+
+    code = "request-timeout"
+
+
+class TooManyRequests(RequestError):
+    """This client has as many requests in flight as it may."""
+
+    code = "too-many-requests"
+
+
 _HTTP_STATUS: dict[type[ExtractorError], int] = {
     UnknownSchema: 404,
     SchemaRejected: 422,
@@ -191,6 +205,8 @@ _HTTP_STATUS: dict[type[ExtractorError], int] = {
     Unauthorized: 401,
     UnknownBatch: 404,
     IdempotencyConflict: 409,
+    RequestTimeout: 408,
+    TooManyRequests: 429,
     RequestError: 400,
     ExtractionFailed: 422,
     ExtractorError: 500,

@@ -36,6 +36,7 @@ from service.auth import ApiKeys
 from service.batch_store import BatchStore, database_url
 from service.batch_worker import BatchWorker
 from service.engine import EngineHolder
+from service.limits import CancelOnDisconnect, ClientLimit
 from service.metrics import Metrics
 from service.models import response_model
 from service.pdf import PdfLimits, PdfReaders
@@ -122,6 +123,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.settings, app.state.engines, app.state.queue, app.state.metrics = settings, engines, queue, metrics
     app.state.batches, app.state.batch_worker = batches, worker
     problems.install(app, retry_after_s=settings.retry_after_s)
+    # outermost last: the access log sees every request; then the per-client limit, before any
+    # work (the API-key check included); then the cancel-on-disconnect of the request itself
+    app.add_middleware(CancelOnDisconnect)
+    app.add_middleware(ClientLimit, max_per_client=settings.max_per_client, retry_after_s=settings.retry_after_s)
     app.add_middleware(RequestContext, metrics=metrics)
     openapi.install(app, models=(batch_routes.BatchRequest,))
     secured = _key_check(keys)

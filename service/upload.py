@@ -12,6 +12,7 @@ the decoded text against the character limit.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from extractor.errors import (
     EmptyDocument,
     InvalidRequest,
     MalformedRequest,
+    RequestTimeout,
     UndecodableDocument,
     UnsupportedMediaType,
 )
@@ -63,14 +65,19 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise DocumentTooLarge(f"the body is {int(declared)} bytes; the limit is {limit}", limit=limit)
     chunks, size = [], 0
+    settings = getattr(request.app.state, "settings", None)
+    timeout_s: float = getattr(settings, "body_timeout_s", 30.0)
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise DocumentTooLarge(f"the body is over the limit of {limit} bytes", limit=limit)
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise DocumentTooLarge(f"the body is over the limit of {limit} bytes", limit=limit)
+                chunks.append(chunk)
     except ClientDisconnect as exc:
         raise MalformedRequest("the client disconnected before sending the whole body") from exc
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from exc
     return b"".join(chunks)
 
 
