@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         pdf_readers.close()
 
     app = FastAPI(title="extractor", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None,
                   description="Typed, validated records from documents. Errors are RFC 9457 problems whose `type` is "
                               "`urn:extractor:problem:` + a stable code.")
     app.state.settings, app.state.engines, app.state.queue, app.state.metrics = settings, engines, queue, metrics
@@ -129,8 +130,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.add_middleware(ClientLimit, max_per_client=settings.max_per_client, retry_after_s=settings.retry_after_s)
     app.add_middleware(RequestContext, metrics=metrics)
     openapi.install(app, models=(batch_routes.BatchRequest,))
-    openapi.install_docs(app)
     secured = _key_check(keys)
+    openapi.install_docs(app, secured)  # with keys on, the API's description needs a key too
 
     async def extract(request: Request, name: str) -> Response:
         task = lookup(name)

@@ -91,6 +91,8 @@ def decode_text(raw: bytes, charset: str | None = None) -> str:
         raise UnsupportedMediaType(f"unknown charset {charset!r}") from exc
     except UnicodeDecodeError as exc:
         raise UndecodableDocument(f"not {charset or 'UTF-8'} text (byte {exc.start})") from exc
+    except (UnicodeError, ValueError) as exc:  # codecs such as punycode raise these on bad data
+        raise UndecodableDocument(f"not {charset} text: {exc}"[:300]) from exc
 
 
 def parse_options(raw: Any) -> RequestOptions:

@@ -25,7 +25,6 @@ from starlette.responses import HTMLResponse
 
 from extractor.contracts.contract import Task
 from extractor.errors import (
-    DocumentTooLarge,
     EmptyDocument,
     ExtractorError,
     InvalidRequest,
@@ -33,6 +32,7 @@ from extractor.errors import (
     UnsupportedMediaType,
     http_status,
 )
+from extractor.pipeline.documents import check_text
 from extractor.view.html import CSP, ViewForm, ViewItem, item_from_result, render_page
 from service import openapi
 from service.auth import ApiKeys
@@ -97,10 +97,10 @@ def install(app: FastAPI, *, pipeline: Pipeline, lookup: Callable[[str], Task[An
             if not schema:
                 raise InvalidRequest("pick a schema", errors=["$.schema: field required"])
             task = lookup(schema)
-            if len(text) > settings.max_document_chars:
-                raise DocumentTooLarge(f"the document is {len(text)} characters; the limit is {settings.max_document_chars}")
             if not text.strip():
                 raise EmptyDocument("paste a document first")
+            # too large, NUL (binary data), a lone surrogate: refused as the other routes refuse them
+            check_text(text, max_chars=settings.max_document_chars)
             request.state.log.update(schema=task.name, source="view", chars=len(text))
             outcome = await pipeline.extract(task, text, RequestOptions(spans=True, confidence=True))
         except ExtractorError as exc:
