@@ -30,6 +30,7 @@ SLOW = {"type": "object", "properties": {"a": {"enum": ["x" * 1000 + str(i) for 
     ("(a*)*", "nested quantifier"),
     ("(x+x+)+y", "nested quantifier"),
     ("(\\w+\\s*\\w+)+", "nested quantifier"),
+    ("(a?a?)+b", "nested quantifier"),
     ("(a|aa)+b", "overlapping alternatives"),
     ("(a|b|ab)*c", "overlapping alternatives"),
     ("(|a)+", "overlapping alternatives"),
