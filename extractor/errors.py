@@ -4,6 +4,7 @@
     ├── SchemaError ................ the contract itself is at fault
     │   ├── UnknownSchema .......... no schema registered under that name (404)
     │   └── SchemaRejected ......... compiles to nothing an engine can enforce (422)
+    │       └── GrammarTimeout ..... its grammar did not compile within the time limit (422)
     ├── DocumentError .............. the document cannot be extracted from
     │   ├── EmptyDocument .......... empty or whitespace only (422)
     │   ├── UndecodableDocument .... not UTF-8 text, or an unreadable PDF (400)
@@ -21,6 +22,8 @@
     │   ├── UnsupportedMediaType ... a content type or file type the service does not read (415)
     │   ├── Unauthorized ........... missing or unknown API key (401)
     │   ├── UnknownBatch ........... no batch job with that id (404)
+    │   ├── RequestTimeout ......... the body did not arrive in time (408)
+    │   ├── TooManyRequests ........ this client has too many requests in flight (429)
     │   └── IdempotencyConflict .... an Idempotency-Key reused with a different body (409)
     └── ExtractionFailed ........... outputs kept failing validation (422)
 
@@ -65,6 +68,12 @@ class SchemaRejected(SchemaError):
         super().__init__(f"{path}: {reason}", path=path, reason=reason)
         self.path = path
         self.reason = reason
+
+
+class GrammarTimeout(SchemaRejected):
+    """The schema's grammar did not compile within its time limit (the compile was killed)."""
+
+    code = "grammar-timeout"
 
 
 class DocumentError(ExtractorError):
@@ -163,6 +172,18 @@ class ExtractionFailed(ExtractorError):
         self.errors = errors
 
 
+class RequestTimeout(RequestError):
+    """The client did not send the whole body within the read timeout."""
+
+    code = "request-timeout"
+
+
+class TooManyRequests(RequestError):
+    """This client has as many requests in flight as it may."""
+
+    code = "too-many-requests"
+
+
 _HTTP_STATUS: dict[type[ExtractorError], int] = {
     UnknownSchema: 404,
     SchemaRejected: 422,
@@ -184,6 +205,8 @@ _HTTP_STATUS: dict[type[ExtractorError], int] = {
     Unauthorized: 401,
     UnknownBatch: 404,
     IdempotencyConflict: 409,
+    RequestTimeout: 408,
+    TooManyRequests: 429,
     RequestError: 400,
     ExtractionFailed: 422,
     ExtractorError: 500,

@@ -20,6 +20,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.limits import RepeatFilter
 from service.metrics import Metrics
 
 access_log = logging.getLogger("extractor.access")
@@ -45,6 +46,7 @@ class JsonLines(logging.Formatter):
 def configure_logging(level: str = "info") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines())
+    handler.addFilter(RepeatFilter())  # a flood of one error (asyncio's, a client's) cannot fill the disk
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

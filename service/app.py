@@ -36,8 +36,10 @@ from service.auth import ApiKeys
 from service.batch_store import BatchStore, database_url
 from service.batch_worker import BatchWorker
 from service.engine import EngineHolder
+from service.limits import CancelOnDisconnect, ClientLimit
 from service.metrics import Metrics
 from service.models import response_model
+from service.pdf import PdfLimits, PdfReaders
 from service.pipeline import Pipeline
 from service.queue import AdmissionQueue
 from service.settings import Settings
@@ -105,6 +107,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     worker = BatchWorker(batches, pipeline, lookup, claim=settings.batch_claim, lease_s=settings.batch_lease_s,
                          poll_s=settings.batch_poll_s, max_engine_errors=settings.batch_max_engine_errors)
 
+    pdf_readers = PdfReaders(workers=settings.pdf_workers, limits=PdfLimits(
+        max_pages=settings.pdf_max_pages, max_content_bytes=settings.pdf_max_content_bytes,
+        timeout_s=settings.pdf_timeout_s))
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         engines.start()
@@ -113,21 +119,28 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         await worker.stop()
         await engines.close()
         batches.dispose()
+        pdf_readers.close()
 
-    app = FastAPI(title="extractor", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="extractor", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None,
                   description="Typed, validated records from documents. Errors are RFC 9457 problems whose `type` is "
                               "`urn:extractor:problem:` + a stable code.")
     app.state.settings, app.state.engines, app.state.queue, app.state.metrics = settings, engines, queue, metrics
     app.state.batches, app.state.batch_worker = batches, worker
     problems.install(app, retry_after_s=settings.retry_after_s)
+    # outermost last: the access log sees every request; then the per-client limit, before any
+    # work (the API-key check included); then the cancel-on-disconnect of the request itself
+    app.add_middleware(CancelOnDisconnect)
+    app.add_middleware(ClientLimit, max_per_client=settings.max_per_client, retry_after_s=settings.retry_after_s)
     app.add_middleware(RequestContext, metrics=metrics)
     openapi.install(app, models=(batch_routes.BatchRequest,))
     secured = _key_check(keys)
+    openapi.install_docs(app, secured)  # with keys on, the API's description needs a key too
 
     async def extract(request: Request, name: str) -> Response:
         task = lookup(name)
         doc = await read_upload(request, max_body_bytes=settings.max_body_bytes,
-                                  max_document_chars=settings.max_document_chars)
+                                max_document_chars=settings.max_document_chars, pdf=pdf_readers.text)
         fields: dict[str, Any] = request.state.log
         fields.update(schema=task.name, source=doc.source, chars=len(doc.text))
         try:

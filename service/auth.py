@@ -52,15 +52,21 @@ class ApiKeys:
         """Raise `Unauthorized` unless keys are off or the request carries a known key."""
         if not self.enabled:
             return
-        key = x_api_key
-        if key is None and authorization is not None:
+        key = (x_api_key or "").strip()
+        if not key and authorization is not None:  # an empty X-API-Key does not hide a Bearer key
             scheme, _, value = authorization.partition(" ")
-            key = value.strip() if scheme.lower() == "bearer" else None
+            key = value.strip() if scheme.lower() == "bearer" else ""
         if not key:
             raise Unauthorized("an API key is required: send `Authorization: Bearer KEY` or `X-API-Key: KEY`")
-        digest = hash_key(key).encode()
+        # headers arrive decoded as Latin-1: a key sent as UTF-8 bytes is read back as UTF-8 too
+        candidates = {key}
+        try:
+            candidates.add(key.encode("latin-1").decode("utf-8"))
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
+        digests = [hash_key(k).encode() for k in candidates]
         # compare against every digest, so timing does not tell which prefix matched
-        if not any([hmac.compare_digest(digest, d) for d in self._digests]):
+        if not any([hmac.compare_digest(digest, d) for digest in digests for d in self._digests]):
             raise Unauthorized("unknown API key")
 
 

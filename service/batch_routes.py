@@ -133,7 +133,8 @@ def _new_item(ident: str, text: str, position: int, max_chars: int) -> NewItem:
 def _jsonl_items(raw: bytes) -> list[tuple[Any, Any, str]]:
     rows: list[tuple[Any, Any, str]] = []
     try:
-        lines = raw.decode("utf-8-sig").splitlines()
+        # lines end at \n only: U+2028, U+2029 and U+0085 are valid inside JSON strings
+        lines = raw.decode("utf-8-sig").split("\n")
     except UnicodeDecodeError as exc:
         raise MalformedRequest(f"the JSONL body is not UTF-8 (byte {exc.start})") from exc
     for n, line in enumerate(lines, 1):

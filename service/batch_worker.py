@@ -181,16 +181,21 @@ class BatchWorker:
 
     async def _count_engine_failures(self, failures: dict[tuple[str, int], tuple[str, EngineError]],
                                      pending: set[tuple[str, int]]) -> None:
-        """After a round with engine failures: if the engine answers its probe, each failure that
-        can be the item's own counts against it (back to pending, or failed at the cap). Any other
-        failure is raised: its items go back to pending uncounted and the worker backs off."""
+        """After a round with engine failures: if the engine answers its probe, or is only too busy
+        to answer it in time, each failure that can be the item's own counts against it (back to
+        pending, or failed at the cap). Any other failure is raised: its items go back to pending
+        uncounted and the worker backs off."""
         own = {key: failure for key, failure in failures.items() if _item_specific(failure[1])}
         if own:
             try:
                 await self.pipeline.engines.probe()
             except ExtractorError as down:
-                log.warning("batch worker: engine down (%s); %d item(s) stay pending, uncounted", down, len(failures))
-                own = {}
+                # a probe that timed out meets an engine that is busy (on these very items, maybe: one
+                # hostile document can hold it for minutes), not one that is down: the failures count
+                if not down.details.get("busy"):
+                    log.warning("batch worker: engine down (%s); %d item(s) stay pending, uncounted", down,
+                                len(failures))
+                    own = {}
         for (job_id, seq), (item_id, exc) in own.items():
             capped = type(exc)(f"the engine failed on this item {self.max_engine_errors} times, while it answered "
                                f"others; last: {exc}")

@@ -74,8 +74,9 @@ class EngineHolder:
                 async with asyncio.timeout(self._ready_timeout_s):
                     (result,) = await engine.generate([PROBE])
             except TimeoutError as exc:
+                # `busy`: it did not answer in time, which a busy engine does too (`failed` ones did answer)
                 raise EngineUnavailable(f"engine {engine.name} did not answer within {self._ready_timeout_s:g} s",
-                                        retry_after=self._retry_after_s) from exc
+                                        retry_after=self._retry_after_s, busy=True) from exc
             except ExtractorError as exc:
                 raise EngineUnavailable(f"engine {engine.name} failed its probe: {exc}",
                                         retry_after=self._retry_after_s) from exc

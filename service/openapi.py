@@ -4,6 +4,7 @@ text, markdown, PDF or a multipart upload) and the problem responses."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -80,3 +81,41 @@ def install(app: FastAPI, models: tuple[type[BaseModel], ...] = ()) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+#: where the Swagger UI's own files are served from (no CDN: `/docs` works offline)
+DOCS_ASSETS = "/docs-assets"
+
+
+def install_docs(app: FastAPI, dependencies: Sequence[Any] = ()) -> None:
+    """`/openapi.json`, `/docs` (Swagger UI) and `/redoc`, behind `dependencies` (the API-key check
+    when keys are on), with the pages' scripts and styles served by the service itself from the
+    `fastapi-offline` package instead of FastAPI's default CDN (a blank page offline). The app must
+    be created with `docs_url=None, redoc_url=None, openapi_url=None`."""
+    from pathlib import Path
+
+    import fastapi_offline
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+
+    static = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=static), name="docs-assets")
+    openapi_url = "/openapi.json"
+
+    @app.get(openapi_url, include_in_schema=False, dependencies=list(dependencies))
+    async def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=list(dependencies))
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=list(dependencies))
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)

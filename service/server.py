@@ -16,11 +16,11 @@ import tempfile
 from typing import Any
 
 from fastapi import FastAPI
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from extractor.contracts.registry import SchemaRegistry
 from service.access_log import configure_logging
 from service.app import create_app
+from service.limits import LimitedH11Protocol
 from service.settings import Settings
 
 SETTINGS_ENV = "EXTRACTOR_SERVE_SETTINGS"
@@ -28,8 +28,9 @@ LOG_LEVEL_ENV = "EXTRACTOR_SERVE_LOG_LEVEL"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-class NoDelayH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with TCP_NODELAY on every connection.
+class NoDelayH11Protocol(LimitedH11Protocol):
+    """uvicorn's HTTP/1.1 protocol with TCP_NODELAY on every connection, and a time limit on a
+    request's head (service/limits.py).
 
     asyncio sets it only on sockets whose `proto` is IPPROTO_TCP; the listening socket uvicorn
     shares with its worker processes is made with proto 0, so without this every response of a
@@ -40,7 +41,7 @@ class NoDelayH11Protocol(H11Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().connection_made(transport)  # type: ignore[arg-type]
+        super().connection_made(transport)
 
 
 def serve(settings: Settings, *, registry: SchemaRegistry | None = None, log_level: str = "info") -> None:
@@ -51,10 +52,12 @@ def serve(settings: Settings, *, registry: SchemaRegistry | None = None, log_lev
     logging.getLogger("extractor.service").info(
         "serving engine %s with %d worker process(es), %s request(s) in flight and %d waiting per process",
         settings.engine, settings.workers, settings.max_inflight, settings.max_waiting)
+    NoDelayH11Protocol.header_timeout_s = settings.header_timeout_s
     # uvicorn's own access log is off: RequestContext writes one JSON line per request
     common: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
               "log_level": log_level, "timeout_graceful_shutdown": int(settings.deadline_s) + 1,
-                              "http": NoDelayH11Protocol}
+                              "http": NoDelayH11Protocol, "limit_concurrency": settings.max_connections,
+                              "timeout_keep_alive": settings.keep_alive_s}
     if settings.workers == 1:
         uvicorn.run(create_app(settings, registry=registry), **common)
         return
@@ -71,4 +74,6 @@ def serve(settings: Settings, *, registry: SchemaRegistry | None = None, log_lev
 def app_from_environment() -> FastAPI:
     """The app of one worker process (uvicorn's factory)."""
     configure_logging(os.environ.get(LOG_LEVEL_ENV, "info"))
-    return create_app(Settings.from_json(os.environ[SETTINGS_ENV]))
+    settings = Settings.from_json(os.environ[SETTINGS_ENV])
+    NoDelayH11Protocol.header_timeout_s = settings.header_timeout_s
+    return create_app(settings)

@@ -72,16 +72,32 @@ class Settings:
     batch_poll_s: float = 1.0
     batch_max_items: int = 100_000
     batch_max_engine_errors: int = 5
+    #: connections: a request head must arrive within header_timeout_s, its body within body_timeout_s;
+    #: at most max_connections at once (more get 503), idle ones closed after keep_alive_s; at most
+    #: max_per_client requests in flight per client address (more get 429)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 2048
+    keep_alive_s: int = 5
+    max_per_client: int = 64
+    #: PDF uploads: read by this many child processes at most at once, within these limits
+    pdf_workers: int = 2
+    pdf_max_pages: int = 500
+    pdf_max_content_bytes: int = 32 * 1024 * 1024
+    pdf_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         for name in ("max_inflight", "max_body_bytes", "max_document_chars", "port", "workers", "batch_claim", "batch_max_items",
-                     "batch_max_engine_errors"):
+                     "batch_max_engine_errors", "pdf_workers", "pdf_max_pages", "pdf_max_content_bytes", "max_connections", "keep_alive_s",
+                     "max_per_client"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_waiting < 0 or self.max_retries < 0:
             raise ValueError("max_waiting and max_retries must not be negative")
-        if self.deadline_s <= 0 or self.batch_lease_s <= 0 or self.batch_poll_s <= 0:
-            raise ValueError("deadline_s, batch_lease_s and batch_poll_s must be positive")
+        if min(self.deadline_s, self.batch_lease_s, self.batch_poll_s, self.pdf_timeout_s, self.header_timeout_s,
+               self.body_timeout_s) <= 0:
+            raise ValueError("deadline_s, batch_lease_s, batch_poll_s and the pdf, header and body timeouts must be "
+                             "positive")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

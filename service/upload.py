@@ -13,9 +13,8 @@ the decoded text against the character limit.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ from extractor.errors import (
     DocumentTooLarge,
     InvalidRequest,
     MalformedRequest,
+    RequestTimeout,
     UndecodableDocument,
     UnsupportedMediaType,
 )
@@ -65,14 +65,19 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise DocumentTooLarge(f"the body is {int(declared)} bytes; the limit is {limit}", limit=limit)
     chunks, size = [], 0
+    settings = getattr(request.app.state, "settings", None)
+    timeout_s: float = getattr(settings, "body_timeout_s", 30.0)
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise DocumentTooLarge(f"the body is over the limit of {limit} bytes", limit=limit)
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise DocumentTooLarge(f"the body is over the limit of {limit} bytes", limit=limit)
+                chunks.append(chunk)
     except ClientDisconnect as exc:
         raise MalformedRequest("the client disconnected before sending the whole body") from exc
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from exc
     return b"".join(chunks)
 
 
@@ -86,22 +91,8 @@ def decode_text(raw: bytes, charset: str | None = None) -> str:
         raise UnsupportedMediaType(f"unknown charset {charset!r}") from exc
     except UnicodeDecodeError as exc:
         raise UndecodableDocument(f"not {charset or 'UTF-8'} text (byte {exc.start})") from exc
-
-
-def pdf_text(raw: bytes) -> str:
-    """The text layer of a PDF, pages separated by blank lines."""
-    from pypdf import PdfReader
-
-    try:
-        reader = PdfReader(io.BytesIO(raw))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise UndecodableDocument("the PDF is encrypted")
-        text = "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
-        return text.replace("\x00", "")  # unmapped glyphs: no part of the text
-    except UndecodableDocument:
-        raise
-    except Exception as exc:  # pypdf raises many types on malformed input; all mean "unreadable"
-        raise UndecodableDocument(f"not a readable PDF: {type(exc).__name__}: {exc}") from exc
+    except (UnicodeError, ValueError) as exc:  # codecs such as punycode raise these on bad data
+        raise UndecodableDocument(f"not {charset} text: {exc}"[:300]) from exc
 
 
 def parse_options(raw: Any) -> RequestOptions:
@@ -131,12 +122,16 @@ def from_json(raw: bytes) -> Upload:
     return Upload(request.text, request.options, "json")
 
 
-async def _file_text(upload: UploadFile) -> tuple[str, str]:
+#: reads a PDF's text (service/pdf.py: in a child process, within limits, cancelled with the request)
+PdfReader = Callable[[bytes], Awaitable[str]]
+
+
+async def _file_text(upload: UploadFile, pdf: PdfReader) -> tuple[str, str]:
     raw = await upload.read()
     kind, params = media_type(upload.content_type)
     name = (upload.filename or "").lower()
     if kind == PDF_TYPE or name.endswith(".pdf"):
-        return await asyncio.to_thread(pdf_text, raw), f"file:{upload.filename}"
+        return await pdf(raw), f"file:{upload.filename}"
     if kind in TEXT_TYPES or name.endswith(TEXT_EXTENSIONS):
         return decode_text(raw, params.get("charset")), f"file:{upload.filename}"
     raise UnsupportedMediaType(f"cannot read a file of type {upload.content_type!r} named {upload.filename!r}; "
@@ -147,7 +142,7 @@ async def _one(raw: bytes) -> AsyncGenerator[bytes, None]:
     yield raw
 
 
-async def from_multipart(request: Request, raw: bytes, limit: int) -> Upload:
+async def from_multipart(request: Request, raw: bytes, limit: int, pdf: PdfReader) -> Upload:
     parser = MultiPartParser(request.headers, _one(raw), max_files=1, max_fields=4, max_part_size=limit)
     try:
         form = await parser.parse()
@@ -159,7 +154,7 @@ async def from_multipart(request: Request, raw: bytes, limit: int) -> Upload:
             raise InvalidRequest("`options` must be a form field holding a JSON object, not a file")
         opts = parse_options(_loads(options, "the `options` field") if options else None)
         if isinstance(file, UploadFile):
-            body, source = await _file_text(file)
+            body, source = await _file_text(file, pdf)
             return Upload(body, opts, source)
         if isinstance(text, str):
             return Upload(text, opts, "text")
@@ -169,7 +164,7 @@ async def from_multipart(request: Request, raw: bytes, limit: int) -> Upload:
         await form.close()
 
 
-async def read_upload(request: Request, *, max_body_bytes: int, max_document_chars: int) -> Upload:
+async def read_upload(request: Request, *, max_body_bytes: int, max_document_chars: int, pdf: PdfReader) -> Upload:
     """The request's document and options, or the `ExtractorError` that says what is wrong with it."""
     kind, params = media_type(request.headers.get("content-type"))
     readers = {"application/json", PDF_TYPE, "multipart/form-data", *TEXT_TYPES}
@@ -178,11 +173,11 @@ async def read_upload(request: Request, *, max_body_bytes: int, max_document_cha
                                    accepted=ACCEPTED)
     raw = await read_body(request, max_body_bytes)
     if kind == "multipart/form-data":
-        doc = await from_multipart(request, raw, max_body_bytes)
+        doc = await from_multipart(request, raw, max_body_bytes, pdf)
     elif kind in TEXT_TYPES:
         doc = Upload(decode_text(raw, params.get("charset")), RequestOptions(), "text")
     elif kind == PDF_TYPE:
-        doc = Upload(await asyncio.to_thread(pdf_text, raw), RequestOptions(), "pdf")
+        doc = Upload(await pdf(raw), RequestOptions(), "pdf")
     else:
         doc = from_json(raw)
     hint = "; a scanned PDF needs OCR first" if doc.source == "pdf" or doc.source.endswith(".pdf") else ""

@@ -2,7 +2,8 @@
 
 The PostgreSQL cases create a database of their own (`extractor_test_<random>`) and drop it after;
 they are skipped only when no server answers at `EXTRACTOR_TEST_PG`
-(default postgresql://postgres@127.0.0.1:5432/postgres).
+(default postgresql://postgres@127.0.0.1:5432/postgres), and fail instead with
+`EXTRACTOR_REQUIRE_PG` set (CI, whose scripts/postgres.sh starts one).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     admin = request.getfixturevalue("postgres")
     if admin is None:
+        if os.environ.get("EXTRACTOR_REQUIRE_PG"):  # CI (.ci/run starts one): never a silent skip
+            pytest.fail(f"no PostgreSQL at {PG_ADMIN} and EXTRACTOR_REQUIRE_PG is set")
         pytest.skip(f"no PostgreSQL at {PG_ADMIN}")
     import psycopg
 

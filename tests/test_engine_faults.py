@@ -320,3 +320,34 @@ def test_extract_batch_stops_on_an_outage_keeps_its_results_and_resumes(tmp_path
         assert f"{len(first)} already done" in capsys.readouterr().err
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert sorted(ids) == sorted(f"p{i}" for i in range(12))  # nothing lost, nothing twice
+
+
+def test_an_engine_too_busy_for_its_probe_is_not_down_so_the_item_fails_at_the_cap(tmp_path: Path) -> None:
+    """Issue 17, item 1: the item that keeps the engine busy times out, the readiness probe behind
+    it times out too; that is a busy engine, not a down one: the item's failures count and it ends
+    failed at the cap instead of coming back forever."""
+    def reply(body: dict[str, Any]) -> Reply:
+        content = body["messages"][-1]["content"]
+        if "POISON" in content:
+            return Reply(status=504)
+        if '{"ok": true}' in content:  # the readiness probe: slower than its timeout
+            return Reply(content='{"ok":true}', delay=2.0)
+        return default_reply(body)
+
+    with fake_openai(reply) as server:
+        app = service(server, tmp_path, batch_max_engine_errors=2, ready_timeout_s=0.2,
+                      engine_options={"http_retries": 0})
+
+        async def scenario() -> None:
+            async with serving(app) as c:
+                await until(lambda: app.state.engines._engine is not None)
+                job = (await c.post("/batches", json={"schema": "person", "items": items(3, poison=1)})).json()
+
+                async def finished() -> bool:
+                    return bool((await c.get(f"/batches/{job['id']}")).json()["status"] == "done")
+
+                await until(finished, timeout=60)
+                status = (await c.get(f"/batches/{job['id']}")).json()
+            assert status["counts"]["ok"] == 2 and status["counts"]["failed"] == 1
+
+        asyncio.run(scenario())

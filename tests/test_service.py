@@ -130,7 +130,11 @@ def test_api_keys_are_checked_against_their_sha256() -> None:
     assert call(app, "POST", "/extract/person", json={"text": DOC}, headers={"X-API-Key": "s3cret"}).status_code == 200
     assert call(app, "GET", "/schemas", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert call(app, "GET", "/healthz").status_code == 200  # probes stay open
-    assert "securitySchemes" in call(app, "GET", "/openapi.json").json()["components"]
+    # with keys on, the API's description is behind a key too (only health and metrics are open)
+    for page in ("/openapi.json", "/docs", "/redoc"):
+        problem(call(app, "GET", page), 401, "unauthorized")
+    described = call(app, "GET", "/openapi.json", headers={"X-API-Key": "s3cret"}).json()
+    assert "securitySchemes" in described["components"]
 
 
 def test_api_keys_file(tmp_path: Any) -> None:

@@ -13,9 +13,12 @@ written twice.
 
 from __future__ import annotations
 
+import bisect
 import csv
+import hashlib
 import json
 import os
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,34 +119,107 @@ def _folder(p: Path) -> Iterator[Document]:
                 yield Document(ident, "", error=UndecodableDocument(f"{ident}: not UTF-8 text (byte {exc.start})"))
 
 
-class ResultsFile:
-    """An append-only JSONL results file that knows which ids it holds."""
+class DoneIds:
+    """The ids already in a results file, in constant memory per id: a sorted array of 64-bit
+    hashes (8 bytes an id; a million ids take 8 MB, where a set of strings took about 100 MB).
+    Two ids that share a 64-bit hash (about one chance in 10^7 for a million ids) would skip the
+    second one; nothing else is approximate."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self) -> None:
+        self._hashes = array("Q")
+        self._sorted = True
+
+    @staticmethod
+    def _hash(ident: str) -> int:
+        return int.from_bytes(hashlib.blake2b(ident.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+
+    def add(self, ident: str) -> None:
+        self._hashes.append(self._hash(ident))
+        self._sorted = False
+
+    def __contains__(self, ident: object) -> bool:
+        if not isinstance(ident, str):
+            return False
+        if not self._sorted:
+            self._hashes = array("Q", sorted(self._hashes))
+            self._sorted = True
+        h = self._hash(ident)
+        i = bisect.bisect_left(self._hashes, h)
+        return i < len(self._hashes) and self._hashes[i] == h
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """A line cut by a crash was never finished: truncate the file after its last newline
+    (read backwards from the end, never whole)."""
+    with path.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                end = pos - step + newline + 1
+                if end < size:
+                    f.truncate(end)
+                return
+            pos -= step
+        f.truncate(0)  # no complete line at all
+
+
+def _result_id(line: bytes) -> tuple[str, bool]:
+    """(id, ok) of one results line."""
+    row = json.loads(line)
+    return str(row["id"]), "data" in row
+
+
+class ResultsFile:
+    """An append-only JSONL results file that knows which ids it holds (streamed: the file is
+    never read whole). With `retry_failed`, the lines of failed ids are dropped first (the file
+    rewritten line by line) so that those ids run again."""
+
+    def __init__(self, path: str | Path, *, retry_failed: bool = False) -> None:
         self.path = Path(path)
-        self.done: set[str] = set()
-        self.counts = {"ok": 0, "failed": 0}
-        self._repair_and_scan()
+        self.done = DoneIds()
+        self.counts = {"ok": 0, "failed": 0, "dropped_failed": 0}
+        if self.path.exists():
+            _drop_partial_last_line(self.path)
+            if retry_failed:
+                self._drop_failed()
+            self._scan()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def _repair_and_scan(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # a line cut by a crash: it was never finished, drop it
-            with self.path.open("r+b") as f:
-                f.truncate(end)
-            data = data[:end]
-        for n, line in enumerate(data.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DocumentError(f"{self.path}:{n}: not a results line; refusing to append to it") from exc
-            self.done.add(str(row["id"]))
-            self.counts["ok" if "data" in row else "failed"] += 1
+    def _lines(self) -> Iterator[tuple[int, bytes, str, bool]]:
+        with self.path.open("rb") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    ident, ok = _result_id(line)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise DocumentError(f"{self.path}:{n}: not a results line; refusing to append to it") from exc
+                yield n, line, ident, ok
+
+    def _scan(self) -> None:
+        for _, _, ident, ok in self._lines():
+            self.done.add(ident)
+            self.counts["ok" if ok else "failed"] += 1
+
+    def _drop_failed(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".retry-failed.tmp")
+        with tmp.open("wb") as out:
+            for _, line, _, ok in self._lines():
+                if ok:
+                    out.write(line)
+                else:
+                    self.counts["dropped_failed"] += 1
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(self.path)
 
     def write(self, row: dict[str, Any]) -> None:
         line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
@@ -151,7 +227,6 @@ class ResultsFile:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        self.done.add(str(row["id"]))
 
     def sync(self) -> None:
         os.fsync(self._fd)

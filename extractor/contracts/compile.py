@@ -19,6 +19,7 @@ from typing import Any
 
 import jsonschema
 
+from extractor.contracts.regex_risk import backtracking_risk
 from extractor.errors import SchemaRejected
 
 
@@ -58,7 +59,6 @@ DROPPED = frozenset({"title", "default", "examples", "discriminator", "x-version
 # Formats xgrammar and llguidance both turn into grammar.
 FORMATS = frozenset({"date", "date-time", "time", "email", "uuid", "uri", "ipv4", "ipv6", "hostname"})
 
-_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:\?)?\)[+*{]")
 _BACKREF = re.compile(r"\\[1-9]|\\k<")
 _LOOKAROUND = re.compile(r"\(\?[=!<]")
 _REPEAT = re.compile(r"(?<!\\)\{(\d+)(?:,(\d*))?\}")
@@ -79,12 +79,13 @@ def check_pattern(pattern: Any, path: str, limits: Limits = DEFAULT_LIMITS) -> N
         raise SchemaRejected(path, f"pattern longer than {limits.max_pattern_length} characters")
     if _BACKREF.search(pattern) or _LOOKAROUND.search(pattern):
         raise SchemaRejected(path, "backreferences and lookaround cannot be enforced by a grammar")
-    if _NESTED_QUANTIFIER.search(pattern):
-        raise SchemaRejected(path, "nested quantifier (catastrophic backtracking), e.g. (a+)+")
     try:
         re.compile(pattern)
-    except re.error as exc:
+        risk = backtracking_risk(pattern)
+    except (re.error, RecursionError) as exc:
         raise SchemaRejected(path, f"invalid regular expression: {exc}") from exc
+    if risk is not None:
+        raise SchemaRejected(path, risk)
 
 
 def _json_depth_check(value: Any, limit: int) -> None:

@@ -39,8 +39,8 @@ class SchemaRegistry:
         """Register every `Contract` subclass with a `contract_name` defined in a module."""
         try:
             module = importlib.import_module(module_path)
-        except ImportError as exc:
-            raise UnknownSchema(f"cannot import schema module {module_path!r}: {exc}") from exc
+        except Exception as exc:  # not a module name (`../x`: TypeError), not found, or its code fails
+            raise UnknownSchema(f"cannot import schema module {module_path!r}: {type(exc).__name__}: {exc}") from exc
         names = []
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if issubclass(obj, Contract) and obj.contract_name:

@@ -69,6 +69,10 @@ class Engine(Protocol):
     connections, GPU memory); an engine that subclasses `Engine` inherits a no-op `aclose` and
     the async context manager (`async with engine:`), so the one who opens an engine closes it
     the same way whatever the engine.
+
+    Optional: an engine that holds its tokenizer says which strings it reads as special tokens in
+    `special_tokens` (a frozenset), and defuses every one of them in the messages it renders
+    (engines/special_tokens.py): text in a document or a fed-back output never becomes a token.
     """
 
     name: str

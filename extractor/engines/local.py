@@ -32,7 +32,9 @@ from typing import Any
 from extractor.engines.base import JSON_SEPARATORS, Capacity, Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
 from extractor.engines.detok import token_pieces
 from extractor.engines.grammar_cache import GrammarCache
-from extractor.engines.worker import Job, settle
+from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarProcess
+from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
+from extractor.engines.worker import Job, abandoned, settle
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
 
 log = logging.getLogger(__name__)
@@ -138,7 +140,8 @@ class LocalEngine(Engine):
 
     def __init__(self, model_dir: str | os.PathLike[str] | None = None, *, max_batch_size: int = 64,
                  batch_wait_ms: float = 5.0, threads: int | None = None, prefix_cache_size: int = 8,
-                 grammar_cache_entries: int = 64, grammar_cache_bytes: int = 256 * 1024 * 1024) -> None:
+                 grammar_cache_entries: int = 64, grammar_cache_bytes: int = 256 * 1024 * 1024,
+                 grammar_timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S) -> None:
         import torch
         import xgrammar as xgr
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -150,6 +153,8 @@ class LocalEngine(Engine):
         self._torch = torch
         self._xgr = xgr
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        self.special_tokens = tokenizer_special_tokens(self.tokenizer)
+        self._defuse = Defuser(self.special_tokens)
         self.lm: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         self.lm.eval()  # type: ignore[no-untyped-call]  # no dropout
         # transformers renamed `past_key_values` to `cache` (the old name warns on every call)
@@ -160,6 +165,12 @@ class LocalEngine(Engine):
         self.stop_ids = set(self.tokenizer_info.stop_token_ids)
         # xgrammar's own cache is off: ours is bounded by entries as well as bytes (grammar_cache.py)
         self.grammars = xgr.GrammarCompiler(self.tokenizer_info, max_threads=1, cache_enabled=False)
+        # grammars compile in a child process killed past `grammar_timeout_s` (0: in this process,
+        # unbounded); it starts in the background: importing xgrammar there takes seconds
+        self._grammar_process: GrammarProcess | None = None
+        if grammar_timeout_s > 0:
+            self._grammar_process = GrammarProcess(self.tokenizer_info.serialize_json(), timeout_s=grammar_timeout_s)
+            threading.Thread(target=self._start_grammar_process, name="grammar-compiler-start", daemon=True).start()
         self.grammar_cache: GrammarCache[Any] = GrammarCache(
             self._compile_grammar, lambda g: int(g.memory_size_bytes),
             max_entries=grammar_cache_entries, max_bytes=grammar_cache_bytes)
@@ -186,6 +197,15 @@ class LocalEngine(Engine):
     def close(self) -> None:
         self._queue.put(None)
         self._worker.join(timeout=30)
+        if self._grammar_process is not None:
+            self._grammar_process.close(kill=True)
+
+    def _start_grammar_process(self) -> None:
+        assert self._grammar_process is not None
+        try:
+            self._grammar_process.start()
+        except Exception:  # the first compile tries again and says why
+            log.exception("the grammar compiler process did not start")
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
@@ -198,7 +218,7 @@ class LocalEngine(Engine):
     def _tokenize(self, job: _Job) -> None:
         """Split the prompt at the start of the last message's content: the prefix
         before it is shared by every document of the same task."""
-        messages = list(job.request.messages)
+        messages = self._defuse.messages(job.request.messages)  # special tokens as text stay text
         chars = sum(len(m["content"]) for m in messages)
         if chars > self.context_length * self._max_token_chars:  # megabytes would take seconds to tokenize
             raise DocumentTooLarge(f"a prompt of {chars} characters cannot fit the model's context of "
@@ -239,6 +259,8 @@ class LocalEngine(Engine):
     def _process(self, batch: list[_Job]) -> None:
         groups: dict[tuple[int, ...], list[_Job]] = {}
         for job in batch:
+            if abandoned(job):  # its caller gave up while it queued
+                continue
             try:
                 self._tokenize(job)
             except Exception as exc:
@@ -270,6 +292,9 @@ class LocalEngine(Engine):
         return layers
 
     def _compile_grammar(self, schema_json: str) -> Any:
+        if self._grammar_process is not None:  # killed past its time limit: GrammarTimeout
+            return self._xgr.CompiledGrammar.deserialize_json(self._grammar_process.compile(schema_json),
+                                                              self.tokenizer_info)
         try:
             return self.grammars.compile_json_schema(
                 schema_json, any_whitespace=False, separators=JSON_SEPARATORS, strict_mode=True)
@@ -335,6 +360,9 @@ class LocalEngine(Engine):
             lps = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0].tolist() if want_lp else None
             keep = []
             for r, i in enumerate(live):
+                if abandoned(jobs[i]):  # deadline passed or client gone: drop the row, free its compute
+                    finish[i] = "length"
+                    continue
                 tok = int(chosen[r])
                 if not matchers[i].accept_token(tok):
                     raise EngineError(f"grammar rejected token {tok} it had allowed")

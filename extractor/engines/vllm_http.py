@@ -27,6 +27,7 @@ import httpx2
 
 from extractor.engines.base import Capacity, Engine, GenerationRequest, GenerationResult, TokenLogprob
 from extractor.engines.detok import byte_pieces
+from extractor.engines.special_tokens import COMMON
 from extractor.errors import (
     DocumentTooLarge,
     EngineError,
@@ -94,7 +95,8 @@ def chat_request(request: GenerationRequest, model: str) -> dict[str, Any]:
     """
     body: dict[str, Any] = {
         "model": model,
-        "messages": [dict(m) for m in request.messages],
+        # the server's tokenizer is out of reach: its common control tokens, as text, are defused
+        "messages": [dict(m) for m in COMMON.messages(request.messages)],
         "temperature": request.temperature,
         "seed": request.seed,
         "max_tokens": request.max_tokens,

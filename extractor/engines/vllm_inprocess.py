@@ -26,11 +26,13 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from extractor.engines.base import Capacity, Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
 from extractor.engines.detok import token_pieces
-from extractor.engines.worker import Job, settle
+from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
+from extractor.engines.worker import Job, abandoned, settle
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -98,10 +100,13 @@ class PromptCache:
 
     def __init__(self, tokenizer: Any, max_heads: int = 64) -> None:
         self.tokenizer = tokenizer
+        #: every special token of the tokenizer, written as text in any message, stays text
+        self.defuse = Defuser(tokenizer_special_tokens(tokenizer))
         self.max_heads = max_heads
         self._heads: dict[str, tuple[list[int], str] | None] = {}
 
     def __call__(self, request: GenerationRequest) -> list[int]:
+        request = replace(request, messages=tuple(self.defuse.messages(request.messages)))
         messages = [dict(m) for m in request.messages]
         key = json.dumps(messages[:-1], sort_keys=True)
         if key not in self._heads:
@@ -195,6 +200,7 @@ class VllmEngine(Engine):
         self._structured_params = StructuredOutputsParams
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
         self._prompts = PromptCache(self.tokenizer)
+        self.special_tokens = self._prompts.defuse.tokens
         # the output text as vLLM's detokenizer writes it: special tokens skipped, no clean-up of spaces
         self._decode: Callable[[list[int]], str] = lambda ids: str(self.tokenizer.decode(
             ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
@@ -282,11 +288,14 @@ class VllmEngine(Engine):
                 if job is None:
                     closing = True
                     continue
+                if abandoned(job):  # its caller gave up while it queued
+                    continue
                 try:
                     self._add(job, running)
                 except Exception as exc:
                     settle(job, exc if isinstance(exc, (DocumentTooLarge, EngineError))
                             else EngineError(f"vLLM refused the request: {exc}"))
+            self._abort_abandoned(running)
             if not running:
                 continue
             try:
@@ -307,6 +316,20 @@ class VllmEngine(Engine):
                     settle(job, to_result(output, prompt_len, job.request.logprobs, self._decode))
                 except Exception as exc:
                     settle(job, EngineError(f"vLLM returned an unreadable output: {exc}"))
+
+    def _abort_abandoned(self, running: dict[str, tuple[Job, int]]) -> None:
+        """Abort in vLLM the requests whose caller gave up (deadline, client gone): they stop
+        taking batch slots and KV cache at once."""
+        gone = [request_id for request_id, (job, _) in running.items() if abandoned(job)]
+        if not gone:
+            return
+        try:
+            self._engine.abort_request(gone)
+        except Exception:  # an abort that fails leaves them to finish; their results are dropped
+            log.exception("vLLM could not abort %d request(s)", len(gone))
+            return
+        for request_id in gone:
+            running.pop(request_id, None)
 
     def _drain_inbox(self, exc: BaseException) -> None:
         while True:

@@ -16,8 +16,15 @@ class Job:
     loop: asyncio.AbstractEventLoop
 
 
+def abandoned(job: Job) -> bool:
+    """The caller gave up on the job (cancelled: a deadline, a client gone, a failed sibling) or
+    its loop is gone: the worker drops it instead of spending the engine on it."""
+    return job.future.done() or job.loop.is_closed()
+
+
 def settle(job: Job, outcome: GenerationResult | BaseException) -> None:
-    """Resolve the job's future on its own loop (thread-safe); a cancelled caller is left alone."""
+    """Resolve the job's future on its own loop (thread-safe); a cancelled caller is left alone,
+    and so is one whose loop has closed (the worker thread must never die of it)."""
 
     def resolve() -> None:
         if job.future.done():
@@ -27,4 +34,7 @@ def settle(job: Job, outcome: GenerationResult | BaseException) -> None:
         else:
             job.future.set_result(outcome)
 
-    job.loop.call_soon_threadsafe(resolve)
+    try:
+        job.loop.call_soon_threadsafe(resolve)
+    except RuntimeError:  # "Event loop is closed": nobody is waiting any more
+        pass

@@ -73,7 +73,8 @@ def read_dataset(path: str | Path, task: Task[Any], *, limit: int | None = None)
     an unreadable file, a malformed line, a duplicate id or an `expected` the task does not accept."""
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        # lines end at \n only (and \r\n): U+2028, U+2029 and U+0085 are valid inside JSON strings
+        lines = p.read_bytes().decode("utf-8").split("\n")
     except OSError as exc:
         raise DocumentError(f"{p}: cannot read: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:

@@ -16,17 +16,10 @@ from extractor.pipeline.loop import extract_one
 from extractor.pipeline.many import Document, ItemResult, iterate_in_thread, run_many
 from extractor.pipeline.options import DEFAULT_CONCURRENCY, DEFAULT_OPTIONS, ExtractOptions, split_option_keywords
 from extractor.pipeline.result import Extraction
+from extractor.pipeline.sync import LoopThread
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
-
-
-def _run(coro: Coroutine[Any, Any, R]) -> R:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    raise RuntimeError("called a sync Extractor method inside an event loop; use the `a...` method and await it")
 
 
 class Extractor:
@@ -50,6 +43,11 @@ class Extractor:
         self._owns_engine = isinstance(engine, str)
         self.engine: Engine = create_engine(engine, **engine_options) if isinstance(engine, str) else engine
         self.registry = registry if registry is not None else default_registry()
+        #: the one event loop of this extractor's sync methods (see pipeline/sync.py)
+        self._loop = LoopThread()
+
+    def _run(self, coro: Coroutine[Any, Any, R]) -> R:
+        return self._loop.run(coro)
 
     def task(self, schema: str | type[BaseModel] | Task[Any]) -> Task[Any]:
         return self.registry.resolve(schema)
@@ -67,7 +65,7 @@ class Extractor:
 
     def run(self, schema: str | type[BaseModel] | Task[Any], text: str,
             options: ExtractOptions | Mapping[str, Any] | None = None, **overrides: Any) -> Extraction[Any]:
-        return _run(self.arun(schema, text, options, **overrides))
+        return self._run(self.arun(schema, text, options, **overrides))
 
     async def aclose(self) -> None:
         """Close the engine if this extractor created it (an engine passed in is the caller's)."""
@@ -75,7 +73,10 @@ class Extractor:
             await self.engine.aclose()
 
     def close(self) -> None:
-        _run(self.aclose())
+        try:
+            self._run(self.aclose())
+        finally:
+            self._loop.stop()
 
     async def __aenter__(self) -> Self:
         return self
@@ -102,7 +103,7 @@ class Extractor:
     @overload
     def extract(self, schema: str | Task[Any], text: str) -> Any: ...
     def extract(self, schema: Any, text: str) -> Any:
-        return _run(self.aextract(schema, text))
+        return self._run(self.aextract(schema, text))
 
     @overload
     async def aextract_many(self, schema: type[M], texts: Sequence[str], *,
@@ -129,7 +130,12 @@ class Extractor:
                     return exc
                 raise
 
-        return list(await asyncio.gather(*(one(t) for t in texts)))
+        runs = [asyncio.ensure_future(one(t)) for t in texts]
+        try:
+            return list(await asyncio.gather(*runs))
+        finally:  # the first failure raised: the others stop (the engine drops their work)
+            for run in runs:
+                run.cancel()
 
     @overload
     def extract_many(self, schema: type[M], texts: Sequence[str], *,
@@ -141,7 +147,7 @@ class Extractor:
     def extract_many(self, schema: str | Task[Any], texts: Sequence[str], *,
                      return_exceptions: bool = False) -> list[Any]: ...
     def extract_many(self, schema: Any, texts: Sequence[str], *, return_exceptions: bool = False) -> list[Any]:
-        return _run(self.aextract_many(schema, texts, return_exceptions=return_exceptions))
+        return self._run(self.aextract_many(schema, texts, return_exceptions=return_exceptions))
 
     async def aiter_many(self, schema: str | type[BaseModel] | Task[Any],
                          docs: Iterable[str | Document | tuple[str, str]] | AsyncIterable[Any], *,

@@ -19,14 +19,14 @@ free-text strings and numbers can only take values that occur in the document
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel
 
 from extractor.contracts.contract import Task
 from extractor.engines.base import Engine, GenerationRequest, GenerationResult, Message
-from extractor.errors import EmptyDocument, ExtractionFailed
+from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout
 from extractor.grounding.confidence import field_confidence
 from extractor.grounding.decoding import constrain_to_document
 from extractor.grounding.spans import Span, ground_record, ungrounded_errors
@@ -83,7 +83,15 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, options: E
                                     temperature=options.retry_temperature if resampling else 0.0,
                                     seed=options.seed + attempt - 1, logprobs=options.logprobs or options.confidence,
                                     repetition_penalty=options.repetition_penalty)
-        (result,) = await engine.generate([request])
+        try:
+            (result,) = await engine.generate([request])
+        except GrammarTimeout:
+            if schema is task.strict_schema:
+                raise
+            # this document's own grammar (grounded decoding) is too large to compile in time:
+            # the task's grammar, compiled once for every document, takes over
+            schema = task.strict_schema
+            (result,) = await engine.generate([replace(request, schema=schema)])
         prompt_tokens += result.prompt_tokens
         completion_tokens += result.completion_tokens
         judged = _judge(task, result, document, messages[0]["content"], options, max_tokens)

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from extractor.contracts.contract import Task
 from extractor.contracts.schema_walk import resolve_ref
 from extractor.engines.base import JSON_SEPARATORS, Message
+from extractor.engines.special_tokens import COMMON, break_token
 
 OPEN, CLOSE = "<document>", "</document>"
 
@@ -60,22 +61,15 @@ def system_prompt(task: Task[BaseModel]) -> str:
     )
 
 
-#: the document's own delimiters in any case or spacing (`</Document >`), and the chat
-#: templates' control tokens written as text (`<|im_end|>`, `<|start_header_id|>`, `[INST]`,
-#: `<start_of_turn>`): tokenizers read those as the real special tokens, so a document holding
-#: `<|im_end|><|im_start|>system` would open a system turn of its own
+#: the document's own delimiters in any case or spacing (`</Document >`)
 _DELIMITER = re.compile(r"<\s*(/?)\s*document\s*>", re.IGNORECASE)
-_CONTROL_TOKEN = re.compile(r"<\|([^<>|\n]{0,40})\|>|\[(/?INST)\]|<((?:start|end)_of_turn)>|</?s>")
-
-
-def _defuse(match: re.Match[str]) -> str:
-    return match.group(0).replace("<", "< ", 1).replace("[", "[ ", 1)
 
 
 def wrap_document(text: str) -> str:
-    """The document between its delimiters, with anything inside that could end them or open a
-    turn of the chat template defused (a space after its first `<` or `[`)."""
-    safe = _CONTROL_TOKEN.sub(_defuse, _DELIMITER.sub(_defuse, text))
+    """The document between its delimiters, with anything inside that could end them defused (a
+    space after its first `<`), and the common chat control tokens too (engines that hold their
+    tokenizer defuse every one of its special tokens when they render: engines/special_tokens.py)."""
+    safe = COMMON(_DELIMITER.sub(lambda m: break_token(m.group(0)), text))
     return f"{OPEN}\n{safe}\n{CLOSE}"
 
 

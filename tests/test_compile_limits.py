@@ -1,0 +1,128 @@
+"""Compile limits everywhere (issue 17, item 7): regexes that backtrack catastrophically are
+refused on their parse, and a grammar compile has a time limit that is enforced (the child
+process compiling it is killed), in the local engine as in `schemas check`."""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from extractor import Engine, Extractor, GenerationRequest, GenerationResult, SchemaRejected, task_from_model
+from extractor.contracts.compile import check_pattern
+from extractor.contracts.regex_risk import backtracking_risk
+from extractor.engines.grammar_check import GrammarProcess
+from extractor.errors import GrammarTimeout
+from schemas import Person
+
+#: bypassing the compiler's limits: this enum takes xgrammar tens of seconds to compile
+SLOW = {"type": "object", "properties": {"a": {"enum": ["x" * 1000 + str(i) for i in range(1000)]}},
+        "required": ["a"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize(("pattern", "why"), [
+    ("(a+)+b", "nested quantifier"),
+    ("((a+))+", "nested quantifier"),
+    ("(\\w+\\s?)+$", "nested quantifier"),
+    ("(a*)*", "nested quantifier"),
+    ("(x+x+)+y", "nested quantifier"),
+    ("(\\w+\\s*\\w+)+", "nested quantifier"),
+    ("(a?a?)+b", "nested quantifier"),
+    ("(a|aa)+b", "overlapping alternatives"),
+    ("(a|b|ab)*c", "overlapping alternatives"),
+    ("(|a)+", "overlapping alternatives"),
+])
+def test_catastrophic_patterns_are_refused(pattern: str, why: str) -> None:
+    assert why in (backtracking_risk(pattern) or "")
+    with pytest.raises(SchemaRejected, match=why):
+        check_pattern(pattern, "$.pattern")
+
+
+@pytest.mark.parametrize("pattern", [
+    "(a+b)+", "(ba+)+", "(ab|ac)+", "(ab|cd)+", "(\\d|\\w)*", "^(\\+|-)?\\d+$", "([a-z0-9]+\\.)*[a-z]+",
+    "^(?:\\S+\\s+){0,19}\\S+$", "(tail|horns|hindlimbs|(, ))*$", "^\\{[\\{%](.|[\\n])*[\\}%]\\}$",
+    "[A-Za-z0-9_]+([-+.'][A-Za-z0-9_]+)*@[A-Za-z0-9_]+([-.][A-Za-z0-9_]+)*", "^[0-9]+(\\.[0-9]+){0,2}$",
+])
+def test_delimited_repetitions_pass(pattern: str) -> None:
+    assert backtracking_risk(pattern) is None
+    check_pattern(pattern, "$.pattern")
+
+
+def toy_tokenizer_info() -> Any:
+    import xgrammar as xgr
+
+    vocab = [*string.printable, '{"', '":', ',"', "}", "true", "false", "null", "</s>"]
+    return xgr.TokenizerInfo(vocab, stop_token_ids=[len(vocab) - 1])
+
+
+def test_a_compile_past_its_time_limit_is_killed_and_the_next_compile_works() -> None:
+    import xgrammar as xgr
+
+    info = toy_tokenizer_info()
+    person = json.dumps(task_from_model(Person).strict_schema)
+    with GrammarProcess(info.serialize_json(), timeout_s=120.0) as compiler:
+        grammar = xgr.CompiledGrammar.deserialize_json(compiler.compile(person), info)
+        matcher = xgr.GrammarMatcher(grammar)
+        assert matcher.accept_string('{"name":"A","age":3,"city":"B","email":null}')
+        compiler.timeout_s = 2.0
+        with pytest.raises(GrammarTimeout, match="took longer than 2s"):
+            compiler.compile(json.dumps(SLOW))
+        assert compiler._proc is None  # killed, not waited for
+        compiler.timeout_s = 120.0
+        assert compiler.compile(person)  # a fresh child takes over
+
+
+class GroundedGrammarTooSlow(Engine):
+    """An engine whose compile of any schema but the task's own times out."""
+
+    name, model = "fake", "scripted"
+
+    def __init__(self, plain: dict[str, Any]) -> None:
+        self.plain = plain
+        self.schemas: list[Any] = []
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        (request,) = requests
+        self.schemas.append(request.schema)
+        if request.schema != self.plain:
+            raise GrammarTimeout("$", "grammar compilation took longer than 30s")
+        return [GenerationResult('{"name":"Bob Stone","age":40,"city":"Rome","email":null}', "stop", 1, 1)]
+
+
+def test_a_documents_grammar_that_times_out_falls_back_to_the_tasks_grammar() -> None:
+    task = task_from_model(Person)
+    engine = GroundedGrammarTooSlow(task.strict_schema)
+    result = Extractor(engine, grounded_decoding=True).run(task, "Bob Stone, 40, lives in Rome.")
+    assert result.data.age == 40
+    assert len(engine.schemas) == 2 and engine.schemas[0] != task.strict_schema
+    assert engine.schemas[1] == task.strict_schema
+
+
+def test_a_grammar_timeout_of_the_tasks_own_schema_is_the_callers_error() -> None:
+    task = task_from_model(Person)
+
+    class Slow(GroundedGrammarTooSlow):
+        async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+            raise GrammarTimeout("$", "grammar compilation took longer than 30s")
+
+    with pytest.raises(GrammarTimeout):
+        Extractor(Slow(task.strict_schema), grounded_decoding=False).run(task, "Bob, 40, Rome")
+
+
+@pytest.mark.model
+def test_the_local_engine_enforces_its_grammar_time_limit(local_engine: Any) -> None:
+    import asyncio
+
+    process = local_engine._grammar_process
+    assert process is not None and process.timeout_s == 30.0
+    process.timeout_s = 2.0
+    try:
+        request = GenerationRequest(messages=({"role": "user", "content": "a"},), schema=SLOW, max_tokens=4)
+        with pytest.raises(GrammarTimeout):
+            asyncio.run(local_engine.generate([request]))
+    finally:
+        process.timeout_s = 30.0
+    assert Extractor(local_engine, max_retries=0).extract(Person, "Alice Smith, 34, lives in Lisbon.").age == 34
