@@ -10,7 +10,7 @@ runs, each in its own process so that GPU memory is freed in between:
   lean      the server driven by 4 lean client processes (prebuilt JSON bodies, 256 in flight in all):
             the harder baseline, since one process's openai client can hold the server back
   service   the lean baseline                         vs  our service (`POST /extract/person`), driven by
-            the same 4 lean client processes at 256 in all, with 1 and with 4 service workers
+            the same 4 lean client processes at 256 in all, with its default settings and with 1 worker
   profile   (not in `all` unless asked) `extract batch` again under py-spy: collapsed stacks of every
             thread and of vLLM's engine-core process, for where the time goes (no timing taken)
 
@@ -45,8 +45,9 @@ from bench.person_records import exact, person_records  # noqa: E402
 N = 2048
 CONCURRENCY = 256
 SEQUENTIAL = 64
-#: the service runs with 1 process, then with 4 (`extract serve --workers`)
-SERVICE_WORKERS = (1, 4)
+#: the service runs with its default settings (in flight and worker processes from the engine's
+#: `Capacity`), then with one worker process (`extract serve --workers 1`)
+SERVICE_RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (("service_ours", ()), ("service_w1_ours", ("--workers", "1")))
 SERVED = "SmolLM2-135M-Instruct"
 
 
@@ -430,13 +431,11 @@ def run_all(model: str, out: Path, phases: set[str]) -> None:
             if "lean" in phases:
                 r["http_raw_lean"] = _phase("http-raw-lean", "--url", url)
             if "service" in phases:
-                for workers in SERVICE_WORKERS:
-                    key = "service_ours" if workers == 1 else f"service_w{workers}_ours"
+                for key, flags in SERVICE_RUNS:
                     service = _spawn([sys.executable, "-m", "extractor", "serve", "--engine", "vllm-http",
                                       "--engine-option", f"base_url={url}", "--host", "127.0.0.1", "--port", "8020",
-                                      "--max-inflight", str(CONCURRENCY), "--max-waiting", str(N),
-                                      "--workers", str(workers), "--batch-db", str(out / f"batches-{workers}.sqlite3")],
-                                     out / f"service-{workers}.log")
+                                      *flags, "--batch-db", str(out / f"batches-{key}.sqlite3")],
+                                     out / f"service-{key}.log")
                     try:
                         _wait("http://127.0.0.1:8020/readyz", service, 120)
                         r[key] = _phase("service", "--url", "http://127.0.0.1:8020", "--vllm-url", url)
@@ -461,10 +460,10 @@ def write_results(r: dict[str, dict[str, Any]], out: Path, model: str) -> None:
              ("batch", "extract batch --engine vllm", "LLM.generate", "batch_ours", "offline_raw"),
              ("http", "vllm-http", "openai async client @256", "http_ours", "http_raw"),
              ("http_lean", "vllm-http", f"{LEAN_PROCS} lean client processes @256", "http_ours", "http_raw_lean"),
-             ("service_lean", "service -> vllm-http", f"{LEAN_PROCS} lean client processes @256", "service_ours",
-              "http_raw_lean")]
-    pairs += [(f"service_w{w}_lean", f"service --workers {w} -> vllm-http", f"{LEAN_PROCS} lean client processes @256",
-               f"service_w{w}_ours", "http_raw_lean") for w in SERVICE_WORKERS if w > 1]
+             ("service_lean", "service (default settings) -> vllm-http", f"{LEAN_PROCS} lean client processes @256",
+             "service_ours", "http_raw_lean"),
+            ("service_w1_lean", "service --workers 1 -> vllm-http", f"{LEAN_PROCS} lean client processes @256",
+             "service_w1_ours", "http_raw_lean")]
     for bench, engine, baseline, ours_key, raw_key in pairs:
         ours, raw = r.get(ours_key), r.get(raw_key)
         if not ours or not raw or "error" in ours or "error" in raw:
