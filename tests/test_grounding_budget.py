@@ -144,9 +144,17 @@ def test_an_engine_that_cannot_compile_the_constraint_falls_back() -> None:
     assert result.meta.grounded_decoding == "fallback:compile_error" and engine.requests[0].schema == PERSON
 
 
-def test_a_one_line_invoice_of_400_amounts_builds_a_bounded_constraint() -> None:
+def test_a_one_line_invoice_of_400_amounts_is_built_quickly_and_falls_back_on_size() -> None:
     """Issue 17: `_factors` grew with the fourth power of a line's amounts (400: 9.4 s, then a
-    141 MB grammar). The line is no item line now, and the schema stays within the budget."""
+    141 MB grammar). Now the line is no item line, and its 71 KB schema is past the size budget."""
     doc = "Widget " + " ".join(f"{1000 + i}.{(i * 37) % 100:02d}" for i in range(400))
     built = build_constraint(task_from_model(Invoice).strict_schema, doc, ConstraintBudget())
-    assert built.full and len(json.dumps(built.schema)) <= ConstraintBudget().max_schema_bytes
+    assert built.status == "fallback:too_large" and built.schema == task_from_model(Invoice).strict_schema
+    roomy = build_constraint(task_from_model(Invoice).strict_schema, doc, ConstraintBudget(max_schema_bytes=2**20))
+    assert roomy.full and SPAN_DEF in roomy.schema["$defs"]
+
+
+def test_a_document_of_more_spans_than_the_cap_falls_back_instead_of_leaving_fields_free() -> None:
+    doc = "\n".join(" ".join(f"w{line}x{i}" for i in range(6)) for line in range(1500))
+    built = build_constraint(PERSON, doc, ConstraintBudget(max_document_chars=len(doc)))
+    assert built.status == "fallback:too_many_spans"

@@ -8,6 +8,8 @@ status `"fallback:<reason>"` where building it would cost more than its `Constra
 - `fallback:document_too_long`: more than `max_document_chars` characters (not even tried);
 - `fallback:too_large`: the per-document schema is larger than `max_schema_bytes` (the grammar's
   compile time and memory grow with it);
+- `fallback:too_many_spans`: the document offers more candidate spans than `constrain_to_document`
+  takes even as single words, so its free-text fields would be left free;
 - `fallback:build_timeout`: building it took longer than `build_timeout_s` (the build goes on in
   the background and lands in the cache; the call does not wait for it);
 - `fallback:build_error`: building it raised.
@@ -34,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from extractor.grounding.decoding import constrain_to_document
+from extractor.grounding.decoding import SPAN_DEF, constrain_to_document, has_free_text
 
 __all__ = ["DEFAULT_BUDGET", "ConstraintBudget", "ConstraintBuilder", "DocumentConstraint", "build_constraint",
            "default_builder"]
@@ -46,10 +48,13 @@ FULL = "full"
 class ConstraintBudget:
     """How much one document's constraint may cost (figures: bench/grounding_cost.py)."""
 
-    #: longer documents are decoded plain (and checked afterwards)
-    max_document_chars: int = 20_000
-    #: the largest per-document schema used, in bytes of JSON
-    max_schema_bytes: int = 192 * 1024
+    #: longer documents are decoded plain (and checked afterwards); every dev and sroie-dev document
+    #: is under 1,300 characters
+    max_document_chars: int = 8_000
+    #: the largest per-document schema used, in bytes of JSON: the grammar compiles in about 1 s per
+    #: 20 KB on one CPU thread (bench/grounding_cost.py); the dev and sroie-dev documents' schemas are
+    #: at most 21 KB, a 5,000-character invoice's 118 KB (11 s)
+    max_schema_bytes: int = 48 * 1024
     #: the longest a call waits for the per-document schema to be built
     build_timeout_s: float = 1.0
     #: the longest a call waits for an in-process engine to compile its grammar (`Engine.prepare`)
@@ -81,6 +86,8 @@ def build_constraint(schema: Mapping[str, Any], document: str, budget: Constrain
     if len(document) > budget.max_document_chars:
         return fallback(schema, "document_too_long")
     constrained = constrain_to_document(schema, document)
+    if SPAN_DEF not in constrained.get("$defs", {}) and has_free_text(schema):
+        return fallback(schema, "too_many_spans")
     if len(json.dumps(constrained)) > budget.max_schema_bytes:
         return fallback(schema, "too_large")
     return DocumentConstraint(constrained, FULL)

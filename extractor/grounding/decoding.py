@@ -64,7 +64,8 @@ from typing import Any
 
 from extractor.grounding.spans import resolve_ref
 
-__all__ = ["candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document", "offers", "span_pattern", "span_schema"]
+__all__ = ["candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document", "has_free_text", "offers",
+           "span_pattern", "span_schema"]
 
 MAX_WORDS = 12
 MAX_CANDIDATES = 4000
@@ -432,6 +433,20 @@ def span_schema(spans: Iterable[str]) -> dict[str, Any]:
     if not escaped:
         return patterned
     return {"anyOf": [patterned, {"type": "string", "enum": escaped}]}
+
+
+def has_free_text(schema: Mapping[str, Any]) -> bool:
+    """Whether any node of `schema` is a free-text string (one that grounded decoding constrains)."""
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            if _free_text(node):
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def offers(span: Mapping[str, Any], value: str) -> bool:
