@@ -49,12 +49,12 @@ class ConstraintBudget:
     """How much one document's constraint may cost (figures: bench/grounding_cost.py)."""
 
     #: longer documents are decoded plain (and checked afterwards); every dev and sroie-dev document
-    #: is under 1,300 characters
-    max_document_chars: int = 8_000
-    #: the largest per-document schema used, in bytes of JSON: the grammar compiles in about 1 s per
-    #: 20 KB on one CPU thread (bench/grounding_cost.py); the dev and sroie-dev documents' schemas are
-    #: at most 21 KB, a 5,000-character invoice's 118 KB (11 s)
-    max_schema_bytes: int = 48 * 1024
+    #: is under 1,300 characters, and a 5,000-character one costs 0.3-0.9 s to build alone
+    max_document_chars: int = 4_000
+    #: the largest per-document schema used, in bytes of JSON: its grammar compiles in roughly
+    #: 0.1 s per KB on one CPU thread (bench/grounding_cost.py); the dev and sroie-dev documents'
+    #: schemas are at most 21 KB, a 5,000-character receipt's 44 KB (14 s on a loaded 2-core box)
+    max_schema_bytes: int = 24 * 1024
     #: the longest a call waits for the per-document schema to be built
     build_timeout_s: float = 1.0
     #: the longest a call waits for an in-process engine to compile its grammar (`Engine.prepare`)
