@@ -3,7 +3,7 @@ compiling its grammar (xgrammar, the SmolLM2 tokenizer, one thread as in the loc
 p99 and peak memory, over document lengths 1k, 5k, 20k and 200k characters (invoice-like and
 receipt-like text, and the hostile one-line invoice of 400 amounts of issue 17), under the default
 `ConstraintBudget` (what a call does: past the budget it falls back, see
-`extractor.grounding.constraint`).
+`extractor.grounding.constraint`), and at 1k and 5k with no size budget (what it would cost).
 
 Beside it, the choice of representation on real documents (`fixtures/dev/*.jsonl` receipts and
 invoices, `../shared/data/sroie-dev.jsonl`): the document's spans as an `enum` (as before) vs the
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from extractor import task_from_model  # noqa: E402
 from extractor.engines.base import JSON_SEPARATORS  # noqa: E402
 from extractor.grounding import decoding  # noqa: E402
-from extractor.grounding.constraint import DEFAULT_BUDGET, build_constraint  # noqa: E402
+from extractor.grounding.constraint import DEFAULT_BUDGET, ConstraintBudget, build_constraint  # noqa: E402
 from schemas import Invoice, Receipt  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -114,12 +114,13 @@ def peak_mb(build: Callable[[], Any]) -> float:
     return peak / 2**20
 
 
-def bounded(compiler: Compiler, samples: int) -> list[dict[str, Any]]:
-    """Each (kind, length): build under the default budget, then compile what the call would use."""
+def bounded(compiler: Compiler, samples: int, budget: ConstraintBudget = DEFAULT_BUDGET,
+            lengths: tuple[int, ...] = LENGTHS) -> list[dict[str, Any]]:
+    """Each (kind, length): build under `budget`, then compile what the call would use."""
     rows = []
     groups: list[tuple[str, int, list[str]]] = []
     for kind, make in (("invoice", invoice_like), ("receipt", receipt_like)):
-        for length in LENGTHS:
+        for length in lengths:
             rng = random.Random(length)
             n = samples if length <= 5_000 else max(2, samples // 4)
             groups.append((kind, length, [make(length, rng) for _ in range(n)]))
@@ -129,7 +130,7 @@ def bounded(compiler: Compiler, samples: int) -> list[dict[str, Any]]:
         total, build_ms, compile_ms, grammar_mb, statuses = [], [], [], [], []
         for doc in docs:
             start = time.perf_counter()
-            built = build_constraint(task.strict_schema, doc, DEFAULT_BUDGET)
+            built = build_constraint(task.strict_schema, doc, budget)
             b = (time.perf_counter() - start) * 1000
             c, mb = (compiler.compile(built.schema)[:2] if built.full else (0.0, 0.0))  # a fallback: the task's cached grammar
             build_ms.append(b)
@@ -137,7 +138,7 @@ def bounded(compiler: Compiler, samples: int) -> list[dict[str, Any]]:
             total.append(b + c)
             grammar_mb.append(mb)
             statuses.append(built.status)
-        build_peak = peak_mb(lambda: build_constraint(task.strict_schema, docs[0], DEFAULT_BUDGET))  # noqa: B023
+        build_peak = peak_mb(lambda: build_constraint(task.strict_schema, docs[0], budget))  # noqa: B023
         row = {"kind": kind, "chars": length, "docs": len(docs), "status": dict(sorted(
             {s: statuses.count(s) for s in statuses}.items())),
             "build_p50_ms": round(pct(build_ms, 0.5), 1), "build_p99_ms": round(pct(build_ms, 0.99), 1),
@@ -239,7 +240,7 @@ def llguidance_substring(compiler: Compiler, limit: int) -> dict[str, Any] | Non
     return summary
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], unbounded: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,6 +253,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         left.plot(xs, [max(r["total_p99_ms"], 0.1) for r in mine], marker=marker, label=f"{kind} p99")
         left.plot(xs, [max(r["total_p50_ms"], 0.1) for r in mine], marker=marker, linestyle=":", label=f"{kind} p50")
         right.plot(xs, [r["peak_mb"] for r in mine], marker=marker, label=kind)
+    for kind in ("invoice", "receipt"):
+        mine = [r for r in unbounded if r["kind"] == kind]
+        left.plot([r["chars"] for r in mine], [r["total_p99_ms"] for r in mine], color="grey", alpha=0.6,
+                  marker="x", label=f"{kind} p99, no size budget")
     for r in rows:
         if r["kind"] == "hostile":
             left.scatter([r["chars"]], [max(r["total_p99_ms"], 0.1)], color="red", zorder=5, label="400 amounts, 1 line")
@@ -278,18 +283,21 @@ def main() -> None:
     compiler = Compiler()
     compiler.compile(TASKS["invoice"].strict_schema)  # warm up
     rows = bounded(compiler, args.samples)
-    result = {
+    result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
         "note": "CPU shared with other jobs; xgrammar compile with max_threads=1 (the local engine); p99 over few "
                 "documents is close to the max. A fallback's compile is 0: the task's own grammar is cached.",
         "budget": DEFAULT_BUDGET.__dict__, "targets": {"p99_ms_to_20k": 50, "p99_ms_to_200k": 500, "peak_mb": 16},
         "bounded": rows,
+        # the same documents with no size budget (1k and 5k only; 20k would take minutes a document)
+        "unbounded": bounded(compiler, max(2, args.samples // 4), ConstraintBudget(
+            max_document_chars=10**9, max_schema_bytes=10**12, build_timeout_s=600), (1_000, 5_000)),
         "representations": representations(compiler, args.real),
         "llguidance_substring": llguidance_substring(compiler, min(args.real, 16)),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(rows, args.out.with_suffix(".png"))
+    plot(rows, result["unbounded"], args.out.with_suffix(".png"))
     print(f"wrote {args.out}")
 
 
