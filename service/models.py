@@ -72,6 +72,10 @@ class ResponseMeta(BaseModel):
                                   "occurs in the document; an empty list: found nowhere")
     confidence: dict[str, float] | None = Field(
         default=None, description="with options.confidence: field path -> probability of its value's tokens")
+    grounded_decoding: str | None = Field(
+        default=None, description="with grounded decoding: `full` (decoded under the per-document constraint), or "
+                                  "`fallback:<reason>` (past its size or time budget: decoded with the schema, values "
+                                  "checked against the document)")
 
 
 class Problem(BaseModel):

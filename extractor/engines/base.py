@@ -82,6 +82,12 @@ class Engine(Protocol):
         """Generate one result per request, in order. Raise `EngineError` on failure."""
         ...
 
+    async def prepare(self, schema: Mapping[str, Any]) -> None:
+        """Get ready to decode with `schema` without holding up other requests: an engine that
+        compiles grammars in-process compiles (and caches) this one here, off its step thread.
+        Optional; raise `SchemaRejected` for a schema the engine cannot compile."""
+        return None
+
     async def aclose(self) -> None:
         """Release the engine's resources; later calls may fail. Idempotent."""
         return None

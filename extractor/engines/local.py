@@ -25,6 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,8 @@ class LocalEngine(Engine):
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="local-engine", daemon=True)
         self._worker.start()
+        # per-document grammars (grounded decoding) compile here, not in the worker every request waits on
+        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-grammar")
 
     # -- public -------------------------------------------------------------
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
@@ -193,6 +196,14 @@ class LocalEngine(Engine):
         for job in jobs:
             self._queue.put(job)
         return list(await asyncio.gather(*(j.future for j in jobs)))
+
+    async def prepare(self, schema: Mapping[str, Any]) -> None:
+        """Compile `schema`'s grammar into the cache in a thread of its own (xgrammar lets go of
+        the GIL), so that the worker finds it there instead of compiling it while every other
+        request waits."""
+        import json
+
+        await asyncio.get_running_loop().run_in_executor(self._compiler, self.grammar_cache.get, json.dumps(schema))
 
     def close(self) -> None:
         self._queue.put(None)
@@ -206,6 +217,7 @@ class LocalEngine(Engine):
             self._grammar_process.start()
         except Exception:  # the first compile tries again and says why
             log.exception("the grammar compiler process did not start")
+        self._compiler.shutdown(wait=False, cancel_futures=True)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)

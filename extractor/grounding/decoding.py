@@ -64,7 +64,8 @@ from typing import Any
 
 from extractor.contracts.schema_walk import resolve_ref
 
-__all__ = ["candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document"]
+__all__ = ["candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document", "has_free_text", "offers",
+           "span_pattern", "span_schema"]
 
 MAX_WORDS = 12
 MAX_CANDIDATES = 4000
@@ -316,9 +317,17 @@ def _max_items(node: Mapping[str, Any], root: Mapping[str, Any], document: str) 
 _LETTER = re.compile(r"[^\W\d_]")
 
 
+#: `_factors` looks for a line total only on lines printing at most this many amounts: the search
+#: is cubic in them, and a line printing more is no item line (a one-line invoice of 400 amounts)
+MAX_FACTOR_SLOTS = 12
+
+
 def _factors(slots: list[list[float]]) -> list[list[float]]:
     """A line's amounts without the last one that is the product of two others (`5  3.50  17.50`:
-    the line total of a quantity and a unit price), for an item of two number fields."""
+    the line total of a quantity and a unit price), for an item of two number fields. A line of
+    more than `MAX_FACTOR_SLOTS` amounts is returned as it is."""
+    if len(slots) > MAX_FACTOR_SLOTS:
+        return slots
     for c in range(len(slots) - 1, -1, -1):
         others = [slot for i, slot in enumerate(slots) if i != c]
         if len(others) >= 2 and any(abs(x * y - z) <= max(0.01, 0.005 * abs(z))
@@ -370,6 +379,83 @@ def _item_defs(schema: Mapping[str, Any]) -> dict[str, int]:
 
     walk(schema)
     return out
+
+
+#: regex metacharacters, escaped in a span's pattern (only these: xgrammar warns on other escapes)
+_REGEX_ESCAPES = str.maketrans({c: "\\" + c for c in ".^$*+?()[]{}|\\"})
+_PIECE = re.compile(r"\S+|\s+")
+#: a span with a quote, a backslash or a control character goes to an `enum` beside the pattern:
+#: JSON writes it escaped, and xgrammar's regex writes the character raw (invalid JSON)
+_UNPATTERNED = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+def span_pattern(spans: Iterable[str]) -> str:
+    """An anchored regex matching exactly the given strings: their trie, written as nested
+    alternatives (`^(?:KEDAI(?: MAKANAN(?: SRI)?)?|...)$`). A grammar compiles it several times
+    faster, and into several times less memory, than the same strings as an `enum`, whose
+    every string the grammar walks character by character (bench/grounding_cost.py)."""
+    trie: dict[str, Any] = {}  # of words and the spaces between them: a few times fewer steps than characters
+    for span in spans:
+        node = trie
+        for piece in _PIECE.findall(span):
+            node = node.setdefault(piece, {})
+        node[""] = None  # a span ends here
+    # written in pre-order from a stack of nodes and text: linear in the trie's size, and no
+    # recursion (a span may be longer than Python's recursion limit)
+    out: list[str] = []
+    stack: list[str | dict[str, Any]] = [trie]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        children = [(piece, child) for piece, child in item.items() if piece]
+        if not children:
+            continue
+        wrap = len(children) > 1 or "" in item
+        parts: list[str | dict[str, Any]] = ["(?:"] if wrap else []
+        for i, (ch, child) in enumerate(children):
+            parts += ["|"] * (i > 0) + [ch.translate(_REGEX_ESCAPES), child]
+        if wrap:
+            parts.append(")?" if "" in item else ")")
+        stack.extend(reversed(parts))
+    return "^" + "".join(out) + "$"
+
+
+def span_schema(spans: Iterable[str]) -> dict[str, Any]:
+    """The schema of a string that is one of `spans`: a `pattern` of their trie (see
+    `span_pattern`), with the few spans a regex cannot carry (`_UNPATTERNED`) as an `enum` beside it."""
+    plain: list[str] = []
+    escaped: list[str] = []
+    for span in spans:
+        (escaped if _UNPATTERNED.search(span) else plain).append(span)
+    patterned = {"type": "string", "pattern": span_pattern(plain)}
+    if not escaped:
+        return patterned
+    return {"anyOf": [patterned, {"type": "string", "enum": escaped}]}
+
+
+def has_free_text(schema: Mapping[str, Any]) -> bool:
+    """Whether any node of `schema` is a free-text string (one that grounded decoding constrains)."""
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            if _free_text(node):
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+def offers(span: Mapping[str, Any], value: str) -> bool:
+    """Whether a span definition of a per-document schema (`span_schema`) lets a field take `value`."""
+    if "anyOf" in span:
+        return any(offers(branch, value) for branch in span["anyOf"])
+    if "pattern" in span:
+        return re.fullmatch(span["pattern"], value) is not None
+    return value in span.get("enum", ())
 
 
 def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: bool = True,
@@ -445,18 +531,24 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
             if k == 2:
                 slots = _factors(slots)
             name = f"{SPAN_DEF}Line{len(line_defs)}"
-            line_defs[name] = {"type": "string", "enum": part_spans}
+            line_defs[name] = span_schema(part_spans)
             base = walk(copy.deepcopy(dict(item)), [v for slot in slots for v in slot], {"$ref": f"#/$defs/{name}"})
-            for chosen in itertools.permutations(range(len(slots)), k):
-                variant = copy.deepcopy(base)
+            base_key = json.dumps(base, sort_keys=True)
+            for tried, chosen in enumerate(itertools.permutations(range(len(slots)), k)):
+                if tried > MAX_ITEM_VARIANTS * 4:
+                    break  # the rest of a line of hundreds of amounts: no item prints that many
+                # the variants share what they do not change (never mutated afterwards)
+                variant = {**base, "properties": dict(base["properties"])}
+                key: list[Any] = [base_key]
                 for (field, kind), slot in zip(fields, chosen, strict=True):
                     node = variant["properties"][field]
                     allowed = _number_enum(resolve_ref(node, root), kind, slots[slot])
                     if not allowed:
                         break
                     variant["properties"][field] = {**node, "enum": allowed}
+                    key.append(allowed)
                 else:
-                    variants.setdefault(json.dumps(variant, sort_keys=True), variant)
+                    variants.setdefault(json.dumps(key), variant)
                 if len(variants) > MAX_ITEM_VARIANTS:
                     for stale in list(line_defs)[first_def:]:
                         del line_defs[stale]
@@ -469,7 +561,7 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
         defs[name] = walk(definition, (item_numbers(k) or found) if k else found)
     out = {key: value if key == "$defs" else walk(value, found) for key, value in out.items()}
     if used:
-        out.setdefault("$defs", {})[SPAN_DEF] = {"type": "string", "enum": spans}
+        out.setdefault("$defs", {})[SPAN_DEF] = span_schema(spans)
     if line_defs:
         out.setdefault("$defs", {}).update(line_defs)
     return out

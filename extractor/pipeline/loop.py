@@ -13,12 +13,19 @@ Asked for, a valid output also gets its values' spans in the document (`spans`, 
 validation error like any other: fed back, retried, and in `ExtractionFailed` if it persists.
 `grounded_decoding` goes further, before the fact: the engine gets a per-document schema whose
 free-text strings and numbers can only take values that occur in the document
-(`document_constraint`); validation still checks against the task's own strict schema.
+(`extractor.grounding.decoding`); validation still checks against the task's own strict schema.
+That schema is built off the event loop within a budget and its grammar compiled before the
+request reaches the engine (`Engine.prepare`, within `compile_timeout_s`); past either budget
+the call decodes with the task's schema and checks its values against the document
+(`require_grounded`) instead, and `meta.grounded_decoding` says which it was
+(`extractor.grounding.constraint`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,9 +33,9 @@ from pydantic import BaseModel
 
 from extractor.contracts.contract import Task
 from extractor.engines.base import Engine, GenerationRequest, GenerationResult, Message
-from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout
+from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout, SchemaRejected
 from extractor.grounding.confidence import field_confidence
-from extractor.grounding.decoding import constrain_to_document
+from extractor.grounding.constraint import DocumentConstraint, default_builder, fallback
 from extractor.grounding.spans import Span, ground_record, ungrounded_errors
 from extractor.pipeline.documents import check_unicode
 from extractor.pipeline.injection import echo_errors
@@ -64,13 +71,37 @@ def _judge(task: Task[Any], result: GenerationResult, document: str, system: str
     return _Judged(outcome, spans)
 
 
+async def _grounded_constraint(engine: Engine, task: Task[Any], document: str) -> DocumentConstraint:
+    """The document's constraint, its grammar ready in an engine that compiles in-process; a
+    fallback to the task's schema past the budget (see `extractor.grounding.constraint`)."""
+    builder = default_builder()
+    constraint = await builder.constraint(task.strict_schema, document)
+    prepare = getattr(engine, "prepare", None)
+    if not constraint.full or prepare is None:
+        return constraint
+    try:
+        # shielded: a compile that outlives the budget still lands in the engine's cache
+        await asyncio.wait_for(asyncio.shield(prepare(constraint.schema)), builder.budget.compile_timeout_s)
+    except TimeoutError:
+        return fallback(task.strict_schema, "compile_timeout")
+    except SchemaRejected:
+        return fallback(task.strict_schema, "compile_error")
+    return constraint
+
+
 async def extract_one(engine: Engine, task: Task[Any], document: str, options: ExtractOptions = DEFAULT_OPTIONS) -> Extraction[Any]:
     if not document.strip():
         raise EmptyDocument("the document is empty")
     check_unicode(document)  # a lone surrogate: no tokenizer takes it
     start = time.perf_counter()
     messages: list[Message] = build_messages(task, document)
-    schema = constrain_to_document(task.strict_schema, document) if options.grounded_for(task) else task.strict_schema
+    grounded: str | None = None
+    schema: Mapping[str, Any] = task.strict_schema
+    if options.grounded_for(task):
+        constraint = await _grounded_constraint(engine, task, document)
+        schema, grounded = constraint.schema, constraint.status
+        if not constraint.full:
+            options = options.model_copy(update={"require_grounded": True})  # grounded after the fact
     max_tokens = task.max_tokens
     grew = False
     seen: list[list[str]] = []
@@ -111,7 +142,8 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, options: E
         meta = Meta(schema=task.name, version=task.version, engine=engine.name, model=engine.model,
                     attempts=attempt, errors=seen, prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens, latency_ms=(time.perf_counter() - start) * 1000,
-                    spans=judged.spans if options.spans else None, confidence=confidence)
+                    spans=judged.spans if options.spans else None, confidence=confidence,
+                    grounded_decoding=grounded)
         return Extraction(data=judged.outcome.value, meta=meta)
     last = "; ".join(seen[-1]) if seen else "no attempt made"
     raise ExtractionFailed(f"{task.name}: no valid output after {len(seen)} attempt(s): {last}",

@@ -27,11 +27,16 @@ class Meta:
     spans: dict[str, list[Span]] | None = None
     #: field path -> probability of its value's tokens (`confidence=True`, engines with logprobs)
     confidence: dict[str, float] | None = None
+    #: with grounded decoding: "full" (the per-document constraint), or "fallback:<reason>" (decoded
+    #: with the task's schema, values checked against the document; `extractor.grounding.constraint`)
+    grounded_decoding: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of `meta`; `spans` and `confidence` only when they were asked for."""
+        """The JSON shape of `meta`; `spans`, `confidence` and `grounded_decoding` only when they were asked for."""
         out = asdict(self)
         spans, confidence = out.pop("spans"), out.pop("confidence")
+        if out["grounded_decoding"] is None:
+            del out["grounded_decoding"]
         out["tokens"] = {"prompt": out.pop("prompt_tokens"), "completion": out.pop("completion_tokens")}
         out["latency_ms"] = round(self.latency_ms, 1)
         if spans is not None:

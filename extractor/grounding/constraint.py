@@ -1,0 +1,188 @@
+"""Grounded decoding's per-document constraint, bounded in size and time, built off the event
+loop and cached.
+
+`ConstraintBuilder.constraint(schema, document)` returns a `DocumentConstraint`: the
+per-document schema of `constrain_to_document` with status `"full"`, or the schema unchanged with
+status `"fallback:<reason>"` where building it would cost more than its `ConstraintBudget`:
+
+- `fallback:document_too_long`: more than `max_document_chars` characters (not even tried);
+- `fallback:too_large`: the per-document schema is larger than `max_schema_bytes` (the grammar's
+  compile time and memory grow with it);
+- `fallback:too_many_spans`: the document offers more candidate spans than `constrain_to_document`
+  takes even as single words, so its free-text fields would be left free;
+- `fallback:build_timeout`: building it took longer than `build_timeout_s` (the build goes on in
+  the background and lands in the cache; the call does not wait for it);
+- `fallback:build_error`: building it raised.
+
+(`fallback:compile_timeout` and `fallback:compile_error` are the pipeline's, for an engine that
+compiles the grammar in-process: `extractor.pipeline.loop`.) A call that falls back decodes with
+the task's own strict schema and checks every value against the document afterwards (the
+`require_grounded` validator), so it is still grounded, after the fact.
+
+Builds run in a small thread pool of their own (never on the event loop, never in the default
+pool that other blocking work shares) and at most once per (schema, document): concurrent calls
+for the same pair wait for the same build, and finished builds are kept (LRU, `max_entries`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from extractor.grounding.decoding import SPAN_DEF, constrain_to_document, has_free_text
+
+__all__ = ["DEFAULT_BUDGET", "ConstraintBudget", "ConstraintBuilder", "DocumentConstraint", "build_constraint",
+           "default_builder"]
+
+FULL = "full"
+
+
+@dataclass(frozen=True)
+class ConstraintBudget:
+    """How much one document's constraint may cost (figures: bench/grounding_cost.py)."""
+
+    #: longer documents are decoded plain (and checked afterwards); every dev and sroie-dev document
+    #: is under 1,300 characters, and a 5,000-character one costs 0.3-0.9 s to build alone
+    max_document_chars: int = 4_000
+    #: the largest per-document schema used, in bytes of JSON: its grammar compiles in roughly
+    #: 0.1 s per KB on one CPU thread (bench/grounding_cost.py); the dev and sroie-dev documents'
+    #: schemas are at most 21 KB, a 5,000-character receipt's 44 KB (14 s on a loaded 2-core box)
+    max_schema_bytes: int = 24 * 1024
+    #: the longest a call waits for the per-document schema to be built
+    build_timeout_s: float = 1.0
+    #: the longest a call waits for an in-process engine to compile its grammar (`Engine.prepare`)
+    compile_timeout_s: float = 5.0
+
+
+DEFAULT_BUDGET = ConstraintBudget()
+
+
+@dataclass(frozen=True)
+class DocumentConstraint:
+    #: the schema to decode with: the per-document one, or the task's own on a fallback
+    schema: Mapping[str, Any]
+    #: "full", or "fallback:<reason>"
+    status: str
+
+    @property
+    def full(self) -> bool:
+        return self.status == FULL
+
+
+def fallback(schema: Mapping[str, Any], reason: str) -> DocumentConstraint:
+    return DocumentConstraint(schema, f"fallback:{reason}")
+
+
+def build_constraint(schema: Mapping[str, Any], document: str, budget: ConstraintBudget) -> DocumentConstraint:
+    """The per-document constraint within `budget`'s size limits (blocking; `ConstraintBuilder`
+    runs it off the event loop with the time limit)."""
+    if len(document) > budget.max_document_chars:
+        return fallback(schema, "document_too_long")
+    constrained = constrain_to_document(schema, document)
+    if SPAN_DEF not in constrained.get("$defs", {}) and has_free_text(schema):
+        return fallback(schema, "too_many_spans")
+    if len(json.dumps(constrained)) > budget.max_schema_bytes:
+        return fallback(schema, "too_large")
+    return DocumentConstraint(constrained, FULL)
+
+
+Build = Callable[[Mapping[str, Any], str, ConstraintBudget], DocumentConstraint]
+
+
+def _key(schema: Mapping[str, Any], document: str) -> str:
+    digest = hashlib.sha256(json.dumps(schema, sort_keys=True).encode())
+    digest.update(b"\0")
+    digest.update(document.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+class ConstraintBuilder:
+    """Builds constraints in `workers` threads of its own, once per (schema, document), keeping
+    the last `max_entries` (see the module's doc)."""
+
+    def __init__(self, build: Build = build_constraint, *, budget: ConstraintBudget = DEFAULT_BUDGET,
+                 workers: int = 2, max_entries: int = 256) -> None:
+        self._build = build
+        self.budget = budget
+        self.max_entries = max_entries
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grounding-build")
+        self._builds: OrderedDict[str, Future[DocumentConstraint]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _submit(self, schema: Mapping[str, Any], document: str) -> Future[DocumentConstraint]:
+        key = _key(schema, document)
+        with self._lock:
+            found = self._builds.get(key)
+            if found is not None:
+                self._builds.move_to_end(key)
+                return found
+            future = self._pool.submit(self._guarded, schema, document)
+            self._builds[key] = future
+            while len(self._builds) > self.max_entries:
+                self._builds.popitem(last=False)
+            return future
+
+    def _guarded(self, schema: Mapping[str, Any], document: str) -> DocumentConstraint:
+        try:
+            return self._build(schema, document, self.budget)
+        except Exception:
+            return fallback(schema, "build_error")
+
+    async def constraint(self, schema: Mapping[str, Any], document: str) -> DocumentConstraint:
+        """The constraint of `document` under `schema`, or a fallback to `schema` past the budget."""
+        if len(document) > self.budget.max_document_chars:
+            return fallback(schema, "document_too_long")  # not worth a thread
+        future = self._submit(schema, document)
+        if not future.done():
+            loop = asyncio.get_running_loop()
+            ready = loop.create_future()
+
+            def settle() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            def wake(_: Future[DocumentConstraint]) -> None:
+                try:  # the loop may be gone by the time a build that timed out finishes
+                    loop.call_soon_threadsafe(settle)
+                except RuntimeError:
+                    pass
+
+            future.add_done_callback(wake)
+            try:
+                await asyncio.wait_for(ready, self.budget.build_timeout_s)
+            except TimeoutError:
+                return fallback(schema, "build_timeout")
+        built = future.result()
+        # a cached build of an equal schema object: hand back the caller's own on a fallback
+        return built if built.full else fallback(schema, built.status.removeprefix("fallback:"))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_DEFAULT: ConstraintBuilder | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_builder() -> ConstraintBuilder:
+    """The process's builder (made on first use)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = ConstraintBuilder()
+        return _DEFAULT
+
+
+def set_default_builder(builder: ConstraintBuilder | None) -> ConstraintBuilder | None:
+    """Replace the process's builder (tests, a service with its own budget); returns the previous one."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        previous, _DEFAULT = _DEFAULT, builder
+        return previous

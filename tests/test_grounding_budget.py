@@ -1,0 +1,160 @@
+"""Grounded decoding within a budget: built off the event loop, cached, a fallback past the budget."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from extractor import Extractor, ScriptedEngine
+from extractor.contracts.contract import task_from_model
+from extractor.engines.base import GenerationRequest
+from extractor.errors import ExtractionFailed, SchemaRejected
+from extractor.grounding import constraint as constraints
+from extractor.grounding.constraint import ConstraintBudget, ConstraintBuilder, DocumentConstraint, build_constraint
+from extractor.grounding.decoding import SPAN_DEF, constrain_to_document
+from schemas import Invoice, Person
+
+SLOW = "Alice Smith, 34, lives in Lisbon."
+SLOW_TOO = "Alice Smith, 35, lives in Lisbon now."
+OTHER = "Bruno Costa, 51, lives in Porto."
+ANSWERS = {SLOW: {"name": "Alice Smith", "age": 34, "city": "Lisbon", "email": None},
+           SLOW_TOO: {"name": "Alice Smith", "age": 35, "city": "Madrid", "email": None},  # not in the document
+           OTHER: {"name": "Bruno Costa", "age": 51, "city": "Porto", "email": None}}
+PERSON = task_from_model(Person).strict_schema
+
+
+def answer(request: GenerationRequest) -> str:
+    document = next(doc for doc in ANSWERS if doc in request.messages[-1]["content"])
+    return json.dumps(ANSWERS[document])
+
+
+class Gate:
+    """A build that waits, for the slow documents (Alice's) only, until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __call__(self, schema: Mapping[str, Any], document: str, budget: ConstraintBudget) -> DocumentConstraint:
+        self.calls += 1
+        if document.startswith("Alice"):
+            self.started.set()
+            self.release.wait(timeout=60)
+        return build_constraint(schema, document, budget)
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    yield Gate()
+
+
+def use(builder: ConstraintBuilder) -> Iterator[ConstraintBuilder]:
+    previous = constraints.set_default_builder(builder)
+    try:
+        yield builder
+    finally:
+        constraints.set_default_builder(previous)
+        builder.close()
+
+
+@pytest.fixture
+def patient(gate: Gate) -> Iterator[ConstraintBuilder]:
+    yield from use(ConstraintBuilder(gate, budget=ConstraintBudget(build_timeout_s=60)))
+
+
+@pytest.fixture
+def impatient(gate: Gate) -> Iterator[ConstraintBuilder]:
+    yield from use(ConstraintBuilder(gate, budget=ConstraintBudget(build_timeout_s=0.05)))
+
+
+def test_another_request_finishes_while_a_slow_constraint_is_built(gate: Gate, patient: ConstraintBuilder) -> None:
+    engine = ScriptedEngine(answer)
+    extractor = Extractor(engine, grounded_decoding=True, max_retries=0)
+
+    async def go() -> None:
+        slow = asyncio.create_task(extractor.arun(Person, SLOW))
+        await asyncio.to_thread(gate.started.wait, 60)
+        other = await extractor.arun(Person, OTHER)  # would hang here if the slow build held the loop
+        assert other.data.city == "Porto" and other.meta.grounded_decoding == "full"
+        assert not slow.done()
+        gate.release.set()
+        done = await slow
+        assert done.data.city == "Lisbon" and done.meta.grounded_decoding == "full"
+
+    asyncio.run(go())
+    schemas = {r.messages[-1]["content"].count("Lisbon"): r.schema for r in engine.requests}
+    assert all(SPAN_DEF in schema["$defs"] for schema in schemas.values())
+
+
+def test_past_the_time_budget_the_call_decodes_plain_and_checks_grounding(gate: Gate,
+                                                                           impatient: ConstraintBuilder) -> None:
+    engine = ScriptedEngine(answer)
+    try:
+        result = Extractor(engine, grounded_decoding=True, max_retries=0).run(Person, SLOW)
+    finally:
+        gate.release.set()
+    assert result.meta.grounded_decoding == "fallback:build_timeout"
+    assert result.meta.to_dict()["grounded_decoding"] == "fallback:build_timeout"
+    assert engine.requests[0].schema == PERSON
+    assert result.meta.spans is None  # the validator ran (require_grounded), spans were not asked for
+
+    gate.release.clear()
+    try:
+        with pytest.raises(ExtractionFailed, match="Madrid"):  # not in the document: refused as by require_grounded
+            Extractor(ScriptedEngine(answer), grounded_decoding=True, max_retries=0).run(Person, SLOW_TOO)
+    finally:
+        gate.release.set()
+
+
+def test_builds_are_cached_by_schema_and_document(gate: Gate, patient: ConstraintBuilder) -> None:
+    async def go() -> list[DocumentConstraint]:
+        return list(await asyncio.gather(*(patient.constraint(PERSON, OTHER) for _ in range(5))))
+
+    built = asyncio.run(go()) + asyncio.run(go())
+    assert gate.calls == 1 and all(b.full for b in built)
+    assert built[0].schema == constrain_to_document(PERSON, OTHER)
+
+
+def test_size_budgets_fall_back_before_anything_is_compiled() -> None:
+    tight = ConstraintBudget(max_schema_bytes=len(json.dumps(PERSON)))
+    assert build_constraint(PERSON, OTHER, tight).status == "fallback:too_large"
+    short = ConstraintBudget(max_document_chars=10)
+    assert build_constraint(PERSON, OTHER, short).status == "fallback:document_too_long"
+    assert build_constraint(PERSON, OTHER, ConstraintBudget()).full
+
+
+def test_plain_calls_say_nothing_about_grounded_decoding() -> None:
+    result = Extractor(ScriptedEngine(answer), max_retries=0).run(Person, OTHER)
+    assert result.meta.grounded_decoding is None and "grounded_decoding" not in result.meta.to_dict()
+
+
+def test_an_engine_that_cannot_compile_the_constraint_falls_back() -> None:
+    class Refusing(ScriptedEngine):
+        async def prepare(self, schema: Mapping[str, Any]) -> None:
+            raise SchemaRejected("$", "too big for this engine")
+
+    engine = Refusing(answer)
+    result = Extractor(engine, grounded_decoding=True, max_retries=0).run(Person, OTHER)
+    assert result.meta.grounded_decoding == "fallback:compile_error" and engine.requests[0].schema == PERSON
+
+
+def test_a_one_line_invoice_of_400_amounts_is_built_quickly_and_falls_back_on_size() -> None:
+    """Issue 17: `_factors` grew with the fourth power of a line's amounts (400: 9.4 s, then a
+    141 MB grammar). Now the line is no item line, and its 71 KB schema is past the size budget."""
+    doc = "Widget " + " ".join(f"{1000 + i}.{(i * 37) % 100:02d}" for i in range(400))
+    built = build_constraint(task_from_model(Invoice).strict_schema, doc, ConstraintBudget())
+    assert built.status == "fallback:too_large" and built.schema == task_from_model(Invoice).strict_schema
+    roomy = build_constraint(task_from_model(Invoice).strict_schema, doc, ConstraintBudget(max_schema_bytes=2**20))
+    assert roomy.full and SPAN_DEF in roomy.schema["$defs"]
+
+
+def test_a_document_of_more_spans_than_the_cap_falls_back_instead_of_leaving_fields_free() -> None:
+    doc = "\n".join(" ".join(f"w{line}x{i}" for i in range(6)) for line in range(1500))
+    built = build_constraint(PERSON, doc, ConstraintBudget(max_document_chars=len(doc)))
+    assert built.status == "fallback:too_many_spans"
