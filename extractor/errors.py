@@ -3,7 +3,8 @@
     ExtractorError
     ├── SchemaError ................ the contract itself is at fault
     │   ├── UnknownSchema .......... no schema registered under that name (404)
-    │   └── SchemaRejected ......... compiles to nothing an engine can enforce (422)
+    │   ├── SchemaRejected ......... compiles to nothing an engine can enforce (422)
+    │   └── AdapterRejected ........ a LoRA adapter made for another schema (version) or base model (422)
     ├── DocumentError .............. the document cannot be extracted from
     │   ├── EmptyDocument .......... empty or whitespace only (422)
     │   ├── UndecodableDocument .... not UTF-8 text, or an unreadable PDF (400)
@@ -65,6 +66,13 @@ class SchemaRejected(SchemaError):
         super().__init__(f"{path}: {reason}", path=path, reason=reason)
         self.path = path
         self.reason = reason
+
+
+class AdapterRejected(SchemaError):
+    """A LoRA adapter that does not fit: no manifest, another schema or schema version, another base
+    model. Raised before any document is sent."""
+
+    code = "adapter-rejected"
 
 
 class DocumentError(ExtractorError):

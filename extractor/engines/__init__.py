@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from extractor.engines.base import Engine, GenerationRequest, GenerationResult, Message, TokenLogprob
+from extractor.engines.base import AdapterRef, Engine, GenerationRequest, GenerationResult, Message, TokenLogprob
 from extractor.engines.fake import ScriptedEngine
-from extractor.engines.registry import ENGINES, create_engine, engine_names, parse_option, parse_options
+from extractor.engines.registry import ENGINES, adapter_options, create_engine, engine_names, parse_option, parse_options
 
-__all__ = ["ENGINES", "Engine", "GenerationRequest", "GenerationResult", "Message", "ScriptedEngine", "TokenLogprob",
-           "create_engine", "engine_names", "parse_option", "parse_options"]
+__all__ = ["ENGINES", "AdapterRef", "Engine", "GenerationRequest", "GenerationResult", "Message", "ScriptedEngine", "TokenLogprob",
+           "adapter_options", "create_engine", "engine_names", "parse_option", "parse_options"]

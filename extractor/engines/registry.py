@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from extractor.engines.base import Engine
+from extractor.engines.base import AdapterRef, Engine
 from extractor.errors import ExtractorError
 
 ENTRY_POINT_GROUP = "extractor.engines"
@@ -57,15 +57,26 @@ def parse_options(pairs: Iterable[str]) -> dict[str, Any]:
     return dict(parse_option(pair) for pair in pairs)
 
 
-def create_engine(name: str, **options: Any) -> Engine:
-    """Instantiate the engine registered under `name` with its options."""
+def _engine_class(name: str) -> Any:
     registered = _registered()
     try:
         target = registered[name]
     except KeyError:
         raise ExtractorError(f"unknown engine {name!r}; choose one of {', '.join(sorted(registered))}") from None
     module_name, _, cls_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def adapter_options(name: str, adapters: Sequence[AdapterRef]) -> dict[str, Any]:
+    """The options engine `name` must start with to apply these LoRA adapters (vLLM in-process:
+    `enable_lora`, `max_lora_rank`, `max_loras`); an engine without an `adapter_options` needs none."""
+    hook = getattr(_engine_class(name), "adapter_options", None)
+    return dict(hook(adapters)) if callable(hook) and adapters else {}
+
+
+def create_engine(name: str, **options: Any) -> Engine:
+    """Instantiate the engine registered under `name` with its options."""
+    cls = _engine_class(name)
     try:
         engine: Engine = cls(**options)
     except TypeError as exc:  # an option the engine does not take

@@ -5,6 +5,10 @@ does the I/O: bounded concurrency over one pooled connection set, timeouts,
 backoff with jitter on 429/503 and dropped connections (honouring
 Retry-After), and a start-up check that the server really enforces the JSON
 schema (a server that silently ignores `response_format` is refused).
+
+A request with a LoRA `adapter` names the adapter as its `model` (a server
+started with `--enable-lora --lora-modules NAME=DIR`); an adapter the
+server's `/v1/models` does not list is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ def chat_request(request: GenerationRequest, model: str) -> dict[str, Any]:
     none is sent.
     """
     body: dict[str, Any] = {
-        "model": model,
+        "model": request.adapter.name if request.adapter is not None else model,
         "messages": [dict(m) for m in request.messages],
         "temperature": request.temperature,
         "seed": request.seed,
@@ -157,6 +161,8 @@ class VllmHttpEngine(Engine):
         self._api_key, self._timeout, self._concurrency, self._transport = api_key, timeout, concurrency, transport
         self._session: _Session | None = None
         self._started = False
+        #: what the server's /v1/models lists: the base model and any LoRA adapters
+        self.served: list[str] = []
 
     def _current(self) -> _Session:
         """The client of the running event loop: pooled connections belong to one loop, and the
@@ -196,7 +202,7 @@ class VllmHttpEngine(Engine):
 
     async def _start(self) -> None:
         models = await self._call(self._client.models.list)
-        served = [m.id for m in models.data]
+        served = self.served = [m.id for m in models.data]
         if not served:
             raise EngineUnavailable(f"{self.base_url} serves no model")
         if not self.model:
@@ -224,6 +230,12 @@ class VllmHttpEngine(Engine):
     # -- generation -------------------------------------------------------------
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         await self.start()
+        for adapter in {r.adapter for r in requests if r.adapter is not None}:
+            if adapter.name not in self.served:
+                raise EngineUnavailable(
+                    f"{self.base_url} does not serve the adapter {adapter.name!r} (it serves {', '.join(self.served)}); "
+                    f"start vLLM with --enable-lora --max-lora-rank {max(16, adapter.rank)} "
+                    f"--lora-modules {adapter.name}={adapter.path}")
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
     async def _one(self, request: GenerationRequest) -> GenerationResult:

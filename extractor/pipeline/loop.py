@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from extractor.contracts.contract import Task
-from extractor.engines.base import Engine, GenerationRequest, GenerationResult, Message
+from extractor.engines.base import AdapterRef, Engine, GenerationRequest, GenerationResult, Message
 from extractor.errors import EmptyDocument, ExtractionFailed
 from extractor.grounding.confidence import field_confidence
 from extractor.grounding.decoding import constrain_to_document
@@ -64,7 +64,10 @@ def _judge(task: Task[Any], result: GenerationResult, document: str, system: str
     return _Judged(outcome, spans)
 
 
-async def extract_one(engine: Engine, task: Task[Any], document: str, options: ExtractOptions = DEFAULT_OPTIONS) -> Extraction[Any]:
+async def extract_one(engine: Engine, task: Task[Any], document: str, options: ExtractOptions = DEFAULT_OPTIONS,
+                      adapter: AdapterRef | None = None) -> Extraction[Any]:
+    """One document through the retry loop; every attempt runs with `adapter` (the task's LoRA
+    adapter, `extractor.adapters`) when one is given."""
     if not document.strip():
         raise EmptyDocument("the document is empty")
     check_unicode(document)  # a lone surrogate: no tokenizer takes it
@@ -82,7 +85,7 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, options: E
         request = GenerationRequest(messages=tuple(messages), schema=schema, max_tokens=max_tokens,
                                     temperature=options.retry_temperature if resampling else 0.0,
                                     seed=options.seed + attempt - 1, logprobs=options.logprobs or options.confidence,
-                                    repetition_penalty=options.repetition_penalty)
+                                    repetition_penalty=options.repetition_penalty, adapter=adapter)
         (result,) = await engine.generate([request])
         prompt_tokens += result.prompt_tokens
         completion_tokens += result.completion_tokens
@@ -103,7 +106,8 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, options: E
         meta = Meta(schema=task.name, version=task.version, engine=engine.name, model=engine.model,
                     attempts=attempt, errors=seen, prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens, latency_ms=(time.perf_counter() - start) * 1000,
-                    spans=judged.spans if options.spans else None, confidence=confidence)
+                    spans=judged.spans if options.spans else None, confidence=confidence,
+                    adapter=adapter.name if adapter is not None else None)
         return Extraction(data=judged.outcome.value, meta=meta)
     last = "; ".join(seen[-1]) if seen else "no attempt made"
     raise ExtractionFailed(f"{task.name}: no valid output after {len(seen)} attempt(s): {last}",

@@ -27,13 +27,17 @@ class Meta:
     spans: dict[str, list[Span]] | None = None
     #: field path -> probability of its value's tokens (`confidence=True`, engines with logprobs)
     confidence: dict[str, float] | None = None
+    #: the LoRA adapter the record was generated with (None: the base model)
+    adapter: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `meta`; `spans` and `confidence` only when they were asked for."""
         out = asdict(self)
-        spans, confidence = out.pop("spans"), out.pop("confidence")
+        spans, confidence, adapter = out.pop("spans"), out.pop("confidence"), out.pop("adapter")
         out["tokens"] = {"prompt": out.pop("prompt_tokens"), "completion": out.pop("completion_tokens")}
         out["latency_ms"] = round(self.latency_ms, 1)
+        if adapter is not None:
+            out["adapter"] = adapter
         if spans is not None:
             out["spans"] = spans
         if confidence is not None:
