@@ -70,8 +70,10 @@ def _engine_class(name: str) -> Any:
 def adapter_options(name: str, adapters: Sequence[AdapterRef]) -> dict[str, Any]:
     """The options engine `name` must start with to apply these LoRA adapters (vLLM in-process:
     `enable_lora`, `max_lora_rank`, `max_loras`); an engine without an `adapter_options` needs none."""
+    if not adapters:
+        return {}
     hook = getattr(_engine_class(name), "adapter_options", None)
-    return dict(hook(adapters)) if callable(hook) and adapters else {}
+    return dict(hook(adapters)) if callable(hook) else {}
 
 
 def create_engine(name: str, **options: Any) -> Engine:
