@@ -33,6 +33,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -116,7 +117,8 @@ def free_gpu() -> None:
 def train(task: Any, docs: Sequence[LabeledDocument], out: Path, config: TrainConfig, model: str | None,
           results: Path) -> dict[str, Any]:
     r = train_adapter(task, docs, out, config=config, base_model_dir=model, base_model_name=SERVED if model else None)
-    shutil.copy(out / "curves.png", results / f"lora_curves_{task.name}.png")
+    if (out / "curves.png").exists():
+        shutil.copy(out / "curves.png", results / f"lora_curves_{task.name}.png")
     free_gpu()
     return {"seconds": round(r.seconds, 1), "train": r.manifest.data.train, "validation": r.manifest.data.validation,
             "metrics": r.manifest.metrics, "hyperparameters": r.manifest.hyperparameters,
@@ -181,7 +183,7 @@ def plot(receipt: dict[str, Any], synthetic: dict[str, Any], path: Path) -> None
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=os.environ.get("SMOLLM2_DIR"), help="HF folder of SmolLM2 ($SMOLLM2_DIR); "
                         "default with --engine local: the packaged model")
@@ -189,124 +191,173 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--adapters", default="/tmp/lora-adapters", help="where the adapters are written (not the repo)")
     parser.add_argument("--data", default=str(SROIE))
-    parser.add_argument("--tiny", action="store_true", help="a CPU smoke run: a few documents, 2 steps")
+    parser.add_argument("--tiny", action="store_true", help="a CPU smoke run: a few short documents, 2 steps")
     parser.add_argument("--synthetic-train", type=int, default=240, help="synthetic training documents per schema")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--serving-docs", type=int, default=1024, help="documents of the serving run (half per schema)")
+    parser.add_argument("--phase", choices=["all", "train", "eval", "plain"], default="all",
+                        help="all: each phase in its own process (GPU memory is freed in between)")
+    return parser
+
+
+class Plan:
+    """What every phase derives the same way from the arguments: data, splits, sizes."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tiny = args.tiny
+        self.model = None if args.engine == "local" and not args.model else args.model
+        self.results, self.adapters_dir = Path(args.out), Path(args.adapters)
+        self.parts = self.adapters_dir / "parts"
+        self.registry = default_registry()
+        self.receipt_task = self.registry.get("receipt")
+        sroie, self.skipped = read_training_set(args.data, self.receipt_task)
+        self.pool, self.test = split_documents(sroie, 0.2, SPLIT_SEED)
+        if self.tiny:  # the shortest documents: a CPU run in minutes
+            self.pool = sorted(self.pool, key=lambda d: len(d.text))[:5]
+            self.test = sorted(self.test, key=lambda d: len(d.text))[:1]
+        self.dev = {s: read_dataset(ROOT / "fixtures" / "dev" / f"{s}.jsonl", self.registry.get(s),
+                                    limit=1 if self.tiny else None) for s in SYNTHETIC}
+        self.retries = 0 if self.tiny else 2
+        self.concurrency = 8 if self.tiny else 256
+        self.serving_n = 2 if self.tiny else args.serving_docs // 2
+
+    def serving_docs(self) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        tasks = {s: self.registry.get(s) for s in ("person", "invoice")}
+        return tasks, {s: [self.dev[s][i % len(self.dev[s])].text for i in range(self.serving_n)] for s in tasks}
+
+    def write(self, name: str, obj: Any) -> None:
+        self.parts.mkdir(parents=True, exist_ok=True)
+        (self.parts / f"{name}.json").write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+
+    def read(self, name: str) -> Any:
+        return json.loads((self.parts / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def phase_train(plan: Plan) -> None:
+    args, tiny = plan.args, plan.tiny
+    config = TrainConfig(epochs=1 if tiny else args.epochs, max_steps=2 if tiny else None,
+                         batch_size=2 if tiny else args.batch_size, learning_rate=args.lr, validation=0.1 if not tiny else 0.2,
+                         patience=2, seed=0)
+    plan.results.mkdir(parents=True, exist_ok=True)
+    trained = {"receipt": train(plan.receipt_task, plan.pool, plan.adapters_dir / "receipt", config, plan.model, plan.results)}
+    sizes = {}
+    for schema in SYNTHETIC:
+        task = plan.registry.get(schema)
+        docs = synthetic_training_set(schema, 5 if tiny else args.synthetic_train, task)
+        dev_texts = {row["text"] for row in _dev_generator().dev_set(schema)}
+        assert not {d.text for d in docs} & dev_texts, "a training document is a dev document"
+        sizes[schema] = len(docs)
+        trained[schema] = train(task, docs, plan.adapters_dir / schema, config, plan.model, plan.results)
+    plan.write("train", {"trained": trained, "synthetic_train_documents": sizes})
+
+
+def phase_eval(plan: Plan) -> None:
+    from extractor.adapters import AdapterRegistry
+
+    adapters = AdapterRegistry.load([plan.adapters_dir / s for s in ("receipt", *SYNTHETIC)])
+    receipt_adapter = adapters.get("receipt")
+    assert receipt_adapter is not None
+    overlap = [d.id for d in plan.test if receipt_adapter.trained_on(d.id, d.text)]
+    assert not overlap, f"test documents in the training split: {overlap}"
+    engine = make_engine(plan.args.engine, plan.model, list(adapters))
+    out: dict[str, Any] = {"receipt": {}, "synthetic": {}, "serving": {}}
+
+    async def run() -> None:
+        for label, adapter, grounded in (("base", None, False), ("base+grounded", None, True),
+                                         ("adapter", receipt_adapter.path, False),
+                                         ("adapter+grounded", receipt_adapter.path, True)):
+            ev = await evaluate(engine, plan.receipt_task, plan.test, adapter=adapter, grounded=grounded,
+                                max_retries=plan.retries, concurrency=plan.concurrency)
+            out["receipt"][label] = {**receipt_scores(ev.outcomes), "seconds": round(ev.seconds, 2)}
+            print(f"receipt {label}: {out['receipt'][label]}", file=sys.stderr)
+        for schema in SYNTHETIC:
+            task = plan.registry.get(schema)
+            scores: dict[str, Any] = {}
+            for label, adapter in (("base", None), ("adapter", plan.adapters_dir / schema)):
+                ev = await evaluate(engine, task, plan.dev[schema], adapter=adapter, grounded=None,
+                                    max_retries=plan.retries, concurrency=plan.concurrency)
+                report = build_report(ev)
+                scores[label] = {"macro_f1": report["summary"]["macro_f1"], "valid": report["valid"],
+                                 "documents": report["documents"],
+                                 "fields": {f: round(report["fields"][f]["f1"], 4) for f in report["top_level_fields"]}}
+            out["synthetic"][schema] = scores
+            print(f"{schema}: base {scores['base']['macro_f1']} adapter {scores['adapter']['macro_f1']}", file=sys.stderr)
+        tasks, docs = plan.serving_docs()
+        two = AdapterRegistry([a for a in adapters if a.schema in tasks])
+        out["serving"]["adapters_two_schemas"] = await serving(engine, tasks, docs, two)
+        out["serving"]["base_on_lora_engine"] = await serving(engine, tasks, docs, None)
+        await engine.aclose()
+
+    asyncio.run(run())
+    plan.write("eval", out)
+
+
+def phase_plain(plan: Plan) -> None:
+    """The base model on a plain engine (no LoRA): what serving with adapters is measured against."""
+    engine = make_engine(plan.args.engine, plan.model, [])
+
+    async def run() -> dict[str, Any]:
+        tasks, docs = plan.serving_docs()
+        result = await serving(engine, tasks, docs, None)
+        await engine.aclose()
+        return result
+
+    plan.write("plain", asyncio.run(run()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    model = None if args.engine == "local" and not args.model else args.model
-    if args.engine == "vllm" and not model:
+    if args.engine == "vllm" and not args.model:
         parser.error("--model (or $SMOLLM2_DIR) is required with --engine vllm")
-    results, adapters_dir = Path(args.out), Path(args.adapters)
-    results.mkdir(parents=True, exist_ok=True)
-    tiny = args.tiny
-    config = TrainConfig(epochs=1 if tiny else args.epochs, max_steps=2 if tiny else None, batch_size=2 if tiny else args.batch_size,
-                         learning_rate=args.lr, validation=0.1, patience=2, seed=0,
-                         eval_every=None)
-    concurrency = 8 if tiny else 256
-    registry = default_registry()
+    plan = Plan(args)
+    if args.phase != "all":
+        {"train": phase_train, "eval": phase_eval, "plain": phase_plain}[args.phase](plan)
+        return 0
     started = time.perf_counter()
-    meta = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "engine": args.engine, "model": model or SERVED,
-            "tiny": tiny}
+    forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--phase")]
+    seconds: dict[str, float] = {}
+    for phase in ("train", "eval", "plain"):
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, __file__, *forwarded, "--phase", phase], check=False)
+        seconds[phase] = round(time.perf_counter() - t0, 1)
+        if done.returncode != 0:
+            print(f"lora_train: phase {phase} failed ({done.returncode})", file=sys.stderr)
+            return done.returncode
+    trained, evaluated, plain = plan.read("train"), plan.read("eval"), plan.read("plain")
+    meta: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "engine": args.engine,
+                            "model": plan.model or SERVED, "tiny": plan.tiny, "phase_seconds": seconds}
     try:
         import torch
 
         meta["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     except Exception:
         meta["device"] = "?"
-
-    # -- training -----------------------------------------------------------------------------
-    receipt_task = registry.get("receipt")
-    sroie, skipped = read_training_set(args.data, receipt_task)
-    pool, test = split_documents(sroie, 0.2, SPLIT_SEED)
-    if tiny:
-        pool, test = pool[:5], test[:2]
-    trained: dict[str, Any] = {"receipt": train(receipt_task, pool, adapters_dir / "receipt", config, model, results)}
-    synth_docs: dict[str, list[LabeledDocument]] = {}
-    dev: dict[str, list[LabeledDocument]] = {}
-    for schema in SYNTHETIC:
-        task = registry.get(schema)
-        synth_docs[schema] = synthetic_training_set(schema, 5 if tiny else args.synthetic_train, task)
-        dev[schema] = read_dataset(ROOT / "fixtures" / "dev" / f"{schema}.jsonl", task, limit=2 if tiny else None)
-        assert not {d.text for d in synth_docs[schema]} & {d.text for d in dev[schema]}
-        trained[schema] = train(task, synth_docs[schema], adapters_dir / schema, config, model, results)
-    from extractor.adapters import AdapterRegistry
-
-    adapters = AdapterRegistry.load([adapters_dir / s for s in ("receipt", *SYNTHETIC)])
-    receipt_adapter = adapters.get("receipt")
-    assert receipt_adapter is not None
-    overlap = [d.id for d in test if receipt_adapter.trained_on(d.id, d.text)]
-    assert not overlap, f"test documents in the training split: {overlap}"
-
-    # -- evaluation on one LoRA engine -------------------------------------------------------------
-    engine = make_engine(args.engine, model, list(adapters))
-    receipt_runs: dict[str, Any] = {}
-    synthetic: dict[str, Any] = {}
-    serving_runs: dict[str, Any] = {}
-    retries = 0 if tiny else 2
-
-    async def phase_one(engine: Any) -> None:
-        for label, adapter, grounded in (("base", None, False), ("base+grounded", None, True),
-                                         ("adapter", receipt_adapter.path, False),
-                                         ("adapter+grounded", receipt_adapter.path, True)):
-            run = await evaluate(engine, receipt_task, test, adapter=adapter, grounded=grounded, max_retries=retries,
-                                 concurrency=concurrency)
-            receipt_runs[label] = {**receipt_scores(run.outcomes), "seconds": round(run.seconds, 2)}
-            print(f"receipt {label}: {receipt_runs[label]}", file=sys.stderr)
-        for schema in SYNTHETIC:
-            task = registry.get(schema)
-            out: dict[str, Any] = {}
-            for label, adapter in (("base", None), ("adapter", adapters_dir / schema)):
-                run = await evaluate(engine, task, dev[schema], adapter=adapter, grounded=None, max_retries=retries,
-                                     concurrency=concurrency)
-                report = build_report(run)
-                out[label] = {"macro_f1": report["summary"]["macro_f1"], "valid": report["valid"],
-                              "documents": report["documents"],
-                              "fields": {f: round(report["fields"][f]["f1"], 4) for f in report["top_level_fields"]}}
-            synthetic[schema] = out
-            print(f"{schema}: base {out['base']['macro_f1']} adapter {out['adapter']['macro_f1']}", file=sys.stderr)
-        n = 8 if tiny else args.serving_docs // 2
-        tasks = {s: registry.get(s) for s in ("person", "invoice")}
-        docs = {s: [dev[s][i % len(dev[s])].text for i in range(n)] for s in tasks}
-        two = AdapterRegistry([a for a in adapters if a.schema in tasks])
-        serving_runs["adapters_two_schemas"] = await serving(engine, tasks, docs, two)
-        serving_runs["base_on_lora_engine"] = await serving(engine, tasks, docs, None)
-        await engine.aclose()
-
-    asyncio.run(phase_one(engine))
-    engine = None
-    free_gpu()
-    if args.engine == "vllm":  # the base model on a plain engine: what an adapter's serving cost is measured against
-        plain = make_engine(args.engine, model, [])
-
-        async def phase_two() -> None:
-            n = args.serving_docs // 2
-            tasks = {s: registry.get(s) for s in ("person", "invoice")}
-            docs = {s: [dev[s][i % len(dev[s])].text for i in range(n)] for s in tasks}
-            serving_runs["base_plain_engine"] = await serving(plain, tasks, docs, None)
-            await plain.aclose()
-
-        asyncio.run(phase_two())
-    base = serving_runs.get("base_plain_engine", serving_runs["base_on_lora_engine"])
-    serving_runs["adapters_vs_base_docs_per_s"] = round(serving_runs["adapters_two_schemas"]["docs_per_s"]
-                                                        / base["docs_per_s"], 3)
-
-    receipt = {**meta, "data": str(args.data), "skipped_labels": skipped, "train_pool": len(pool),
-               "test_documents": len(test), "split_seed": SPLIT_SEED, "task": "receipt contract, items trained as null",
+    runs = evaluated["serving"]
+    runs["base_plain_engine"] = plain
+    runs["adapters_vs_base_docs_per_s"] = round(runs["adapters_two_schemas"]["docs_per_s"] / plain["docs_per_s"], 3)
+    receipt = {**meta, "data": str(args.data), "skipped_labels": plan.skipped, "train_pool": len(plan.pool),
+               "test_documents": len(plan.test), "split_seed": SPLIT_SEED,
+               "task": "receipt contract; SROIE labels have no items, trained as items: null; 4 labeled fields scored",
                "scoring": "exact match per field after collapsing whitespace and upper-casing",
-               "training": trained["receipt"], "runs": receipt_runs}
-    synth = {**meta, "train_seed": TRAIN_SEED, "train_documents": {s: len(v) for s, v in synth_docs.items()},
-             "training": {s: trained[s] for s in SYNTHETIC}, "schemas": synthetic}
-    serve = {**meta, "in_flight": 256, "schemas": ["person", "invoice"], "max_retries": 0, "runs": serving_runs}
+               "training": trained["trained"]["receipt"], "runs": evaluated["receipt"]}
+    synth = {**meta, "train_seed": TRAIN_SEED, "train_documents": trained["synthetic_train_documents"],
+             "training": {s: trained["trained"][s] for s in SYNTHETIC}, "schemas": evaluated["synthetic"]}
+    serve = {**meta, "in_flight": 256, "schemas": ["person", "invoice"], "max_retries": 0, "runs": runs}
+    plan.results.mkdir(parents=True, exist_ok=True)
     for name, obj in (("lora_receipt", receipt), ("lora_synthetic", synth), ("lora_serving", serve)):
-        (results / f"{name}.json").write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    plot(receipt, synth, results / "lora_eval.png")
-    print(json.dumps({"receipt": {k: v["mean_exact"] for k, v in receipt_runs.items()},
-                      "synthetic": {s: {k: v["macro_f1"] for k, v in o.items()} for s, o in synthetic.items()},
-                      "training_s": {s: t["seconds"] for s, t in trained.items()},
-                      "serving": serving_runs, "seconds": round(time.perf_counter() - started, 1)}, indent=1))
+        (plan.results / f"{name}.json").write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    try:
+        plot(receipt, synth, plan.results / "lora_eval.png")
+    except ImportError:
+        print("lora_train: no matplotlib, lora_eval.png not written", file=sys.stderr)
+    print(json.dumps({"receipt_mean_exact": {k: v["mean_exact"] for k, v in evaluated["receipt"].items()},
+                      "macro_f1": {s: {k: v["macro_f1"] for k, v in o.items()} for s, o in evaluated["synthetic"].items()},
+                      "training_s": {s: t["seconds"] for s, t in trained["trained"].items()},
+                      "serving": runs, "seconds": round(time.perf_counter() - started, 1)}, indent=1))
     return 0
 
 

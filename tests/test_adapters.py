@@ -162,3 +162,23 @@ def test_split_is_seeded_and_holds_out_at_least_one() -> None:
 
 def test_service_setting_lists_adapter_folders() -> None:
     assert Settings.from_env({"EXTRACTOR_ADAPTERS": "/a/person, /a/invoice"}).adapters == ("/a/person", "/a/invoice")
+
+
+def test_service_routes_each_schema_to_its_adapter(tmp_path: Path) -> None:
+    from tests.service_support import DOC as SERVICE_DOC
+    from tests.service_support import answer, call, make_app
+
+    folder = make_adapter(tmp_path / "person")
+    engine = ScriptedEngine(answer)
+    app = make_app(engine, adapters=(str(folder),))
+    response = call(app, "POST", "/extract/person", json={"text": SERVICE_DOC})
+    assert response.status_code == 200, response.text
+    assert response.json()["meta"]["adapter"] == "person"
+    assert engine.requests[-1].adapter == AdapterRef("person", str(folder.resolve()), 8)
+
+
+def test_service_refuses_to_start_with_an_adapter_of_another_schema_version(tmp_path: Path) -> None:
+    from tests.service_support import make_app
+
+    with pytest.raises(AdapterRejected, match="version"):
+        make_app(adapters=(str(make_adapter(tmp_path / "p", version="9")),))

@@ -315,7 +315,10 @@ def train_adapter(task: Task[Any], docs: Sequence[LabeledDocument], out: str | P
     )
     (target / MANIFEST_FILE).write_text(manifest.dump(), encoding="utf-8")
     (target / "curves.json").write_text(json.dumps(asdict(curves)) + "\n", encoding="utf-8")
-    plot_curves(curves, target / "curves.png", f"{task.name} LoRA r={config.rank} on {len(train_ex)} documents")
+    try:
+        plot_curves(curves, target / "curves.png", f"{task.name} LoRA r={config.rank} on {len(train_ex)} documents")
+    except ImportError:  # matplotlib is optional (the `train` extra brings it); curves.json has the figures
+        log.warning("no matplotlib: curves.png not written")
     readme = target / "README.md"  # peft's model-card stub says nothing about this adapter
     if readme.exists():
         readme.unlink()
