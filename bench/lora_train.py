@@ -50,7 +50,10 @@ from extractor.contracts.registry import default_registry  # noqa: E402
 from extractor.eval.report import build_report  # noqa: E402
 from extractor.eval.run import LabeledDocument, aevaluate, read_dataset  # noqa: E402
 
-SROIE = ROOT.parent / "shared" / "data" / "sroie-dev.jsonl"
+#: ../shared/data (next to the repository, as the data's README asks), else shared/ inside it (a GPU box's copy)
+SROIE = next((p for p in (ROOT.parent / "shared" / "data" / "sroie-dev.jsonl", ROOT / "shared" / "data" / "sroie-dev.jsonl",
+                          Path("/work/shared/data/sroie-dev.jsonl")) if p.exists()),
+             ROOT.parent / "shared" / "data" / "sroie-dev.jsonl")
 RECEIPT_FIELDS = ("company", "date", "address", "total")
 SYNTHETIC = ("person", "invoice", "job_posting")
 SERVED = "SmolLM2-135M-Instruct"
@@ -191,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--adapters", default="/tmp/lora-adapters", help="where the adapters are written (not the repo)")
     parser.add_argument("--data", default=str(SROIE))
-    parser.add_argument("--tiny", action="store_true", help="a CPU smoke run: a few short documents, 2 steps")
+    parser.add_argument("--tiny", action="store_true", help="a CPU smoke run: a few short documents, 1 step")
     parser.add_argument("--synthetic-train", type=int, default=240, help="synthetic training documents per schema")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -238,8 +241,8 @@ class Plan:
 
 def phase_train(plan: Plan) -> None:
     args, tiny = plan.args, plan.tiny
-    config = TrainConfig(epochs=1 if tiny else args.epochs, max_steps=2 if tiny else None,
-                         batch_size=2 if tiny else args.batch_size, learning_rate=args.lr, validation=0.1 if not tiny else 0.2,
+    config = TrainConfig(epochs=1 if tiny else args.epochs, max_steps=1 if tiny else None,
+                         batch_size=1 if tiny else args.batch_size, learning_rate=args.lr, validation=0.1 if not tiny else 0.2,
                          patience=2, seed=0)
     plan.results.mkdir(parents=True, exist_ok=True)
     trained = {"receipt": train(plan.receipt_task, plan.pool, plan.adapters_dir / "receipt", config, plan.model, plan.results)}
