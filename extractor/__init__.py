@@ -2,12 +2,14 @@
 
 from typing import TYPE_CHECKING, Any
 
+from extractor.adapters import AdapterRegistry
 from extractor.batch.ray_data import extract_dataset  # imports Ray only when called
 from extractor.contracts.compile import Limits, compile_strict_schema
 from extractor.contracts.contract import Contract, Example, Task, task_from_file, task_from_json_schema, task_from_model
 from extractor.contracts.registry import SchemaRegistry, default_registry
 from extractor.engines import Engine, GenerationRequest, GenerationResult, ScriptedEngine, create_engine
 from extractor.errors import (
+    AdapterRejected,
     DeadlineExceeded,
     DocumentError,
     DocumentTooLarge,
@@ -52,6 +54,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "AdapterRegistry", "AdapterRejected",
     "AsyncClient", "Client", "Contract", "DeadlineExceeded", "DocumentError", "DocumentTooLarge", "EmptyDocument", "Engine", "EngineError",
     "EngineOverloaded", "EngineTimeout", "EngineUnavailable", "Example", "ExtractOptions", "Extraction", "ExtractionFailed",
     "Extractor", "ExtractorError", "GenerationRequest", "GenerationResult", "GrammarNotEnforced", "InvalidRequest",

@@ -3,8 +3,9 @@
     ExtractorError
     ├── SchemaError ................ the contract itself is at fault
     │   ├── UnknownSchema .......... no schema registered under that name (404)
-    │   └── SchemaRejected ......... compiles to nothing an engine can enforce (422)
-    │       └── GrammarTimeout ..... its grammar did not compile within the time limit (422)
+    │   ├── SchemaRejected ......... compiles to nothing an engine can enforce (422)
+    │   │   └── GrammarTimeout ..... its grammar did not compile within the time limit (422)
+    │   └── AdapterRejected ........ a LoRA adapter made for another schema (version) or base model (422)
     ├── DocumentError .............. the document cannot be extracted from
     │   ├── EmptyDocument .......... empty or whitespace only (422)
     │   ├── UndecodableDocument .... not UTF-8 text, or an unreadable PDF (400)
@@ -74,6 +75,13 @@ class GrammarTimeout(SchemaRejected):
     """The schema's grammar did not compile within its time limit (the compile was killed)."""
 
     code = "grammar-timeout"
+
+
+class AdapterRejected(SchemaError):
+    """A LoRA adapter that does not fit: no manifest, another schema or schema version, another base
+    model. Raised before any document is sent."""
+
+    code = "adapter-rejected"
 
 
 class DocumentError(ExtractorError):

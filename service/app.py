@@ -25,6 +25,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
+from extractor.adapters.registry import AdapterRegistry
 from extractor.contracts.contract import Task
 from extractor.contracts.registry import SchemaRegistry, default_registry
 from extractor.engines import Engine
@@ -90,13 +91,18 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         registry.load_module(module)
     keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
     metrics = Metrics()
+    adapters = AdapterRegistry.load(settings.adapters)
+    adapters.check(registry.get)  # each adapter's schema and version, before anything starts
+    if engine is not None:
+        for adapter in adapters:
+            adapter.check_base(getattr(engine, "base_config", None), engine.model)
     engines = EngineHolder(settings.engine, settings.engine_options, engine=engine,
                            retry_after_s=settings.retry_after_s, ready_timeout_s=settings.ready_timeout_s,
-                           ready_cache_s=settings.ready_cache_s)
+                           ready_cache_s=settings.ready_cache_s, adapters=adapters)
     queue = AdmissionQueue(settings.max_inflight, settings.max_waiting, retry_after_s=settings.retry_after_s,
                            on_change=metrics.queue_depth)
     pipeline = Pipeline(engines, queue, metrics, deadline_s=settings.deadline_s,
-                        defaults=ExtractOptions(max_retries=settings.max_retries))
+                        defaults=ExtractOptions(max_retries=settings.max_retries), adapters=adapters)
     batches = BatchStore(database_url(settings.batch_db))
 
     def lookup(name: str) -> Task[Any]:

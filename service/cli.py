@@ -46,7 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_waiting=args.max_waiting, deadline_s=args.deadline, max_body_bytes=args.max_body_bytes,
             max_retries=args.max_retries, api_keys_file=args.api_keys_file, engine_options=engine_options,
             batch_db=args.batch_db, workers=args.workers,
-            schemas=tuple(args.schemas) if args.schemas else None)
+            schemas=tuple(args.schemas) if args.schemas else None,
+            adapters=tuple(args.adapter) if args.adapter else None)
     except ValueError as exc:
         return fail(f"serve: {exc}", EXIT_USAGE)
     serve(settings, log_level=args.log_level)

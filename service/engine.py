@@ -9,7 +9,8 @@ import logging
 import time
 from typing import Any
 
-from extractor.engines import Engine, GenerationRequest, create_engine
+from extractor.adapters.registry import AdapterRegistry
+from extractor.engines import Engine, GenerationRequest, adapter_options, create_engine
 from extractor.errors import EngineUnavailable, ExtractorError
 
 log = logging.getLogger("extractor.service")
@@ -26,9 +27,13 @@ PROBE = GenerationRequest(messages=({"role": "user", "content": 'Answer with the
 
 class EngineHolder:
     def __init__(self, name: str, options: dict[str, Any] | None = None, *, engine: Engine | None = None,
-                 retry_after_s: int = 1, ready_timeout_s: float = 30.0, ready_cache_s: float = 5.0) -> None:
+                 retry_after_s: int = 1, ready_timeout_s: float = 30.0, ready_cache_s: float = 5.0,
+                 adapters: AdapterRegistry | None = None) -> None:
         self.name = engine.name if engine is not None else name
-        self._options = options or {}
+        #: LoRA adapters the engine must apply: it starts with what they need, and is refused (as a
+        #: failed start) when they were trained on another base model
+        self.adapters = adapters if adapters is not None else AdapterRegistry()
+        self._options = {**(adapter_options(name, self.adapters.refs()) if engine is None else {}), **(options or {})}
         self._engine = engine
         self._owned = engine is None
         self._error: BaseException | None = None
@@ -47,7 +52,14 @@ class EngineHolder:
     async def _load(self) -> None:
         started = time.perf_counter()
         try:
-            self._engine = await asyncio.to_thread(create_engine, self.name, **self._options)
+            engine = await asyncio.to_thread(create_engine, self.name, **self._options)
+            try:
+                for adapter in self.adapters:
+                    adapter.check_base(getattr(engine, "base_config", None), engine.model)
+            except Exception:
+                await engine.aclose()
+                raise
+            self._engine = engine
         except Exception as exc:
             self._error = exc
             log.error("engine %s failed to start: %s", self.name, exc)

@@ -65,6 +65,8 @@ class ResponseMeta(BaseModel):
     tokens: Tokens
     engine: str
     model: str
+    adapter: str | None = Field(default=None, description="the LoRA adapter of this schema the record was generated "
+                                                         "with (EXTRACTOR_ADAPTERS); absent: the base model")
     engine_ms: float = Field(description="time spent waiting on the engine, all attempts")
     queue_ms: float = Field(description="time spent waiting for an in-flight slot")
     spans: dict[str, list[Span]] | None = Field(

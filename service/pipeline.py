@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from extractor.adapters.registry import AdapterRegistry
 from extractor.contracts.contract import Task
 from extractor.engines import Engine, GenerationRequest, GenerationResult
 from extractor.errors import DeadlineExceeded, ExtractionFailed
@@ -55,13 +56,15 @@ class Outcome:
 
 class Pipeline:
     def __init__(self, engines: EngineHolder, queue: AdmissionQueue, metrics: Metrics, *,
-                 deadline_s: float, defaults: ExtractOptions) -> None:
+                 deadline_s: float, defaults: ExtractOptions, adapters: AdapterRegistry | None = None) -> None:
         self.engines = engines
         self.queue = queue
         self.metrics = metrics
         self.deadline_s = deadline_s
         #: the server's options (`EXTRACTOR_MAX_RETRIES`, ...); a request's `options` override them
         self.defaults = defaults
+        #: schema -> LoRA adapter (`EXTRACTOR_ADAPTERS`)
+        self.adapters = adapters if adapters is not None else AdapterRegistry()
 
     async def extract(self, task: Task[Any], text: str, options: RequestOptions) -> Outcome:
         engine = TimedEngine(self.engines.get())
@@ -76,7 +79,7 @@ class Pipeline:
                 async with self.queue.slot(deadline):
                     queue_s = time.perf_counter() - started
                     self.metrics.queue_wait.observe(queue_s)
-                    result = await extract_one(engine, task, text, merged)
+                    result = await extract_one(engine, task, text, merged, self.adapters.ref_for(task))
             outcome, failures = "ok", len(result.meta.errors)
             return Outcome(result, engine.seconds, queue_s)
         except TimeoutError as exc:

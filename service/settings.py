@@ -18,6 +18,9 @@
     EXTRACTOR_API_KEYS          comma-separated sha256 hex digests of the accepted API keys
     EXTRACTOR_API_KEYS_FILE     file with one sha256 hex digest per line (# comments allowed)
     EXTRACTOR_SCHEMAS           comma-separated modules whose Contract subclasses get registered
+    EXTRACTOR_ADAPTERS          comma-separated LoRA adapter folders (`extract train`): /extract/<schema>
+                                runs with that schema's adapter (each manifest names its schema); one made
+                                for another schema version or base model stops the start-up
     EXTRACTOR_BATCH_DB          batch jobs' database: a SQLite file (./extractor-batches.sqlite3) or a
                                 postgresql://user@host/db URL
     EXTRACTOR_BATCH_CLAIM       items a batch worker leases at a time (16)
@@ -60,6 +63,7 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     api_keys_file: str | None = None
     schemas: tuple[str, ...] = ()
+    adapters: tuple[str, ...] = ()
     #: seconds a client is told to wait (Retry-After) after a 429 or a 503
     retry_after_s: int = 1
     #: seconds /readyz waits for its probe generation, and how long a good probe is trusted
@@ -117,7 +121,7 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         values = json.loads(text)
-        for name in ("api_keys", "schemas"):
+        for name in ("api_keys", "schemas", "adapters"):
             values[name] = tuple(values[name])
         return cls(**values)
 
@@ -145,7 +149,7 @@ def _parse(name: str, raw: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{PREFIX}ENGINE_OPTIONS must be a JSON object")
         return dict(parse_option(f"{key}={json.dumps(v)}") for key, v in value.items())
-    if name in ("api_keys", "schemas"):
+    if name in ("api_keys", "schemas", "adapters"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if isinstance(default, bool):
         return raw.lower() in ("1", "true", "yes")

@@ -51,4 +51,5 @@ def open_extractor(args: argparse.Namespace, registry: Any = None) -> Any:
     from extractor.pipeline.options import ExtractOptions
 
     options = ExtractOptions.parse(options_from_args(args))
-    return Extractor(args.engine, options=options, registry=registry, **parse_options(args.engine_option or []))
+    return Extractor(args.engine, options=options, registry=registry, adapter=getattr(args, "adapter", None),
+                     **parse_options(args.engine_option or []))

@@ -10,6 +10,12 @@ to it (report.html). A table of the top-level fields goes to stdout.
 
 `extract eval --compare A.json B.json [-o deltas.json]` prints the per-field
 deltas (B - A) of two reports: an A/B of prompts, models or engines.
+
+With `--adapter DIR` the schema is extracted with its LoRA adapter. Documents the adapter was
+trained on (by id or by text, from its manifest) are never scored: they are left out, with a
+warning, and counted in the report (`adapter.excluded_trained_on`). `--ab` also runs the base
+model on the same documents with the same engine, and the report holds both (`base`, and `ab`:
+the per-field deltas adapter - base).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ def add_parser(sub: Any, engine_names: list[str]) -> None:
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print per-field deltas B - A of two reports")
     add_engine_flags(p, engine_names)
     add_option_flags(p)
+    p.add_argument("--ab", action="store_true", help="with --adapter: also the base model on the same documents, "
+                                                     "both in one report")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N documents")
     p.add_argument("--abs-tol", type=float, default=0.005, help="numbers equal within this absolute difference (0.005)")
     p.add_argument("--rel-tol", type=float, default=0.0, help="... or within this share of the larger one (0)")
@@ -59,27 +67,63 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _usage("--limit must be at least 1")
     if args.concurrency < 1:
         return _usage("--concurrency must be at least 1")
+    if args.ab and not args.adapter:
+        return _usage("--ab compares an adapter with the base model: give --adapter DIR")
     return _evaluate(args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from extractor.adapters.registry import AdapterRegistry
     from extractor.errors import EngineError
     from extractor.eval.metrics import Tolerance
-    from extractor.eval.report import build_report, write_report
+    from extractor.eval.report import build_report, compare_reports, format_comparison, write_report
     from extractor.eval.run import aevaluate, read_dataset
 
     registry = load_registry(args)
     task = registry.get(args.schema)
     docs = read_dataset(args.dataset, task, limit=args.limit)
+    adapter = AdapterRegistry.load(args.adapter).get(task.name) if args.adapter else None
+    if args.adapter and adapter is None:
+        return _usage(f"no --adapter is for schema {task.name!r}")
+    excluded: list[str] = []
+    if adapter is not None:
+        excluded = [d.id for d in docs if adapter.trained_on(d.id, d.text)]
+        if excluded:
+            print(f"extract: eval: {len(excluded)} document(s) the adapter was trained on left out: "
+                  f"{', '.join(excluded[:8])}{' ...' if len(excluded) > 8 else ''}", file=sys.stderr)
+            docs = [d for d in docs if d.id not in set(excluded)]
+        if not docs:
+            return _usage("every document was in the adapter's training split: nothing to evaluate")
     extractor = open_extractor(args, registry)
+    tolerance = Tolerance(absolute=args.abs_tol, relative=args.rel_tol)
+
+    async def runs() -> tuple[Any, Any]:
+        from extractor.pipeline.extractor import Extractor
+
+        kwargs = {"dataset": str(args.dataset), "concurrency": args.concurrency, "progress": not args.no_progress}
+        base = None
+        if args.ab:  # the same engine (and model), without the adapter
+            base = await aevaluate(Extractor(extractor.engine, options=extractor.options, registry=registry), task,
+                                   docs, **kwargs)
+        return await aevaluate(extractor, task, docs, **kwargs), base
+
     try:
-        run = asyncio.run(run_then_close(extractor, aevaluate(
-            extractor, task, docs, dataset=str(args.dataset), concurrency=args.concurrency, progress=not args.no_progress)))
+        run, base_run = asyncio.run(run_then_close(extractor, runs()))
     except EngineError as exc:
         print(f"extract: engine {extractor.engine.name} failed: {exc}", file=sys.stderr)
         return EXIT_ENGINE
-    report = build_report(run, Tolerance(absolute=args.abs_tol, relative=args.rel_tol))
+    report = build_report(run, tolerance)
+    if adapter is not None:
+        report["adapter"] = {"name": adapter.name, "path": str(adapter.path), "excluded_trained_on": len(excluded),
+                             "manifest": {k: v for k, v in adapter.manifest.model_dump(mode="json", by_alias=True).items()
+                                          if k != "data"}}
+    if base_run is not None:
+        base_report = build_report(base_run, tolerance)
+        report["base"] = base_report
+        report["ab"] = compare_reports(base_report, report)
     json_path, html_path = write_report(report, args.output)
+    if base_run is not None:
+        print(format_comparison(report["ab"]))
     print(format_fields(report))
     print(f"extract: {report['valid']}/{report['documents']} valid, macro F1 {report['summary']['macro_f1']:.3f}, "
           f"{report['docs_per_s']} docs/s; wrote {json_path} and {html_path}", file=sys.stderr)

@@ -47,6 +47,8 @@ def add_engine_flags(parser: argparse.ArgumentParser, engine_names: list[str], *
     parser.add_argument("--engine-option", action="append", metavar="KEY=VALUE",
                         help="an engine option, repeatable; VALUE is read as JSON where it parses "
                              "(e.g. base_url=http://gpu:8000/v1, model=DIR, max-batch-size=8)")
+    parser.add_argument("--adapter", action="append", metavar="DIR",
+                        help="a LoRA adapter folder (`extract train`), repeatable: its schema is extracted with it")
     if concurrency:
         parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                             help=f"documents in flight (default {DEFAULT_CONCURRENCY})")

@@ -4,6 +4,8 @@
     extract batch SCHEMA INPUT -o OUT a resumable batch into JSONL (`cli/batch.py`)
     extract eval SCHEMA DATA.jsonl -o REPORT.json   per-field P/R/F1 against labels (`cli/eval.py`)
     extract view RESULTS.jsonl -o page.html         values highlighted in their documents (`cli/view.py`)
+    extract train SCHEMA TRAIN.jsonl --out DIR      a LoRA adapter for the schema (`cli/train.py`)
+    extract merge DIR --out MODEL_DIR               the adapter folded into its base model (`cli/merge.py`)
     extract schemas [list|show NAME|check FILE...]  (`cli/schemas.py`)
     extract serve [--engine ...]      the HTTP service (`service/cli.py`, through the
                                       `extractor.commands` entry-point group)
@@ -22,12 +24,12 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from extractor.cli import batch, eval, run, schemas, view
+from extractor.cli import batch, eval, merge, run, schemas, train, view
 from extractor.cli.common import EXIT_ENGINE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, quiet_libraries
 from extractor.errors import EngineError, ExtractorError, RequestError, SchemaError
 
 #: the built-in commands, in the order `extract --help` lists them
-COMMANDS = (run, batch, eval, view, schemas)
+COMMANDS = (run, batch, eval, view, train, merge, schemas)
 #: packages add commands here (this project's pyproject.toml: `serve = "service.cli:add_parser"`)
 ENTRY_POINT_GROUP = "extractor.commands"
 

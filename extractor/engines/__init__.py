@@ -3,9 +3,17 @@
 
 from __future__ import annotations
 
-from extractor.engines.base import Capacity, Engine, GenerationRequest, GenerationResult, Message, TokenLogprob
+from extractor.engines.base import AdapterRef, Capacity, Engine, GenerationRequest, GenerationResult, Message, TokenLogprob
 from extractor.engines.fake import ScriptedEngine
-from extractor.engines.registry import ENGINES, create_engine, engine_class, engine_names, parse_option, parse_options
+from extractor.engines.registry import (
+    ENGINES,
+    adapter_options,
+    create_engine,
+    engine_class,
+    engine_names,
+    parse_option,
+    parse_options,
+)
 
-__all__ = ["ENGINES", "Capacity", "Engine", "GenerationRequest", "GenerationResult", "Message", "ScriptedEngine", "TokenLogprob",
-           "create_engine", "engine_class", "engine_names", "parse_option", "parse_options"]
+__all__ = ["ENGINES", "AdapterRef", "Capacity", "Engine", "GenerationRequest", "GenerationResult", "Message", "ScriptedEngine",
+           "TokenLogprob", "adapter_options", "create_engine", "engine_class", "engine_names", "parse_option", "parse_options"]

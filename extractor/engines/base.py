@@ -25,6 +25,16 @@ FinishReason = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)
+class AdapterRef:
+    """A LoRA adapter an engine applies to one request: `name` is what a vLLM server serves it as
+    (`--lora-modules NAME=PATH`), `path` the folder with `adapter_config.json` and its weights."""
+
+    name: str
+    path: str
+    rank: int = 16
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     messages: Sequence[Message]
     schema: Mapping[str, Any]
@@ -34,6 +44,8 @@ class GenerationRequest:
     logprobs: bool = False
     #: >1 discourages tokens already generated (as vLLM's and HF's repetition_penalty)
     repetition_penalty: float = 1.0
+    #: the LoRA adapter of the request's schema; None: the base model
+    adapter: AdapterRef | None = None
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,12 @@ xgrammar with compact JSON whitespace.
 
 Concurrent `generate` calls are micro-batched by one worker thread. Inside
 a batch, requests that share everything up to their last message (the
-same schema, instructions and examples) share one prefill of that prefix,
-whose KV cache is kept (LRU) for the next batches.
+same schema, instructions and examples) and their LoRA adapter share one
+prefill of that prefix, whose KV cache is kept (LRU) for the next batches.
+
+A request with an `adapter` runs with that LoRA adapter (peft, loaded on
+first use; several adapters live in one model and the worker switches
+between groups). Merged weights need nothing special: `model_dir=MERGED`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extractor.engines.base import JSON_SEPARATORS, Capacity, Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
+from extractor.engines.base import (
+    JSON_SEPARATORS,
+    AdapterRef,
+    Capacity,
+    Engine,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    TokenLogprob,
+)
 from extractor.engines.detok import token_pieces
 from extractor.engines.grammar_cache import GrammarCache
 from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarProcess
@@ -158,6 +171,11 @@ class LocalEngine(Engine):
         self._defuse = Defuser(self.special_tokens)
         self.lm: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         self.lm.eval()  # type: ignore[no-untyped-call]  # no dropout
+        #: the HF config of the base model (adapters are checked against it)
+        self.base_config: dict[str, Any] = self.lm.config.to_dict()
+        self._peft: Any = None  # the PeftModel wrapping self.lm once an adapter is loaded
+        self._adapters: dict[str, str] = {}  # adapter name -> path, loaded
+        self._active: str | None = None
         # transformers renamed `past_key_values` to `cache` (the old name warns on every call)
         self._cache_kw = "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
         self.vocab_size = int(self.lm.config.vocab_size)
@@ -179,7 +197,7 @@ class LocalEngine(Engine):
         self._max_token_chars = max(len(t) for t in self.tokenizer.get_vocab())
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
-        self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._prefixes: OrderedDict[tuple[str | None, tuple[int, ...]], Any] = OrderedDict()
         self._prefix_cache_size = prefix_cache_size
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="local-engine", daemon=True)
@@ -269,7 +287,7 @@ class LocalEngine(Engine):
                 self._process(batch)
 
     def _process(self, batch: list[_Job]) -> None:
-        groups: dict[tuple[int, ...], list[_Job]] = {}
+        groups: dict[tuple[AdapterRef | None, tuple[int, ...]], list[_Job]] = {}
         for job in batch:
             if abandoned(job):  # its caller gave up while it queued
                 continue
@@ -278,9 +296,10 @@ class LocalEngine(Engine):
             except Exception as exc:
                 settle(job, exc)
                 continue
-            groups.setdefault(tuple(job.prefix_ids), []).append(job)
-        for prefix, jobs in groups.items():
+            groups.setdefault((job.request.adapter, tuple(job.prefix_ids)), []).append(job)
+        for (adapter, prefix), jobs in groups.items():
             try:
+                self._activate(adapter)
                 results = self._decode_group(prefix, jobs)
             except Exception as exc:
                 log.exception("local engine failed on a batch of %d", len(jobs))
@@ -291,14 +310,44 @@ class LocalEngine(Engine):
             for job, result in zip(jobs, results, strict=True):
                 settle(job, result)
 
+    def _activate(self, adapter: AdapterRef | None) -> None:
+        """Make `adapter` (None: the base model) the one the next forward passes run with."""
+        if adapter is None:
+            if self._peft is not None and self._active is not None:
+                self._peft.base_model.disable_adapter_layers()
+                self._active = None
+            return
+        if self._adapters.get(adapter.name, adapter.path) != adapter.path:
+            raise EngineError(f"two adapters named {adapter.name!r}: {self._adapters[adapter.name]} and {adapter.path}")
+        if adapter.name not in self._adapters:
+            try:
+                from peft import PeftModel
+            except ImportError as exc:
+                raise EngineUnavailable(f"LoRA adapters on the local engine need peft: pip install peft ({exc})") from exc
+            try:
+                if self._peft is None:  # wraps self.lm in place: its layers gain the adapter's LoRA branches
+                    self._peft = PeftModel.from_pretrained(self.lm, adapter.path, adapter_name=adapter.name)
+                else:
+                    self._peft.load_adapter(adapter.path, adapter_name=adapter.name)
+            except Exception as exc:
+                raise EngineError(f"cannot load the adapter {adapter.path}: {exc}") from exc
+            self._peft.eval()
+            self._adapters[adapter.name] = adapter.path
+            self._active = None
+        if self._active != adapter.name:
+            self._peft.base_model.enable_adapter_layers()
+            self._peft.base_model.set_adapter(adapter.name)
+            self._active = adapter.name
+
     def _prefix_cache(self, prefix: tuple[int, ...]) -> Any:
-        if prefix in self._prefixes:
-            self._prefixes.move_to_end(prefix)
-            return self._prefixes[prefix]
+        key = (self._active, prefix)  # the same prompt head has another KV cache under each adapter
+        if key in self._prefixes:
+            self._prefixes.move_to_end(key)
+            return self._prefixes[key]
         torch = self._torch
         out = self.lm(input_ids=torch.tensor([prefix]), use_cache=True)
         layers = tuple((layer.keys, layer.values) for layer in getattr(out, self._cache_kw).layers)
-        self._prefixes[prefix] = layers
+        self._prefixes[key] = layers
         while len(self._prefixes) > self._prefix_cache_size:
             self._prefixes.popitem(last=False)
         return layers

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-from extractor.engines.base import Engine
+from extractor.engines.base import AdapterRef, Engine
 from extractor.errors import ExtractorError
 
 ENTRY_POINT_GROUP = "extractor.engines"
@@ -67,6 +67,15 @@ def engine_class(name: str) -> type[Engine]:
     module_name, _, cls_name = target.partition(":")
     cls: type[Engine] = getattr(importlib.import_module(module_name), cls_name)
     return cls
+
+
+def adapter_options(name: str, adapters: Sequence[AdapterRef]) -> dict[str, Any]:
+    """The options engine `name` must start with to apply these LoRA adapters (vLLM in-process:
+    `enable_lora`, `max_lora_rank`, `max_loras`); an engine without an `adapter_options` needs none."""
+    if not adapters:
+        return {}
+    hook = getattr(engine_class(name), "adapter_options", None)
+    return dict(hook(adapters)) if callable(hook) else {}
 
 
 def create_engine(name: str, **options: Any) -> Engine:

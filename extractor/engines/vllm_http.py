@@ -10,6 +10,10 @@ The body goes out as prebuilt JSON and the answer is read as plain JSON: the `op
 request options, auth hooks and pydantic parsing of every completion were 43 % of the service's
 CPU per request at 64 in flight (py-spy, bench/service_overhead.py), for nothing a JSON body
 needs. Tests fake the server at the HTTP layer (`transport=httpx2.MockTransport(...)`).
+
+A request with a LoRA `adapter` names the adapter as its `model` (a server
+started with `--enable-lora --lora-modules NAME=DIR`); an adapter the
+server's `/v1/models` does not list is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ def chat_request(request: GenerationRequest, model: str) -> dict[str, Any]:
     none is sent.
     """
     body: dict[str, Any] = {
-        "model": model,
+        "model": request.adapter.name if request.adapter is not None else model,
         # the server's tokenizer is out of reach: its common control tokens, as text, are defused
         "messages": [dict(m) for m in COMMON.messages(request.messages)],
         "temperature": request.temperature,
@@ -192,6 +196,8 @@ class VllmHttpEngine(Engine):
         self._api_key, self._timeout, self._concurrency, self._transport = api_key, timeout, concurrency, transport
         self._session: _Session | None = None
         self._started = False
+        #: what the server's /v1/models lists: the base model and any LoRA adapters
+        self.served: list[str] = []
 
     @classmethod
     def capacity(cls, options: Mapping[str, Any]) -> Capacity:
@@ -248,7 +254,7 @@ class VllmHttpEngine(Engine):
     async def _start(self) -> None:
         try:
             models = await self._call(self._request, client=self._http, method="GET", path="/models")
-            served = [str(m["id"]) for m in models["data"]]
+            served = self.served = [str(m["id"]) for m in models["data"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise EngineUnavailable(f"{self.base_url}/models is no model list: {str(models)[:120]!r}") from exc
         if not served:
@@ -278,6 +284,12 @@ class VllmHttpEngine(Engine):
     # -- generation -------------------------------------------------------------
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         await self.start()
+        for adapter in {r.adapter for r in requests if r.adapter is not None}:
+            if adapter.name not in self.served:
+                raise EngineUnavailable(
+                    f"{self.base_url} does not serve the adapter {adapter.name!r} (it serves {', '.join(self.served)}); "
+                    f"start vLLM with --enable-lora --max-lora-rank {max(16, adapter.rank)} "
+                    f"--lora-modules {adapter.name}={adapter.path}")
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
     async def _one(self, request: GenerationRequest) -> GenerationResult:

@@ -14,6 +14,11 @@ benchmark, `AsyncLLM` with one asyncio task per request reached only about
 half of `LLM.generate`'s throughput; this loop is `LLM.generate`'s own.
 Request building (`sampling_options`, `PromptCache`) is pure and unit-tested;
 vLLM itself is imported only when an engine is created.
+
+LoRA adapters: started with `enable_lora=True` (`adapter_options` gives the
+settings for a set of adapters), a request with an `adapter` is added with
+its `LoRARequest`, so several schemas' adapters run in one engine, batched
+together with base-model requests.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from extractor.engines.base import Capacity, Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
+from extractor.engines.base import AdapterRef, Capacity, Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
 from extractor.engines.detok import token_pieces
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
 from extractor.engines.worker import Job, abandoned, settle
@@ -74,6 +79,19 @@ def structured_outputs_config(*, compact_whitespace: bool, backend: str | None) 
     elif compact_whitespace:
         config["backend"] = "xgrammar"  # vLLM's "auto" refuses disable_any_whitespace
     return config
+
+
+#: the ranks vLLM accepts as max_lora_rank
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_settings(adapters: Sequence[AdapterRef]) -> dict[str, Any]:
+    """vLLM engine arguments that let these adapters run side by side (empty without adapters)."""
+    if not adapters:
+        return {}
+    rank = max(a.rank for a in adapters)
+    return {"enable_lora": True, "max_lora_rank": next((r for r in LORA_RANKS if r >= rank), rank),
+            "max_loras": len({a.name for a in adapters})}
 
 
 def render_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
@@ -180,6 +198,10 @@ class VllmEngine(Engine):
     def capacity(cls, options: Mapping[str, Any]) -> Capacity:
         """vLLM batches up to max_num_seqs (256 by default) in one step: keep that many in flight."""
         return Capacity(inflight=int(options.get("max_num_seqs", 256)), processes=1)
+    @staticmethod
+    def adapter_options(adapters: Sequence[AdapterRef]) -> dict[str, Any]:
+        """Engine options for serving these adapters (an `Extractor` with adapters adds them)."""
+        return lora_settings(adapters)
 
     def __init__(self, model: str | None = None, *, served_model_name: str | None = None,
                  compact_whitespace: bool = False, backend: str | None = None, **engine_args: Any) -> None:
@@ -189,6 +211,7 @@ class VllmEngine(Engine):
         try:
             from vllm import LLM, SamplingParams
             from vllm.config import StructuredOutputsConfig
+            from vllm.lora.request import LoRARequest
             from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         except ImportError as exc:
             raise EngineUnavailable(f"the vllm engine needs vLLM: pip install '.[vllm]' ({exc})") from exc
@@ -196,9 +219,18 @@ class VllmEngine(Engine):
 
         self.model = served_model_name or os.path.basename(os.path.normpath(path))
         self._sampling_params = SamplingParams
+        self._lora_request = LoRARequest
         self._final_only = RequestOutputKind.FINAL_ONLY
         self._structured_params = StructuredOutputsParams
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        try:
+            with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+                #: the HF config of the base model (adapters are checked against it)
+                self.base_config: dict[str, Any] | None = json.load(f)
+        except (OSError, ValueError):
+            self.base_config = None
+        self._lora_enabled = bool(engine_args.get("enable_lora"))
+        self._lora_ids: dict[str, tuple[int, str]] = {}  # adapter name -> (lora_int_id, path)
         self._prompts = PromptCache(self.tokenizer)
         self.special_tokens = self._prompts.defuse.tokens
         # the output text as vLLM's detokenizer writes it: special tokens skipped, no clean-up of spaces
@@ -268,8 +300,21 @@ class VllmEngine(Engine):
         params = self._sampling_params(**sampling, structured_outputs=self._structured_params(**structured),
                                        output_kind=self._final_only)
         request_id = f"x{next(self._ids)}"
-        self._engine.add_request(request_id, {"prompt_token_ids": prompt}, params)
+        lora = self._lora(request.adapter) if request.adapter is not None else None
+        self._engine.add_request(request_id, {"prompt_token_ids": prompt}, params, lora_request=lora)
         running[request_id] = (job, len(prompt))
+
+    def _lora(self, adapter: AdapterRef) -> Any:
+        """The `LoRARequest` of an adapter: one stable `lora_int_id` per adapter name."""
+        if not self._lora_enabled:
+            raise EngineError(f"a request with the adapter {adapter.name!r} reached a vllm engine started without "
+                              "LoRA: start it with enable_lora=true (and max_lora_rank, max_loras)")
+        known = self._lora_ids.get(adapter.name)
+        if known is None:
+            known = self._lora_ids[adapter.name] = (len(self._lora_ids) + 1, adapter.path)
+        elif known[1] != adapter.path:
+            raise EngineError(f"two adapters named {adapter.name!r}: {known[1]} and {adapter.path}")
+        return self._lora_request(adapter.name, known[0], adapter.path)
 
     def _run(self) -> None:
         running: dict[str, tuple[Job, int]] = {}

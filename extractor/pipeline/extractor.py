@@ -8,9 +8,10 @@ from typing import Any, Literal, Self, TypeVar, overload
 
 from pydantic import BaseModel
 
+from extractor.adapters.registry import AdapterRegistry, AdapterSpec
 from extractor.contracts.contract import Task
 from extractor.contracts.registry import SchemaRegistry, default_registry
-from extractor.engines import Engine, create_engine
+from extractor.engines import Engine, adapter_options, create_engine
 from extractor.errors import ExtractorError
 from extractor.pipeline.loop import extract_one
 from extractor.pipeline.many import Document, ItemResult, iterate_in_thread, run_many
@@ -34,17 +35,32 @@ class Extractor:
     and every other keyword is an engine option (`threads=1`, `base_url=...`). `run`/`arun` take
     per-call overrides the same way. An extractor that created its engine closes it: use it as a
     context manager (`with Extractor() as ex:` / `async with`) or call `close()`/`aclose()`.
+
+    `adapter` is a LoRA adapter folder (`extract train`), several, or an `AdapterRegistry`: each
+    schema with an adapter is extracted with it, the others with the base model. An adapter made
+    for another schema version or base model is refused here (`AdapterRejected`), before any document.
     """
 
     def __init__(self, engine: str | Engine = "local", *, options: ExtractOptions | None = None,
-                 registry: SchemaRegistry | None = None, **keywords: Any) -> None:
+                 registry: SchemaRegistry | None = None, adapter: AdapterSpec = None, **keywords: Any) -> None:
         option_keywords, engine_options = split_option_keywords(keywords)
         self.options = (options or DEFAULT_OPTIONS).merged(option_keywords)
-        self._owns_engine = isinstance(engine, str)
-        self.engine: Engine = create_engine(engine, **engine_options) if isinstance(engine, str) else engine
         self.registry = registry if registry is not None else default_registry()
         #: the one event loop of this extractor's sync methods (see pipeline/sync.py)
         self._loop = LoopThread()
+        self.adapters = AdapterRegistry.load(adapter)
+        self.adapters.check(self.registry.get)  # the schemas, before a model is loaded
+        self._owns_engine = isinstance(engine, str)
+        if isinstance(engine, str):
+            engine_options = {**adapter_options(engine, self.adapters.refs()), **engine_options}
+            self.engine: Engine = create_engine(engine, **engine_options)
+        else:
+            self.engine = engine
+        try:
+            self.adapters.check(self.registry.get, getattr(self.engine, "base_config", None), self.engine.model)
+        except Exception:
+            self.close()
+            raise
 
     def _run(self, coro: Coroutine[Any, Any, R]) -> R:
         return self._loop.run(coro)
@@ -61,7 +77,8 @@ class Extractor:
                    options: ExtractOptions | Mapping[str, Any] | None = None, **overrides: Any) -> Extraction[Any]:
         """Extract with metadata: an `Extraction` (data + meta). `options` and keywords named like
         `ExtractOptions` fields (`spans=True`) override the extractor's own for this call."""
-        return await extract_one(self.engine, self.task(schema), text, self.options_for(options, **overrides))
+        task = self.task(schema)
+        return await extract_one(self.engine, task, text, self.options_for(options, **overrides), self.adapters.ref_for(task))
 
     def run(self, schema: str | type[BaseModel] | Task[Any], text: str,
             options: ExtractOptions | Mapping[str, Any] | None = None, **overrides: Any) -> Extraction[Any]:
@@ -167,8 +184,10 @@ class Extractor:
                 total = len(docs)
             bar = tqdm(total=total, unit="doc", file=sys.stderr)
 
+        adapter = self.adapters.ref_for(task)
+
         async def run(text: str) -> Extraction[Any]:
-            return await extract_one(self.engine, task, text, self.options)
+            return await extract_one(self.engine, task, text, self.options, adapter)
 
         try:
             async for item in run_many(run, docs, concurrency=concurrency, ordered=ordered):

@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from extractor.contracts.contract import Task
-from extractor.engines.base import Engine, GenerationRequest, GenerationResult, Message
+from extractor.engines.base import AdapterRef, Engine, GenerationRequest, GenerationResult, Message
 from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout, SchemaRejected
 from extractor.grounding.confidence import field_confidence
 from extractor.grounding.constraint import DocumentConstraint, default_builder, fallback
@@ -89,7 +89,10 @@ async def _grounded_constraint(engine: Engine, task: Task[Any], document: str) -
     return constraint
 
 
-async def extract_one(engine: Engine, task: Task[Any], document: str, options: ExtractOptions = DEFAULT_OPTIONS) -> Extraction[Any]:
+async def extract_one(engine: Engine, task: Task[Any], document: str, options: ExtractOptions = DEFAULT_OPTIONS,
+                      adapter: AdapterRef | None = None) -> Extraction[Any]:
+    """One document through the retry loop; every attempt runs with `adapter` (the task's LoRA
+    adapter, `extractor.adapters`) when one is given."""
     if not document.strip():
         raise EmptyDocument("the document is empty")
     check_unicode(document)  # a lone surrogate: no tokenizer takes it
@@ -113,7 +116,7 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, options: E
         request = GenerationRequest(messages=tuple(messages), schema=schema, max_tokens=max_tokens,
                                     temperature=options.retry_temperature if resampling else 0.0,
                                     seed=options.seed + attempt - 1, logprobs=options.logprobs or options.confidence,
-                                    repetition_penalty=options.repetition_penalty)
+                                    repetition_penalty=options.repetition_penalty, adapter=adapter)
         try:
             (result,) = await engine.generate([request])
         except GrammarTimeout:
@@ -143,7 +146,8 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, options: E
                     attempts=attempt, errors=seen, prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens, latency_ms=(time.perf_counter() - start) * 1000,
                     spans=judged.spans if options.spans else None, confidence=confidence,
-                    grounded_decoding=grounded)
+                    grounded_decoding=grounded,
+                    adapter=adapter.name if adapter is not None else None)
         return Extraction(data=judged.outcome.value, meta=meta)
     last = "; ".join(seen[-1]) if seen else "no attempt made"
     raise ExtractionFailed(f"{task.name}: no valid output after {len(seen)} attempt(s): {last}",

@@ -30,15 +30,19 @@ class Meta:
     #: with grounded decoding: "full" (the per-document constraint), or "fallback:<reason>" (decoded
     #: with the task's schema, values checked against the document; `extractor.grounding.constraint`)
     grounded_decoding: str | None = None
+    #: the LoRA adapter the record was generated with (None: the base model)
+    adapter: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `meta`; `spans`, `confidence` and `grounded_decoding` only when they were asked for."""
         out = asdict(self)
-        spans, confidence = out.pop("spans"), out.pop("confidence")
+        spans, confidence, adapter = out.pop("spans"), out.pop("confidence"), out.pop("adapter")
         if out["grounded_decoding"] is None:
             del out["grounded_decoding"]
         out["tokens"] = {"prompt": out.pop("prompt_tokens"), "completion": out.pop("completion_tokens")}
         out["latency_ms"] = round(self.latency_ms, 1)
+        if adapter is not None:
+            out["adapter"] = adapter
         if spans is not None:
             out["spans"] = spans
         if confidence is not None:
