@@ -8,7 +8,9 @@ from schemas.invoice import Invoice, LineItem
 from schemas.job_posting import JobPosting, SalaryRange
 from schemas.person import Person
 from schemas.receipt import Receipt, ReceiptItem
+from schemas.statement import Statement, Transaction
 
-BUILTIN = (Person, Invoice, Receipt, JobPosting)
+BUILTIN = (Person, Invoice, Receipt, JobPosting, Statement)
 
-__all__ = ["BUILTIN", "Invoice", "JobPosting", "LineItem", "Person", "Receipt", "ReceiptItem", "SalaryRange"]
+__all__ = ["BUILTIN", "Invoice", "JobPosting", "LineItem", "Person", "Receipt", "ReceiptItem", "SalaryRange",
+           "Statement", "Transaction"]

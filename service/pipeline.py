@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from extractor.contracts.contract import Task
-from extractor.engines import Engine, GenerationRequest, GenerationResult
+from extractor.engines import Engine, GenerationRequest, GenerationResult, TokenBudget
 from extractor.errors import DeadlineExceeded, ExtractionFailed
-from extractor.pipeline.loop import extract_one
+from extractor.longdoc import extract_document
 from extractor.pipeline.options import ExtractOptions
 from extractor.pipeline.result import Extraction
 from service.engine import EngineHolder
@@ -33,6 +33,9 @@ class TimedEngine(Engine):
         self.calls = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        if isinstance(engine, TokenBudget):  # chunking measures prompts with the engine's own tokenizer
+            self.context_length = engine.context_length
+            self.count_prompt_tokens = engine.count_prompt_tokens
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         started = time.perf_counter()
@@ -76,7 +79,7 @@ class Pipeline:
                 async with self.queue.slot(deadline):
                     queue_s = time.perf_counter() - started
                     self.metrics.queue_wait.observe(queue_s)
-                    result = await extract_one(engine, task, text, merged)
+                    result = await extract_document(engine, task, text, merged)
             outcome, failures = "ok", len(result.meta.errors)
             return Outcome(result, engine.seconds, queue_s)
         except TimeoutError as exc:

@@ -178,6 +178,10 @@ class LocalEngine(Engine):
             self._queue.put(job)
         return list(await asyncio.gather(*(j.future for j in jobs)))
 
+    def count_prompt_tokens(self, messages: Sequence[Any]) -> int:
+        """Tokens of the rendered prompt (`TokenBudget`): what `_tokenize` checks against the context."""
+        return len(self.tokenizer.encode(self._render(messages), add_special_tokens=False))
+
     def close(self) -> None:
         self._queue.put(None)
         self._worker.join(timeout=30)

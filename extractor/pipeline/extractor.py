@@ -12,7 +12,7 @@ from extractor.contracts.contract import Task
 from extractor.contracts.registry import SchemaRegistry, default_registry
 from extractor.engines import Engine, create_engine
 from extractor.errors import ExtractorError
-from extractor.pipeline.loop import extract_one
+from extractor.longdoc import extract_document, stream_document
 from extractor.pipeline.many import Document, ItemResult, extract_many, iterate_in_thread
 from extractor.pipeline.options import DEFAULT_CONCURRENCY, DEFAULT_OPTIONS, ExtractOptions, split_option_keywords
 from extractor.pipeline.result import Extraction
@@ -63,7 +63,17 @@ class Extractor:
                    options: ExtractOptions | Mapping[str, Any] | None = None, **overrides: Any) -> Extraction[Any]:
         """Extract with metadata: an `Extraction` (data + meta). `options` and keywords named like
         `ExtractOptions` fields (`spans=True`) override the extractor's own for this call."""
-        return await extract_one(self.engine, self.task(schema), text, self.options_for(options, **overrides))
+        return await extract_document(self.engine, self.task(schema), text, self.options_for(options, **overrides))
+
+    async def astream(self, schema: str | type[BaseModel] | Task[Any], text: str,
+                      options: ExtractOptions | Mapping[str, Any] | None = None,
+                      **overrides: Any) -> AsyncIterator[dict[str, Any]]:
+        """Events as values become final, each sent once and never changed: `item` (a list
+        field's item of a long document, with `field`, `data`, `start`, `end`), `record` (with
+        `many=True`), `field` (`field`, `value`), then `result` (`schema`, `version`, `data`,
+        `meta`, as `Extraction.to_dict`). See `extractor.longdoc`."""
+        async for event in stream_document(self.engine, self.task(schema), text, self.options_for(options, **overrides)):
+            yield event
 
     def run(self, schema: str | type[BaseModel] | Task[Any], text: str,
             options: ExtractOptions | Mapping[str, Any] | None = None, **overrides: Any) -> Extraction[Any]:
@@ -162,7 +172,7 @@ class Extractor:
             bar = tqdm(total=total, unit="doc", file=sys.stderr)
 
         async def run(text: str) -> Extraction[Any]:
-            return await extract_one(self.engine, task, text, self.options)
+            return await extract_document(self.engine, task, text, self.options)
 
         try:
             async for item in extract_many(run, docs, concurrency=concurrency, ordered=ordered):

@@ -19,6 +19,7 @@ free-text strings and numbers can only take values that occur in the document
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,47 +65,99 @@ def _judge(task: Task[Any], result: GenerationResult, document: str, system: str
     return _Judged(outcome, spans)
 
 
-async def extract_one(engine: Engine, task: Task[Any], document: str, options: ExtractOptions = DEFAULT_OPTIONS) -> Extraction[Any]:
-    if not document.strip():
-        raise EmptyDocument("the document is empty")
-    check_unicode(document)  # a lone surrogate: no tokenizer takes it
-    start = time.perf_counter()
-    messages: list[Message] = build_messages(task, document)
-    schema = constrain_to_document(task.strict_schema, document) if options.grounded_for(task) else task.strict_schema
-    max_tokens = task.max_tokens
-    grew = False
-    seen: list[list[str]] = []
-    prompt_tokens = completion_tokens = 0
-    for attempt in range(1, options.max_attempts + 1):
+@dataclass
+class _Attempts:
+    """One document's way through the retry loop, one engine result at a time, so that many
+    documents can share each engine call (`extract_together`)."""
+
+    task: Task[Any]
+    document: str
+    options: ExtractOptions
+    engine: Engine
+    #: messages fed back before the first attempt (a merged record's errors, `extractor.longdoc`)
+    feedback: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.document.strip():
+            raise EmptyDocument("the document is empty")
+        check_unicode(self.document)  # a lone surrogate: no tokenizer takes it
+        self.start = time.perf_counter()
+        self.messages: list[Message] = build_messages(self.task, self.document)
+        if self.feedback:
+            self.messages.append(feedback_message(self.feedback))
+        self.schema = (constrain_to_document(self.task.strict_schema, self.document)
+                       if self.options.grounded_for(self.task) else self.task.strict_schema)
+        self.max_tokens = self.task.max_tokens
+        self.grew = False
+        self.seen: list[list[str]] = []
+        self.attempt = 0
+        self.prompt_tokens = self.completion_tokens = 0
+        self.outcome: Extraction[Any] | ExtractionFailed | None = None
+
+    def request(self) -> GenerationRequest:
         # any retry samples a little: greedy decoding would walk the same path again
         # (into the same validation error, or the same loop up to max_tokens)
-        resampling = bool(seen)
-        request = GenerationRequest(messages=tuple(messages), schema=schema, max_tokens=max_tokens,
-                                    temperature=options.retry_temperature if resampling else 0.0,
-                                    seed=options.seed + attempt - 1, logprobs=options.logprobs or options.confidence,
-                                    repetition_penalty=options.repetition_penalty)
-        (result,) = await engine.generate([request])
-        prompt_tokens += result.prompt_tokens
-        completion_tokens += result.completion_tokens
-        judged = _judge(task, result, document, messages[0]["content"], options, max_tokens)
+        self.attempt += 1
+        options = self.options
+        return GenerationRequest(messages=tuple(self.messages), schema=self.schema, max_tokens=self.max_tokens,
+                                 temperature=options.retry_temperature if (self.seen or self.feedback) else 0.0,
+                                 seed=options.seed + self.attempt - 1, logprobs=options.logprobs or options.confidence,
+                                 repetition_penalty=options.repetition_penalty)
+
+    def take(self, result: GenerationResult) -> None:
+        """Judge one engine result; sets `outcome` when the document is done."""
+        options = self.options
+        self.prompt_tokens += result.prompt_tokens
+        self.completion_tokens += result.completion_tokens
+        judged = _judge(self.task, result, self.document, self.messages[0]["content"], options, self.max_tokens)
         if isinstance(judged.outcome, Invalid):
-            seen.append(judged.outcome.errors)
+            self.seen.append(judged.outcome.errors)
             if judged.cut:
-                if grew:
-                    break
-                max_tokens *= options.length_growth
-                grew = True
-                continue
-            messages = [*messages, {"role": "assistant", "content": result.text}, feedback_message(judged.outcome.errors)]
-            continue
+                if self.grew:
+                    self._give_up()
+                    return
+                self.max_tokens *= options.length_growth
+                self.grew = True
+            else:
+                self.messages = [*self.messages, {"role": "assistant", "content": result.text},
+                                 feedback_message(judged.outcome.errors)]
+            if self.attempt >= options.max_attempts:
+                self._give_up()
+            return
         confidence = None
         if options.confidence and result.logprobs is not None:
             confidence = field_confidence(result.text, result.logprobs)
-        meta = Meta(schema=task.name, version=task.version, engine=engine.name, model=engine.model,
-                    attempts=attempt, errors=seen, prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens, latency_ms=(time.perf_counter() - start) * 1000,
+        meta = Meta(schema=self.task.name, version=self.task.version, engine=self.engine.name,
+                    model=self.engine.model, attempts=self.attempt, errors=self.seen,
+                    prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                    latency_ms=(time.perf_counter() - self.start) * 1000,
                     spans=judged.spans if options.spans else None, confidence=confidence)
-        return Extraction(data=judged.outcome.value, meta=meta)
-    last = "; ".join(seen[-1]) if seen else "no attempt made"
-    raise ExtractionFailed(f"{task.name}: no valid output after {len(seen)} attempt(s): {last}",
-                           attempts=len(seen), errors=seen)
+        self.outcome = Extraction(data=judged.outcome.value, meta=meta)
+
+    def _give_up(self) -> None:
+        last = "; ".join(self.seen[-1]) if self.seen else "no attempt made"
+        self.outcome = ExtractionFailed(f"{self.task.name}: no valid output after {len(self.seen)} attempt(s): {last}",
+                                        attempts=len(self.seen), errors=self.seen)
+
+
+async def extract_together(engine: Engine, jobs: Sequence[tuple[Task[Any], str, list[str] | None]],
+                           options: ExtractOptions = DEFAULT_OPTIONS) -> list[Extraction[Any] | ExtractionFailed]:
+    """Several (task, document, feedback) jobs through the retry loop, every round of attempts
+    in ONE engine call (the chunks of a long document batch together on any engine). A job's
+    failure is its `ExtractionFailed` in its place; an engine failure raises."""
+    states = [_Attempts(task, document, options, engine, feedback) for task, document, feedback in jobs]
+    while active := [s for s in states if s.outcome is None]:
+        results = await engine.generate([s.request() for s in active])
+        for state, result in zip(active, results, strict=True):
+            state.take(result)
+    return [s.outcome for s in states if s.outcome is not None]
+
+
+async def extract_one(engine: Engine, task: Task[Any], document: str, options: ExtractOptions = DEFAULT_OPTIONS) -> Extraction[Any]:
+    state = _Attempts(task, document, options, engine)
+    while state.outcome is None:
+        (result,) = await engine.generate([state.request()])
+        state.take(result)
+    if isinstance(state.outcome, ExtractionFailed):
+        raise state.outcome
+    return state.outcome

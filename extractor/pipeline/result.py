@@ -27,17 +27,21 @@ class Meta:
     spans: dict[str, list[Span]] | None = None
     #: field path -> probability of its value's tokens (`confidence=True`, engines with logprobs)
     confidence: dict[str, float] | None = None
+    #: a chunked document (`extractor.longdoc`): chunks, passes, merge conflicts, completeness
+    long: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `meta`; `spans` and `confidence` only when they were asked for."""
         out = asdict(self)
-        spans, confidence = out.pop("spans"), out.pop("confidence")
+        spans, confidence, long = out.pop("spans"), out.pop("confidence"), out.pop("long")
         out["tokens"] = {"prompt": out.pop("prompt_tokens"), "completion": out.pop("completion_tokens")}
         out["latency_ms"] = round(self.latency_ms, 1)
         if spans is not None:
             out["spans"] = spans
         if confidence is not None:
             out["confidence"] = {path: float(f"{p:.4g}") for path, p in confidence.items()}
+        if long is not None:
+            out["long"] = long
         return out
 
 
