@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -33,7 +34,7 @@ class Statement(Contract):
         ),
     )
     #: a long statement prints running balances: the closing one is the one after "Closing balance"
-    merge_rules = {"closing_balance": "nearest:closing balance"}
+    merge_rules: ClassVar[dict[str, str]] = {"closing_balance": "nearest:closing balance"}
 
     account_holder: str = Field(description="Name of the account holder")
     account_number: str = Field(description="Account number or IBAN as printed")

@@ -72,6 +72,10 @@ class ResponseMeta(BaseModel):
                                   "occurs in the document; an empty list: found nowhere")
     confidence: dict[str, float] | None = Field(
         default=None, description="with options.confidence: field path -> probability of its value's tokens")
+    long: dict[str, Any] | None = Field(
+        default=None, description="a chunked document: chunks, passes, merge conflicts (field, values, chosen "
+                                  "value, rule), list completeness, chunks failed, retried or re-run with a larger "
+                                  "output budget")
 
 
 class Problem(BaseModel):

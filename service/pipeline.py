@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from extractor.contracts.contract import Task
 from extractor.engines import Engine, GenerationRequest, GenerationResult, TokenBudget
 from extractor.errors import DeadlineExceeded, ExtractionFailed
-from extractor.longdoc import extract_document
+from extractor.longdoc import extract_document, stream_document
 from extractor.pipeline.options import ExtractOptions
 from extractor.pipeline.result import Extraction
 from service.engine import EngineHolder
@@ -65,6 +65,22 @@ class Pipeline:
         self.deadline_s = deadline_s
         #: the server's options (`EXTRACTOR_MAX_RETRIES`, ...); a request's `options` override them
         self.defaults = defaults
+
+    async def stream(self, task: Task[Any], text: str, options: RequestOptions) -> AsyncIterator[dict[str, Any]]:
+        """The events of one document (`extractor.longdoc.stream_document`), admitted and under
+        the deadline like `extract`."""
+        engine = TimedEngine(self.engines.get())
+        merged = self.defaults.merged(extract_options(options))
+        deadline = min(getattr(options, "timeout_s", None) or self.deadline_s, self.deadline_s)
+        try:
+            async with asyncio.timeout(deadline) as timer, self.queue.slot(deadline):
+                async for event in stream_document(engine, task, text, merged):
+                    yield event
+        except TimeoutError as exc:
+            if not timer.expired():
+                raise
+            raise DeadlineExceeded(f"no result within the {deadline:g} s deadline",
+                                   deadline_s=deadline, engine_calls=engine.calls) from exc
 
     async def extract(self, task: Task[Any], text: str, options: RequestOptions) -> Outcome:
         engine = TimedEngine(self.engines.get())

@@ -28,10 +28,11 @@ def read_invoice(text: str) -> dict[str, Any]:
              for m in ITEM.finditer(text)]
     vendor = text.split("\n", 1)[0].strip() if "INVOICE" in text else None
     number = re.search(r"Invoice number: (\S+)", text)
-    date = re.search(r"Invoice date: (\d\d \w+ \d{4})", text)
+    printed = re.search(r"Invoice date: (\d\d \w+ \d{4})", text)
+    date = dt.datetime.strptime(printed[1], "%d %B %Y").date().isoformat() if printed else None
     total = re.search(r"Total due: ([\d,]+\.\d\d)", text)
     currency = re.search(r"Currency: ([A-Z]{3})", text)
-    return {"vendor": vendor, "invoice_number": number[1] if number else None, "date": dt.datetime.strptime(date[1], "%d %B %Y").date().isoformat() if date else None,
+    return {"vendor": vendor, "invoice_number": number[1] if number else None, "date": date,
             "currency": currency[1] if currency else None, "line_items": items,
             "total": float(total[1].replace(",", "")) if total else None}
 

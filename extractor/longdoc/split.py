@@ -156,8 +156,9 @@ def split_document(text: str, max_chars: int, overlap_chars: int | None = None) 
         header = None
         if header_line is not None and header_line < first and is_table_row(lines[first].text):
             header = lines[header_line]
-        chunks.append(Chunk(len(chunks), start, end, text[start:end], header.text if header else None,
-                            header.start if header else 0))
+        header_text = header.text.lstrip("\f") if header else None  # a page break is no part of it
+        header_at = header.start + len(header.text) - len(header_text) if header and header_text is not None else 0
+        chunks.append(Chunk(len(chunks), start, end, text[start:end], header_text, header_at))
         if cut >= len(lines):
             break
         nxt = cut - 1 if cut - 1 > first else cut  # at least the last line again

@@ -51,6 +51,9 @@ class Extraction(Generic[T]):
     meta: Meta
 
     def data_dict(self) -> Any:
+        """The data as JSON values (a list of records with `many`)."""
+        if isinstance(self.data, list):
+            return [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in self.data]
         return self.data.model_dump(mode="json") if isinstance(self.data, BaseModel) else self.data
 
     def to_dict(self) -> dict[str, Any]:
