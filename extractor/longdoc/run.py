@@ -45,7 +45,7 @@ from extractor.pipeline.loop import extract_one, extract_together
 from extractor.pipeline.options import DEFAULT_OPTIONS, ExtractOptions
 from extractor.pipeline.prompt import build_messages
 from extractor.pipeline.result import Extraction, Meta
-from extractor.pipeline.validate import Invalid, validate_output
+from extractor.pipeline.validate import Invalid, Valid, validate_output
 
 #: a document longer than this many default chunks is chunked even where it would fit the context
 LONG_CHUNKS = 3
@@ -327,19 +327,19 @@ class LongRun:
         failure.partial = merged.data  # type: ignore[attr-defined]
         raise failure
 
-    def _validate(self, merged: Merged) -> Any:
+    def _validate(self, merged: Merged) -> Valid[Any] | Invalid:
         if self.many:
             records = merged.data.get(RECORDS) or []
             if self.task.model is None:
-                return _Valid(records)
+                return Valid(records)
             try:
-                return _Valid([self.task.model.model_validate(r, context={"document": self.document})
+                return Valid([self.task.model.model_validate(r, context={"document": self.document})
                                for r in records])
             except ValueError as exc:
                 return Invalid([str(exc)[:500]])
         return validate_output(self.task, json.dumps(merged.data), self.document)
 
-    def _extraction(self, outcome: Any, merged: Merged) -> Extraction[Any]:
+    def _extraction(self, outcome: Valid[Any], merged: Merged) -> Extraction[Any]:
         spans: dict[str, list[Span]] | None = None
         if self.options.spans:
             spans = {(path.removeprefix(RECORDS) if self.many else path): found
@@ -359,11 +359,6 @@ class LongRun:
                     prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
                     latency_ms=(time.perf_counter() - self.started) * 1000, spans=spans, long=long)
         return Extraction(data=outcome.value, meta=meta)
-
-
-@dataclass(frozen=True)
-class _Valid:
-    value: Any
 
 
 __all__ = ["LongRun", "extract_document", "needs_chunks", "prompt_tokens", "stream_document"]
