@@ -5,6 +5,8 @@ accuracy, per kind (invoices of 50-300 items, statements, staff reports read wit
         -> bench/results/eval_long_local.json and .png
     python bench/eval_long.py --engine vllm --engine-option model=$SMOLLM2_DIR --out DIR   # all 22, GPU
         -> DIR/eval_long_vllm.json and .png
+    ... --stream    through Extractor.astream: each document's time to its first streamed event too
+        -> DIR/eval_long_vllm_stream.json
 
 Items are matched as a multiset of (text folded, numbers) tuples: an item counts as found only with
 every field right. A document whose merged record fails validation is scored on its merged record
@@ -65,16 +67,24 @@ def score(doc: dict[str, Any], data: Any) -> dict[str, Any]:
             "recall": hits / max(1, len(want)), "precision": hits / max(1, sum(found.values())), "header": header}
 
 
-async def run(extractor: Extractor, docs: list[dict[str, Any]], options: dict[str, Any]) -> list[dict[str, Any]]:
+async def run(extractor: Extractor, docs: list[dict[str, Any]], options: dict[str, Any],
+              stream: bool = False) -> list[dict[str, Any]]:
     schemas: dict[str, Any] = {"statement": Statement}  # not registered by default (no dev set)
 
     async def one(doc: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         valid, error, meta = True, None, {}
+        first_event: float | None = None
         try:
             schema = schemas.get(doc["schema"], doc["schema"])
-            result = await extractor.arun(schema, doc["text"], many=doc["many"], **options)
-            data, meta = result.data_dict(), result.to_dict()["meta"]
+            if stream:
+                async for event in extractor.astream(schema, doc["text"], many=doc["many"], **options):
+                    first_event = first_event if first_event is not None else time.perf_counter() - started
+                    if event["event"] == "result":
+                        data, meta = event["data"], event["meta"]
+            else:
+                result = await extractor.arun(schema, doc["text"], many=doc["many"], **options)
+                data, meta = result.data_dict(), result.to_dict()["meta"]
         except ExtractionFailed as exc:
             data, valid, error = getattr(exc, "partial", None), False, str(exc)[:300]
             if doc["many"] and isinstance(data, dict):
@@ -87,6 +97,8 @@ async def run(extractor: Extractor, docs: list[dict[str, Any]], options: dict[st
         out.update(chunks=long.get("chunks"), passes=long.get("passes"), conflicts=len(long.get("conflicts", [])),
                    completeness=[{k: v for k, v in c.items() if k != "field"} for c in long.get("completeness", [])],
                    tokens=meta.get("tokens"), error=error)
+        if stream:
+            out["first_event_s"] = round(first_event, 3) if first_event is not None else None
         print(json.dumps({k: out[k] for k in ("id", "valid", "recall", "precision", "seconds")}), file=sys.stderr)
         return out
 
@@ -100,7 +112,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {"documents": len(group), "valid": sum(r["valid"] for r in group), "items": items,
                 "recall": round(matched / max(1, items), 4), "precision": round(matched / max(1, extracted), 4),
                 "header_accuracy": round(sum(header) / len(header), 4) if header else None,
-                "seconds": round(sum(r["seconds"] for r in group), 1)}
+                "seconds": round(sum(r["seconds"] for r in group), 1),
+                **({"first_event_s_median": sorted(f)[len(f) // 2]} if (f := [r["first_event_s"] for r in group
+                                                                              if r.get("first_event_s")]) else {})}
 
     kinds = sorted({r["schema"] + (" (many)" if r["schema"] == "person" else "") for r in rows})
     by_kind = {k: agg([r for r in rows if r["schema"] + (" (many)" if r["schema"] == "person" else "") == k])
@@ -138,6 +152,8 @@ def main() -> None:
     parser.add_argument("--chunk-tokens", type=int, default=None)
     parser.add_argument("--passes", type=int, default=1)
     parser.add_argument("--grounded-decoding", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--stream", action="store_true",
+                        help="through Extractor.astream: also the time to the first streamed event of each document")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     docs = list(documents())
@@ -151,10 +167,10 @@ def main() -> None:
         options["grounded_decoding"] = args.grounded_decoding
     started = time.perf_counter()
     with Extractor(args.engine, **parse_options(args.engine_option)) as extractor:
-        rows = asyncio.run(run(extractor, docs, options))
+        rows = asyncio.run(run(extractor, docs, options, stream=args.stream))
         model = extractor.engine.model
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"eval_long_{args.engine.replace('-', '_')}"
+    name = f"eval_long_{args.engine.replace('-', '_')}{'_stream' if args.stream else ''}"
     report = {"engine": args.engine, "model": model, "options": options, "seconds": round(time.perf_counter() - started, 1),
               "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
               **summary(rows), "documents": rows}
