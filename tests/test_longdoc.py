@@ -370,3 +370,27 @@ def test_the_local_engine_counts_tokens_and_a_20000_character_invoice_is_chunked
             assert engine.count_prompt_tokens(messages) + 2 * run.budget.max_tokens < engine.context_length
     finally:
         engine.close()
+
+
+def test_extract_run_stream_prints_each_record_once_then_the_result(tmp_path: Any,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from extractor.cli.main import main
+    from tests.fake_openai import Reply, fake_openai
+
+    def read(body: dict[str, Any]) -> Reply:
+        schema = body["response_format"]["json_schema"]["schema"]
+        if "ok" in schema.get("properties", {}):
+            return Reply('{"ok": true}')
+        return Reply(reader(GenerationRequest(messages=body["messages"], schema=schema, max_tokens=1)))
+
+    doc = DOCS["staff-02-40"]
+    path = tmp_path / "report.txt"
+    path.write_text(doc["text"])
+    with fake_openai(read) as server:
+        code = main(["run", "person", str(path), "--many", "--stream", "--chunk-tokens", "200", "--engine",
+                     "vllm-http", "--engine-option", f"base_url={server.url}"])
+    assert code == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["event"] for e in events] == ["record"] * 40 + ["result"]
+    assert [e["data"] for e in events[:-1]] == doc["label"] == events[-1]["data"]
+    assert events[-1]["meta"]["long"]["chunks"] > 3
