@@ -15,8 +15,9 @@ honouring Retry-After up to `max_backoff_s`). Pass `transport=` (e.g.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Literal, TypeVar, overload
 
@@ -132,16 +133,40 @@ def _extraction(body: Any, model: type[BaseModel] | None, text: str) -> Extracti
                  spans={path: [Span.from_dict(s) for s in found] for path, found in meta["spans"].items()}
                  if meta.get("spans") is not None else None,
                  confidence={path: float(p) for path, p in meta["confidence"].items()}
-                 if meta.get("confidence") is not None else None)
+                 if meta.get("confidence") is not None else None, long=meta.get("long"))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ExtractorError(f"the server's response is not an extraction: {exc!r}") from exc
     if model is not None:
         try:
-            data = model.model_validate(data, context={"document": text})
+            data = ([model.model_validate(d, context={"document": text}) for d in data] if isinstance(data, list)
+                    else model.model_validate(data, context={"document": text}))
         except ValidationError as exc:
             raise ExtractorError(f"the server's {m.schema} v{m.version} record does not fit the local model "
                                  f"{model.__name__}: {exc}") from exc
     return Extraction(data=data, meta=m)
+
+
+class _SseParser:
+    """Server-Sent Events lines -> the events of `POST /extract/{schema}?stream=true`, as
+    `Extractor.astream` yields them; an `error` event raises its `ExtractorError`."""
+
+    def __init__(self) -> None:
+        self.kind = "message"
+        self.data: list[str] = []
+
+    def feed(self, line: str) -> dict[str, Any] | None:
+        if line.startswith("event:"):
+            self.kind = line[6:].strip()
+        elif line.startswith("data:"):
+            self.data.append(line[5:].lstrip())
+        elif not line and self.data:
+            kind, body = self.kind, json.loads("\n".join(self.data))
+            self.kind, self.data = "message", []
+            if kind == "error":
+                details = {k: v for k, v in body.items() if k not in ("detail", "code")}
+                raise error_class(str(body.get("code", "")))(str(body.get("detail", "stream failed")), **details)
+            return {"event": kind, **body}
+        return None
 
 
 def _headers(api_key: str | None, headers: dict[str, str] | None) -> dict[str, str]:
@@ -212,6 +237,21 @@ class Client:
                 raise error
             time.sleep(_backoff(error, attempt, self.max_backoff_s))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def stream(self, schema: Schema, text: str, options: ExtractOptions | Mapping[str, Any] | None = None,
+               **overrides: Any) -> Iterator[dict[str, Any]]:
+        """The events of `POST /extract/{schema}?stream=true` as they come (see `Extractor.astream`):
+        `item` / `record` / `field` events, each final, then `result`. Failures raise."""
+        name, _ = _resolve(schema, self.registry)
+        with self._http.stream("POST", f"/extract/{name}", params={"stream": "true"},
+                               json=_body(text, options, overrides)) as response:
+            if not response.is_success:
+                response.read()
+                raise problem_error(response)
+            parser = _SseParser()
+            for line in response.iter_lines():
+                if (event := parser.feed(line)) is not None:
+                    yield event
 
     def run(self, schema: Schema, text: str, options: ExtractOptions | Mapping[str, Any] | None = None,
             **overrides: Any) -> Extraction[Any]:
@@ -300,6 +340,20 @@ class AsyncClient:
                 raise error
             await asyncio.sleep(_backoff(error, attempt, self.max_backoff_s))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def stream(self, schema: Schema, text: str, options: ExtractOptions | Mapping[str, Any] | None = None,
+                     **overrides: Any) -> AsyncIterator[dict[str, Any]]:
+        """`Client.stream`, asynchronously."""
+        name, _ = _resolve(schema, self.registry)
+        async with self._http.stream("POST", f"/extract/{name}", params={"stream": "true"},
+                                     json=_body(text, options, overrides)) as response:
+            if not response.is_success:
+                await response.aread()
+                raise problem_error(response)
+            parser = _SseParser()
+            async for line in response.aiter_lines():
+                if (event := parser.feed(line)) is not None:
+                    yield event
 
     async def run(self, schema: Schema, text: str, options: ExtractOptions | Mapping[str, Any] | None = None,
                   **overrides: Any) -> Extraction[Any]:

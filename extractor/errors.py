@@ -192,7 +192,15 @@ class TooManyRequests(RequestError):
     code = "too-many-requests"
 
 
+class MergeConflict(ExtractorError):
+    """The chunks of a long document gave different values for a field whose merge rule is
+    `raise` (`Task.merge_rules`); `field` names it, `values` lists them."""
+
+    code = "merge-conflict"
+
+
 _HTTP_STATUS: dict[type[ExtractorError], int] = {
+    MergeConflict: 422,
     UnknownSchema: 404,
     SchemaRejected: 422,
     SchemaError: 422,

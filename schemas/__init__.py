@@ -1,6 +1,7 @@
 """The task schemas shipped with the project.
 
-Each is a `Contract` (a Pydantic v2 model with a name, version,
+`schemas.statement` (a bank statement, used by the long-document bench) is not registered by
+default: it has no dev set. Each is a `Contract` (a Pydantic v2 model with a name, version,
 instructions and few-shot examples). `BUILTIN` lists them for the registry.
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
@@ -37,6 +38,8 @@ class Invoice(Contract):
     contract_version = "1"
     #: every value is printed in the document: decoded only as what it prints (document_constraint)
     grounded_decoding = True
+    #: over a long invoice, chunks that read different totals: the amount printed after "Total"
+    merge_rules: ClassVar[dict[str, str]] = {"total": "nearest:total"}
     instructions = (
         "Extract the invoice: who issued it, its number, its date as YYYY-MM-DD, the currency code, "
         "every line item with quantity and unit price, and the total amount due."

@@ -1,6 +1,7 @@
 """The FastAPI app: routes only; each concern lives in its own module.
 
-    POST /extract/{schema}   one typed path per registered schema (JSON, text, markdown, PDF, multipart)
+    POST /extract/{schema}   one typed path per registered schema (JSON, text, markdown, PDF, multipart);
+                             ?stream=true: Server-Sent Events as values become final (sse)
     GET  /schemas            registered schemas
     GET  /schemas/{name}     a schema's strict JSON schema
     GET  /healthz            the process is up
@@ -23,7 +24,7 @@ from fastapi import Depends, FastAPI, Request, Security
 from fastapi.params import Depends as DependsParam
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from extractor.adapters.registry import AdapterRegistry
 from extractor.contracts.contract import Task
@@ -44,6 +45,7 @@ from service.pdf import PdfLimits, PdfReaders
 from service.pipeline import Pipeline
 from service.queue import AdmissionQueue
 from service.settings import Settings
+from service.sse import SSE_MEDIA_TYPE, sse
 from service.upload import read_upload
 
 
@@ -149,6 +151,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                                 max_document_chars=settings.max_document_chars, pdf=pdf_readers.text)
         fields: dict[str, Any] = request.state.log
         fields.update(schema=task.name, source=doc.source, chars=len(doc.text))
+        if request.query_params.get("stream", "").lower() in ("true", "1", "yes"):
+            return StreamingResponse(sse(pipeline.stream(task, doc.text, doc.options), request),
+                                     media_type=SSE_MEDIA_TYPE, headers={"Cache-Control": "no-cache"})
         try:
             outcome = await pipeline.extract(task, doc.text, doc.options)
         except ExtractionFailed as exc:

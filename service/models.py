@@ -78,6 +78,10 @@ class ResponseMeta(BaseModel):
         default=None, description="with grounded decoding: `full` (decoded under the per-document constraint), or "
                                   "`fallback:<reason>` (past its size or time budget: decoded with the schema, values "
                                   "checked against the document)")
+    long: dict[str, Any] | None = Field(
+        default=None, description="a chunked document: chunks, passes, merge conflicts (field, values, chosen "
+                                  "value, rule), list completeness, chunks failed, retried or re-run with a larger "
+                                  "output budget")
 
 
 class Problem(BaseModel):

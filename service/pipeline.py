@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from extractor.adapters.registry import AdapterRegistry
 from extractor.contracts.contract import Task
-from extractor.engines import Engine, GenerationRequest, GenerationResult
+from extractor.engines import Engine, GenerationRequest, GenerationResult, TokenBudget
 from extractor.errors import DeadlineExceeded, ExtractionFailed
-from extractor.pipeline.loop import extract_one
+from extractor.longdoc import extract_document, stream_document
 from extractor.pipeline.options import ExtractOptions
 from extractor.pipeline.result import Extraction
 from service.engine import EngineHolder
@@ -34,6 +34,9 @@ class TimedEngine(Engine):
         self.calls = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        if isinstance(engine, TokenBudget):  # chunking measures prompts with the engine's own tokenizer
+            self.context_length = engine.context_length
+            self.count_prompt_tokens = engine.count_prompt_tokens
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         started = time.perf_counter()
@@ -66,6 +69,22 @@ class Pipeline:
         #: schema -> LoRA adapter (`EXTRACTOR_ADAPTERS`)
         self.adapters = adapters if adapters is not None else AdapterRegistry()
 
+    async def stream(self, task: Task[Any], text: str, options: RequestOptions) -> AsyncIterator[dict[str, Any]]:
+        """The events of one document (`extractor.longdoc.stream_document`), admitted and under
+        the deadline like `extract`."""
+        engine = TimedEngine(self.engines.get())
+        merged = self.defaults.merged(extract_options(options))
+        deadline = min(getattr(options, "timeout_s", None) or self.deadline_s, self.deadline_s)
+        try:
+            async with asyncio.timeout(deadline) as timer, self.queue.slot(deadline):
+                async for event in stream_document(engine, task, text, merged):
+                    yield event
+        except TimeoutError as exc:
+            if not timer.expired():
+                raise
+            raise DeadlineExceeded(f"no result within the {deadline:g} s deadline",
+                                   deadline_s=deadline, engine_calls=engine.calls) from exc
+
     async def extract(self, task: Task[Any], text: str, options: RequestOptions) -> Outcome:
         engine = TimedEngine(self.engines.get())
         merged = self.defaults.merged(extract_options(options))
@@ -79,7 +98,7 @@ class Pipeline:
                 async with self.queue.slot(deadline):
                     queue_s = time.perf_counter() - started
                     self.metrics.queue_wait.observe(queue_s)
-                    result = await extract_one(engine, task, text, merged, self.adapters.ref_for(task))
+                    result = await extract_document(engine, task, text, merged, self.adapters.ref_for(task))
             outcome, failures = "ok", len(result.meta.errors)
             return Outcome(result, engine.seconds, queue_s)
         except TimeoutError as exc:

@@ -59,14 +59,20 @@ def render(body: dict[str, Any], status: int, headers: dict[str, str] | None = N
     return Response(content, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
-def error_response(exc: ExtractorError, request: Request, *, retry_after_s: int = 1) -> Response:
-    status = http_status(exc)
+def problem_body(exc: ExtractorError, request: Request) -> dict[str, Any]:
+    """The problem document of `exc` (also the `error` event of a stream)."""
     fields = getattr(request.state, "log", None)
     if isinstance(fields, dict):
         fields["error"] = exc.code
     body: dict[str, Any] = {k: _json_safe(v) for k, v in exc.details.items()}
-    body.update(type=problem_type(exc.code), title=_title(type(exc)), status=status, detail=exc.message,
+    body.update(type=problem_type(exc.code), title=_title(type(exc)), status=http_status(exc), detail=exc.message,
                 code=exc.code, request_id=_request_id(request), instance=request.url.path)
+    return body
+
+
+def error_response(exc: ExtractorError, request: Request, *, retry_after_s: int = 1) -> Response:
+    status = http_status(exc)
+    body = problem_body(exc, request)
     headers = None
     if status in _RETRY_STATUSES:
         hint = exc.details.get("retry_after")

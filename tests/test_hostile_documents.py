@@ -85,8 +85,9 @@ def test_extract_run_mixes_good_bad_and_over_context_documents(tmp_path: Path,
     good.write_text(DOC)
     empty.write_text("")
     long.write_text("Alice Smith is 34 and lives in Lisbon. " * 1500)  # 58 kB: within the limit, over the context
-    with fake_openai(max_prompt_chars=20_000) as server:
-        code = main(["run", "person", str(good), str(empty), str(long), "--no-progress", "--engine", "vllm-http",
+    with fake_openai(max_prompt_chars=20_000) as server:  # not chunked (`--chunking off`): refused
+        code = main(["run", "person", str(good), str(empty), str(long), "--no-progress", "--chunking", "off",
+                     "--engine", "vllm-http",
                      "--engine-option", f"base_url={server.url}", "--engine-option", "backoff_s=0.01"])
     out, err = capsys.readouterr()
     assert code == 1
@@ -122,7 +123,8 @@ def test_extract_batch_turns_each_bad_document_into_its_own_error_line(tmp_path:
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_bytes(b"\n".join(BATCH_LINES) + b"\n")
     with fake_openai(max_prompt_chars=20_000) as server:
-        code = main(["batch", "person", str(src), "-o", str(out), "--no-progress", "--ordered", "--engine", "vllm-http",
+        code = main(["batch", "person", str(src), "-o", str(out), "--no-progress", "--ordered", "--chunking", "off",
+                     "--engine", "vllm-http",
                      "--engine-option", f"base_url={server.url}", "--engine-option", "backoff_s=0.01"])
     err = capsys.readouterr().err
     assert code == 1, err
@@ -198,7 +200,8 @@ def test_the_service_answers_413_for_a_document_over_the_model_context() -> None
     with fake_openai(max_prompt_chars=20_000) as server:
         engine = VllmHttpEngine(server.url, backoff_s=0.01)
         app = make_app(engine)
-        r = call(app, "POST", "/extract/person", json={"text": "Alice Smith is 34. " * 3000})
+        r = call(app, "POST", "/extract/person", json={"text": "Alice Smith is 34. " * 3000,
+                                                        "options": {"chunking": "off"}})
         ok = call(app, "POST", "/extract/person", json={"text": DOC})
     assert r.status_code == 413 and r.json()["code"] == "document-too-large"
     assert "maximum context length" in r.json()["detail"]

@@ -22,13 +22,20 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
     for name in ExtractOptions.exposed_fields():
         field = ExtractOptions.model_fields[name]
         default = getattr(DEFAULT_OPTIONS, name)
-        help_text = f"{field.description} (default {default if default is not None else 'the schema'})"
         annotation = field.annotation
         optional = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)] if optional else [annotation]
+        unset = "the schema" if inner == [bool] else "automatic"
+        help_text = f"{field.description} (default {default if default is not None else unset})"
         if annotation is bool:
             parser.add_argument(_flag(name), action="store_true", default=None, help=help_text)
-        elif optional:  # bool | None: on, off, or as the schema says
+        elif optional and inner == [bool]:  # bool | None: on, off, or as the schema says
             parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(annotation) is typing.Literal:
+            parser.add_argument(_flag(name), choices=typing.get_args(annotation), default=None, help=help_text)
+        elif optional:  # int | None: a number, or the default
+            number: Any = inner[0]
+            parser.add_argument(_flag(name), type=number, default=None, metavar="N", help=help_text)
         else:
             convert: Any = annotation
             parser.add_argument(_flag(name), type=convert, default=None, metavar="N", help=help_text)

@@ -21,6 +21,9 @@ def add_parser(sub: Any, engine_names: list[str]) -> None:
     add_engine_flags(run, engine_names)
     add_option_flags(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--stream", action="store_true",
+                     help="print each document's events as JSON lines as values become final (item, record, field), "
+                          "then its result")
     run.add_argument("--schemas", action="append", metavar="MODULE", dest="schemas_run", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
@@ -41,8 +44,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"extract: {err}", file=sys.stderr)
         return EXIT_FAILED
     extractor = open_extractor(args, registry)
+    if args.stream:
+        return asyncio.run(run_then_close(extractor, _print_events(extractor, task, docs)))
     return asyncio.run(run_then_close(extractor, _print_results(
         extractor, task, docs, args.concurrency, show_progress=len(docs) > 1 and not args.no_progress)))
+
+
+async def _print_events(extractor: Any, task: Any, docs: list[tuple[str, str | ExtractorError]]) -> int:
+    """`--stream`: one JSON line per event, documents one after the other (`meta.file` / `file`
+    name the document when there are several)."""
+    status = EXIT_OK
+    for name, text in docs:
+        try:
+            if isinstance(text, ExtractorError):
+                raise text
+            async for event in extractor.astream(task, text):
+                if len(docs) > 1:
+                    event = {**event, "file": name}
+                print(json.dumps(event, ensure_ascii=False), flush=True)
+        except EngineError as exc:
+            return fail(f"engine {extractor.engine.name} failed: {exc}", EXIT_ENGINE)
+        except ExtractorError as exc:
+            print(f"extract: {name}: {exc}", file=sys.stderr)
+            status = EXIT_FAILED
+    return status
 
 
 async def _print_results(extractor: Any, task: Any, docs: list[tuple[str, str | ExtractorError]], concurrency: int,

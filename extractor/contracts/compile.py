@@ -51,9 +51,10 @@ SUPPORTED = frozenset({
     "description", "format", "pattern", "minLength", "maxLength", "minimum",
     "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems",
     "$schema", "$id", "title", "default", "examples", "uniqueItems", "discriminator",
-    "x-version", "x-examples", "x-grounded-decoding", "readOnly", "writeOnly", "deprecated", "$comment",
+    "x-version", "x-examples", "x-grounded-decoding", "x-merge-rules", "readOnly", "writeOnly", "deprecated", "$comment",
 })
 DROPPED = frozenset({"title", "default", "examples", "discriminator", "x-version", "x-examples", "x-grounded-decoding",
+                     "x-merge-rules",
                      "$schema", "$id", "readOnly", "writeOnly", "deprecated", "$comment"})
 
 # Formats xgrammar and llguidance both turn into grammar.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -45,6 +46,10 @@ class Contract(BaseModel):
     #: the contract's values are copied from the document: decode its strings and numbers only
     #: as values the document prints (`document_constraint`) unless a call says otherwise
     grounded_decoding: ClassVar[bool] = False
+    #: how a long document's chunks that disagree on a top-level field are merged, per field:
+    #: "first", "last", "nearest:KEYWORD" (the value printed nearest after KEYWORD) or "raise";
+    #: unnamed fields take "first" (`extractor.longdoc.merge`)
+    merge_rules: ClassVar[dict[str, str]] = {}
 
 
 DEFAULT_INSTRUCTIONS = "Extract the fields of the schema from the document."
@@ -66,11 +71,27 @@ class Task(Generic[ModelT]):
     #: grounded decoding when a call does not choose (`Contract.grounded_decoding`,
     #: `x-grounded-decoding` of a raw schema)
     grounded_decoding: bool = False
+    #: per top-level field, how chunks that disagree are merged (`Contract.merge_rules`,
+    #: `x-merge-rules` of a raw schema)
+    merge_rules: Mapping[str, str] = field(default_factory=dict)
 
     @cached_property
     def schema_json(self) -> str:
         """The strict schema as compact JSON (computed once: a task's schema is never changed)."""
         return json.dumps(self.strict_schema, separators=(",", ":"))
+
+
+MERGE_RULES = ("first", "last", "raise")
+
+
+def check_merge_rules(rules: dict[Any, Any], where: str) -> dict[str, str]:
+    """`rules` if every one is "first", "last", "raise" or "nearest:KEYWORD"; else `SchemaRejected`."""
+    for name, rule in rules.items():
+        ok = isinstance(rule, str) and (rule in MERGE_RULES or (rule.startswith("nearest:") and len(rule) > 8))
+        if not (isinstance(name, str) and ok):
+            raise SchemaRejected(f"{where}.{name}", f"unknown merge rule {rule!r}: one of first, last, raise, "
+                                                    "nearest:KEYWORD")
+    return dict(rules)
 
 
 def _snake(name: str) -> str:
@@ -88,7 +109,9 @@ def task_from_model(model: type[ModelT]) -> Task[ModelT]:
         instructions = model.instructions or DEFAULT_INSTRUCTIONS
         examples = tuple(model.examples)
         grounded = bool(model.grounded_decoding)
+        rules = check_merge_rules(dict(model.merge_rules), "merge_rules")
     else:
+        rules = {}
         name, version, instructions, examples = _snake(model.__name__), "1", DEFAULT_INSTRUCTIONS, ()
         grounded = False
     for i, ex in enumerate(examples):
@@ -105,6 +128,7 @@ def task_from_model(model: type[ModelT]) -> Task[ModelT]:
         model=model,
         examples=examples,
         grounded_decoding=grounded,
+        merge_rules=rules,
     )
 
 
@@ -130,6 +154,10 @@ def task_from_json_schema(schema: Any, *, name: str, version: str | None = None)
     grounded = schema.get("x-grounded-decoding", False)
     if not isinstance(grounded, bool):
         raise SchemaRejected("$.x-grounded-decoding", "must be true or false")
+    raw_rules = schema.get("x-merge-rules", {})
+    if not isinstance(raw_rules, dict):
+        raise SchemaRejected("$.x-merge-rules", "must be an object of field name -> rule")
+    rules = check_merge_rules(raw_rules, "$.x-merge-rules")
     return Task(
         name=name,
         version=str(version or schema.get("x-version", "1")),
@@ -139,6 +167,7 @@ def task_from_json_schema(schema: Any, *, name: str, version: str | None = None)
         model=None,
         examples=tuple(examples),
         grounded_decoding=grounded,
+        merge_rules=rules,
     )
 
 

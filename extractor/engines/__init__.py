@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from extractor.engines.base import AdapterRef, Capacity, Engine, GenerationRequest, GenerationResult, Message, TokenLogprob
+from extractor.engines.base import AdapterRef, Capacity, Engine, GenerationRequest, GenerationResult, Message, TokenBudget, TokenLogprob
 from extractor.engines.fake import ScriptedEngine
 from extractor.engines.registry import (
     ENGINES,
@@ -16,4 +16,5 @@ from extractor.engines.registry import (
 )
 
 __all__ = ["ENGINES", "AdapterRef", "Capacity", "Engine", "GenerationRequest", "GenerationResult", "Message", "ScriptedEngine",
-           "TokenLogprob", "adapter_options", "create_engine", "engine_class", "engine_names", "parse_option", "parse_options"]
+           "TokenBudget", "TokenLogprob", "adapter_options", "create_engine", "engine_class", "engine_names", "parse_option",
+           "parse_options"]

@@ -74,6 +74,21 @@ class Capacity:
 
 
 @runtime_checkable
+class TokenBudget(Protocol):
+    """An optional engine capability: the model's context size and a token count of a prompt.
+
+    Engines that know their tokenizer (`local`, `vllm`) provide it; long documents are cut into
+    chunks that fit (`extractor.longdoc`). Others are measured with a characters-per-token estimate.
+    """
+
+    context_length: int
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of `messages` rendered with the chat template, generation prompt included."""
+        ...
+
+
+@runtime_checkable
 class Engine(Protocol):
     """What every engine provides. `name` and `model` label results.
 

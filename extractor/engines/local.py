@@ -223,6 +223,10 @@ class LocalEngine(Engine):
 
         await asyncio.get_running_loop().run_in_executor(self._compiler, self.grammar_cache.get, json.dumps(schema))
 
+    def count_prompt_tokens(self, messages: Sequence[Any]) -> int:
+        """Tokens of the rendered prompt (`TokenBudget`): what `_tokenize` checks against the context."""
+        return len(self.tokenizer.encode(self._render(messages), add_special_tokens=False))
+
     def close(self) -> None:
         self._queue.put(None)
         self._worker.join(timeout=30)

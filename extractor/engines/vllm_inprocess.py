@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from extractor.engines.base import AdapterRef, Capacity, Engine, FinishReason, GenerationRequest, GenerationResult, TokenLogprob
+from extractor.engines.base import AdapterRef, Capacity, Engine, FinishReason, GenerationRequest, GenerationResult, Message, TokenLogprob
 from extractor.engines.detok import token_pieces
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
 from extractor.engines.worker import Job, abandoned, settle
@@ -263,6 +263,10 @@ class VllmEngine(Engine):
         for job in jobs:
             self._inbox.put(job)
         return list(await asyncio.gather(*(j.future for j in jobs)))
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of the rendered prompt (`TokenBudget`), as `_add` counts them."""
+        return len(render_prompt(self.tokenizer, GenerationRequest(messages=messages, schema={}, max_tokens=1)))
 
     def close(self) -> None:
         if self._worker.is_alive():

@@ -13,7 +13,7 @@ from extractor.contracts.contract import Task
 from extractor.contracts.registry import SchemaRegistry, default_registry
 from extractor.engines import Engine, adapter_options, create_engine
 from extractor.errors import ExtractorError
-from extractor.pipeline.loop import extract_one
+from extractor.longdoc import extract_document, stream_document
 from extractor.pipeline.many import Document, ItemResult, iterate_in_thread, run_many
 from extractor.pipeline.options import DEFAULT_CONCURRENCY, DEFAULT_OPTIONS, ExtractOptions, split_option_keywords
 from extractor.pipeline.result import Extraction
@@ -78,7 +78,19 @@ class Extractor:
         """Extract with metadata: an `Extraction` (data + meta). `options` and keywords named like
         `ExtractOptions` fields (`spans=True`) override the extractor's own for this call."""
         task = self.task(schema)
-        return await extract_one(self.engine, task, text, self.options_for(options, **overrides), self.adapters.ref_for(task))
+        return await extract_document(self.engine, task, text, self.options_for(options, **overrides), self.adapters.ref_for(task))
+
+    async def astream(self, schema: str | type[BaseModel] | Task[Any], text: str,
+                      options: ExtractOptions | Mapping[str, Any] | None = None,
+                      **overrides: Any) -> AsyncIterator[dict[str, Any]]:
+        """Events as values become final, each sent once and never changed: `item` (a list
+        field's item of a long document, with `field`, `data`, `start`, `end`), `record` (with
+        `many=True`), `field` (`field`, `value`), then `result` (`schema`, `version`, `data`,
+        `meta`, as `Extraction.to_dict`). See `extractor.longdoc`."""
+        task = self.task(schema)
+        async for event in stream_document(self.engine, task, text, self.options_for(options, **overrides),
+                                           self.adapters.ref_for(task)):
+            yield event
 
     def run(self, schema: str | type[BaseModel] | Task[Any], text: str,
             options: ExtractOptions | Mapping[str, Any] | None = None, **overrides: Any) -> Extraction[Any]:
@@ -187,7 +199,7 @@ class Extractor:
         adapter = self.adapters.ref_for(task)
 
         async def run(text: str) -> Extraction[Any]:
-            return await extract_one(self.engine, task, text, self.options, adapter)
+            return await extract_document(self.engine, task, text, self.options, adapter)
 
         try:
             async for item in run_many(run, docs, concurrency=concurrency, ordered=ordered):

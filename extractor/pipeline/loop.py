@@ -1,5 +1,8 @@
 """The extraction loop: generate, validate, feed the errors back, repeat.
 
+`extract_one` runs one document; `extract_together` runs several (the chunks of a long
+document), every round of attempts in one engine call.
+
 Never returns an unvalidated value: it returns an `Extraction` whose data
 passed every gate, or raises `ExtractionFailed` with the errors of every
 attempt. An output cut at `max_tokens` is a failure; the next attempt gets
@@ -25,8 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -89,66 +92,149 @@ async def _grounded_constraint(engine: Engine, task: Task[Any], document: str) -
     return constraint
 
 
-async def extract_one(engine: Engine, task: Task[Any], document: str, options: ExtractOptions = DEFAULT_OPTIONS,
-                      adapter: AdapterRef | None = None) -> Extraction[Any]:
-    """One document through the retry loop; every attempt runs with `adapter` (the task's LoRA
-    adapter, `extractor.adapters`) when one is given."""
+@dataclass
+class _Attempts:
+    """One document's way through the retry loop, one engine result at a time, so that many
+    documents can share each engine call (`extract_together`)."""
+
+    task: Task[Any]
+    document: str
+    options: ExtractOptions
+    engine: Engine
+    #: messages fed back before the first attempt (a merged record's errors, `extractor.longdoc`)
+    feedback: list[str] | None = None
+    #: the task's LoRA adapter (`extractor.adapters`), every attempt runs with it
+    adapter: AdapterRef | None = None
+    #: what the engine enforces: the task's strict schema, or grounded decoding's per-document one
+    schema: Mapping[str, Any] | None = None
+    #: meta.grounded_decoding: "full", "fallback:<reason>", or None (plain decoding)
+    grounded: str | None = None
+
+    def __post_init__(self) -> None:
+        self.start = time.perf_counter()
+        self.messages: list[Message] = build_messages(self.task, self.document)
+        if self.feedback:
+            self.messages.append(feedback_message(self.feedback))
+        if self.schema is None:
+            self.schema = self.task.strict_schema
+        self.max_tokens = self.task.max_tokens
+        self.grew = False
+        self.seen: list[list[str]] = []
+        self.attempt = 0
+        self.prompt_tokens = self.completion_tokens = 0
+        self.outcome: Extraction[Any] | ExtractionFailed | None = None
+
+    def request(self) -> GenerationRequest:
+        # any retry samples a little: greedy decoding would walk the same path again
+        # (into the same validation error, or the same loop up to max_tokens)
+        self.attempt += 1
+        options = self.options
+        assert self.schema is not None
+        return GenerationRequest(messages=tuple(self.messages), schema=self.schema, max_tokens=self.max_tokens,
+                                 temperature=options.retry_temperature if (self.seen or self.feedback) else 0.0,
+                                 seed=options.seed + self.attempt - 1, logprobs=options.logprobs or options.confidence,
+                                 repetition_penalty=options.repetition_penalty, adapter=self.adapter)
+
+    def ungrounded(self) -> bool:
+        """After a GrammarTimeout: this document's own grammar (grounded decoding) was too large to
+        compile in time; the task's grammar, compiled once for every document, takes over for the
+        attempt again, and values are checked against the document afterwards. False when it was
+        the task's own grammar that timed out."""
+        if self.schema is self.task.strict_schema:
+            return False
+        self.schema, self.grounded, self.attempt = self.task.strict_schema, "fallback:compile_timeout", self.attempt - 1
+        self.options = self.options.model_copy(update={"require_grounded": True})
+        return True
+
+    def take(self, result: GenerationResult) -> None:
+        """Judge one engine result; sets `outcome` when the document is done."""
+        options = self.options
+        self.prompt_tokens += result.prompt_tokens
+        self.completion_tokens += result.completion_tokens
+        judged = _judge(self.task, result, self.document, self.messages[0]["content"], options, self.max_tokens)
+        if isinstance(judged.outcome, Invalid):
+            self.seen.append(judged.outcome.errors)
+            if judged.cut:
+                if self.grew:
+                    self._give_up()
+                    return
+                self.max_tokens *= options.length_growth
+                self.grew = True
+            else:
+                self.messages = [*self.messages, {"role": "assistant", "content": result.text},
+                                 feedback_message(judged.outcome.errors)]
+            if self.attempt >= options.max_attempts:
+                self._give_up()
+            return
+        confidence = None
+        if options.confidence and result.logprobs is not None:
+            confidence = field_confidence(result.text, result.logprobs)
+        meta = Meta(schema=self.task.name, version=self.task.version, engine=self.engine.name,
+                    model=self.engine.model, attempts=self.attempt, errors=self.seen,
+                    prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                    latency_ms=(time.perf_counter() - self.start) * 1000,
+                    spans=judged.spans if options.spans else None, confidence=confidence,
+                    grounded_decoding=self.grounded, adapter=self.adapter.name if self.adapter is not None else None)
+        self.outcome = Extraction(data=judged.outcome.value, meta=meta)
+
+    def _give_up(self) -> None:
+        last = "; ".join(self.seen[-1]) if self.seen else "no attempt made"
+        self.outcome = ExtractionFailed(f"{self.task.name}: no valid output after {len(self.seen)} attempt(s): {last}",
+                                        attempts=len(self.seen), errors=self.seen)
+
+
+async def _begin(engine: Engine, task: Task[Any], document: str, options: ExtractOptions,
+                 feedback: list[str] | None = None, adapter: AdapterRef | None = None) -> _Attempts:
+    """A document checked and ready for its first attempt, grounded decoding's constraint built
+    (off the event loop, within its budget) where the options ask for it."""
     if not document.strip():
         raise EmptyDocument("the document is empty")
     check_unicode(document)  # a lone surrogate: no tokenizer takes it
-    start = time.perf_counter()
-    messages: list[Message] = build_messages(task, document)
-    grounded: str | None = None
     schema: Mapping[str, Any] = task.strict_schema
+    grounded: str | None = None
     if options.grounded_for(task):
         constraint = await _grounded_constraint(engine, task, document)
         schema, grounded = constraint.schema, constraint.status
         if not constraint.full:
             options = options.model_copy(update={"require_grounded": True})  # grounded after the fact
-    max_tokens = task.max_tokens
-    grew = False
-    seen: list[list[str]] = []
-    prompt_tokens = completion_tokens = 0
-    for attempt in range(1, options.max_attempts + 1):
-        # any retry samples a little: greedy decoding would walk the same path again
-        # (into the same validation error, or the same loop up to max_tokens)
-        resampling = bool(seen)
-        request = GenerationRequest(messages=tuple(messages), schema=schema, max_tokens=max_tokens,
-                                    temperature=options.retry_temperature if resampling else 0.0,
-                                    seed=options.seed + attempt - 1, logprobs=options.logprobs or options.confidence,
-                                    repetition_penalty=options.repetition_penalty, adapter=adapter)
+    return _Attempts(task, document, options, engine, feedback, adapter, schema, grounded)
+
+
+async def _round(engine: Engine, states: Sequence[_Attempts]) -> None:
+    """One engine call for the next attempt of every state; a per-document grammar that does not
+    compile in time falls back to the task's grammar (`_Attempts.ungrounded`) and the round is run again."""
+    while True:
         try:
-            (result,) = await engine.generate([request])
+            results = await engine.generate([s.request() for s in states])
         except GrammarTimeout:
-            if schema is task.strict_schema:
+            if not any([s.ungrounded() for s in states]):
                 raise
-            # this document's own grammar (grounded decoding) is too large to compile in time:
-            # the task's grammar, compiled once for every document, takes over
-            schema = task.strict_schema
-            (result,) = await engine.generate([replace(request, schema=schema)])
-        prompt_tokens += result.prompt_tokens
-        completion_tokens += result.completion_tokens
-        judged = _judge(task, result, document, messages[0]["content"], options, max_tokens)
-        if isinstance(judged.outcome, Invalid):
-            seen.append(judged.outcome.errors)
-            if judged.cut:
-                if grew:
-                    break
-                max_tokens *= options.length_growth
-                grew = True
-                continue
-            messages = [*messages, {"role": "assistant", "content": result.text}, feedback_message(judged.outcome.errors)]
             continue
-        confidence = None
-        if options.confidence and result.logprobs is not None:
-            confidence = field_confidence(result.text, result.logprobs)
-        meta = Meta(schema=task.name, version=task.version, engine=engine.name, model=engine.model,
-                    attempts=attempt, errors=seen, prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens, latency_ms=(time.perf_counter() - start) * 1000,
-                    spans=judged.spans if options.spans else None, confidence=confidence,
-                    grounded_decoding=grounded,
-                    adapter=adapter.name if adapter is not None else None)
-        return Extraction(data=judged.outcome.value, meta=meta)
-    last = "; ".join(seen[-1]) if seen else "no attempt made"
-    raise ExtractionFailed(f"{task.name}: no valid output after {len(seen)} attempt(s): {last}",
-                           attempts=len(seen), errors=seen)
+        for state, result in zip(states, results, strict=True):
+            state.take(result)
+        return
+
+
+async def extract_together(engine: Engine, jobs: Sequence[tuple[Task[Any], str, list[str] | None]],
+                           options: ExtractOptions = DEFAULT_OPTIONS,
+                           adapter: AdapterRef | None = None) -> list[Extraction[Any] | ExtractionFailed]:
+    """Several (task, document, feedback) jobs through the retry loop, every round of attempts
+    in ONE engine call (the chunks of a long document batch together on any engine). A job's
+    failure is its `ExtractionFailed` in its place; an engine failure raises."""
+    states = list(await asyncio.gather(*(_begin(engine, task, document, options, feedback, adapter)
+                                         for task, document, feedback in jobs)))
+    while active := [s for s in states if s.outcome is None]:
+        await _round(engine, active)
+    return [s.outcome for s in states if s.outcome is not None]
+
+
+async def extract_one(engine: Engine, task: Task[Any], document: str, options: ExtractOptions = DEFAULT_OPTIONS,
+                      adapter: AdapterRef | None = None) -> Extraction[Any]:
+    """One document through the retry loop; every attempt runs with `adapter` (the task's LoRA
+    adapter, `extractor.adapters`) when one is given."""
+    state = await _begin(engine, task, document, options, adapter=adapter)
+    while state.outcome is None:
+        await _round(engine, [state])
+    if isinstance(state.outcome, ExtractionFailed):
+        raise state.outcome
+    return state.outcome

@@ -16,7 +16,7 @@ surfaces cannot disagree (`tests/test_options.py` checks it).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.config import JsonDict
@@ -52,6 +52,18 @@ class ExtractOptions(BaseModel):
                                            description="decode free-text strings and numbers only as values that occur "
                                                        "in the document (default: the schema's own setting, on for "
                                                        "invoice, receipt and job_posting)")
+    chunking: Literal["auto", "off"] = Field(default="auto", json_schema_extra=EXPOSED,
+                                             description="auto: a document longer than the model's context is cut into "
+                                                         "overlapping chunks whose results are merged by source span; "
+                                                         "off: refuse it")
+    many: bool = Field(default=False, json_schema_extra=EXPOSED,
+                       description="extract every record of the schema the document holds (a list), not one")
+    passes: int = Field(default=1, ge=1, le=5, json_schema_extra=EXPOSED,
+                        description="extraction passes over a chunked document; later passes see only what earlier "
+                                    "ones did not take, and add only new spans")
+    chunk_tokens: int | None = Field(default=None, ge=64, json_schema_extra=EXPOSED,
+                                     description="the most tokens of document in one chunk (default: what fits the "
+                                                 "model's context with the prompt and output budget, at most 1024)")
     #: ask the engine for token logprobs even without `confidence`
     logprobs: bool = False
     #: seed of the first attempt; attempt k uses seed + k - 1

@@ -32,11 +32,13 @@ class Meta:
     grounded_decoding: str | None = None
     #: the LoRA adapter the record was generated with (None: the base model)
     adapter: str | None = None
+    #: a chunked document (`extractor.longdoc`): chunks, passes, merge conflicts, completeness
+    long: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `meta`; `spans`, `confidence` and `grounded_decoding` only when they were asked for."""
         out = asdict(self)
-        spans, confidence, adapter = out.pop("spans"), out.pop("confidence"), out.pop("adapter")
+        spans, confidence, adapter, long = out.pop("spans"), out.pop("confidence"), out.pop("adapter"), out.pop("long")
         if out["grounded_decoding"] is None:
             del out["grounded_decoding"]
         out["tokens"] = {"prompt": out.pop("prompt_tokens"), "completion": out.pop("completion_tokens")}
@@ -47,6 +49,8 @@ class Meta:
             out["spans"] = spans
         if confidence is not None:
             out["confidence"] = {path: float(f"{p:.4g}") for path, p in confidence.items()}
+        if long is not None:
+            out["long"] = long
         return out
 
 
@@ -56,6 +60,9 @@ class Extraction(Generic[T]):
     meta: Meta
 
     def data_dict(self) -> Any:
+        """The data as JSON values (a list of records with `many`)."""
+        if isinstance(self.data, list):
+            return [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in self.data]
         return self.data.model_dump(mode="json") if isinstance(self.data, BaseModel) else self.data
 
     def to_dict(self) -> dict[str, Any]:
