@@ -34,8 +34,14 @@ COMMANDS = (run, batch, eval, view, train, merge, schemas)
 ENTRY_POINT_GROUP = "extractor.commands"
 
 
+#: what the group holds when this project runs from a source tree without its package metadata
+#: (PYTHONPATH=checkout, as on a GPU box): a name to import on use, never imported by the library
+SOURCE_TREE_COMMANDS = {"serve": "service.cli:add_parser"}
+
+
 def _plugin_commands() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return found or SOURCE_TREE_COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
