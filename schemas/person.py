@@ -8,8 +8,10 @@ from extractor.contracts.contract import Contract, Example
 
 
 class Person(Contract):
+    # version 2: `age` and `city` are nullable (version 1 required them, so a document without an
+    # age got one invented)
     contract_name = "person"
-    contract_version = "1"
+    contract_version = "2"
     instructions = "Extract the person described in the document: full name, age in years, city, and email if given."
     examples = (
         Example(
@@ -23,8 +25,10 @@ class Person(Contract):
     )
 
     name: str = Field(max_length=120, description="Full name as written in the document")
-    age: int = Field(ge=0, le=150, description="Age in years")
-    city: str = Field(max_length=120, description="City where the person lives")
+    age: int | None = Field(default=None, ge=0, le=150,
+                            description="Age in years only if the document states it, otherwise null")
+    city: str | None = Field(default=None, max_length=120,
+                             description="City where the person lives only if the document gives it, otherwise null")
     email: str | None = Field(default=None, max_length=254, description="Email address only if the document contains one, otherwise null")
 
     @field_validator("email")

@@ -72,6 +72,9 @@ class ResponseMeta(BaseModel):
                                   "occurs in the document; an empty list: found nowhere")
     confidence: dict[str, float] | None = Field(
         default=None, description="with options.confidence: field path -> probability of its value's tokens")
+    changed: dict[str, Any] | None = Field(
+        default=None, description="field path -> what the model wrote, for each value a validator dropped (made "
+                                  "null) or changed; absent when none was")
 
 
 class Problem(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +47,13 @@ class Contract(BaseModel):
     #: as values the document prints (`document_constraint`) unless a call says otherwise
     grounded_decoding: ClassVar[bool] = False
 
+    @classmethod
+    def field_candidates(cls, document: str) -> Mapping[str, Sequence[str]]:
+        """The contract's own rules for where its fields sit: ordered candidate values per
+        top-level field (best first), which grounded decoding offers instead of every span of the
+        document (`extractor.grounding.candidates`). A contract overrides it; none by default."""
+        return {}
+
 
 DEFAULT_INSTRUCTIONS = "Extract the fields of the schema from the document."
 #: a raw schema file is read whole: past this size it is refused unread (its JSON may be indented)
@@ -66,6 +74,8 @@ class Task(Generic[ModelT]):
     #: grounded decoding when a call does not choose (`Contract.grounded_decoding`,
     #: `x-grounded-decoding` of a raw schema)
     grounded_decoding: bool = False
+    #: ordered candidate values per field for grounded decoding (`Contract.field_candidates`)
+    field_candidates: Callable[[str], Mapping[str, Sequence[str]]] | None = None
 
     @cached_property
     def schema_json(self) -> str:
@@ -88,9 +98,11 @@ def task_from_model(model: type[ModelT]) -> Task[ModelT]:
         instructions = model.instructions or DEFAULT_INSTRUCTIONS
         examples = tuple(model.examples)
         grounded = bool(model.grounded_decoding)
+        overridden = any("field_candidates" in vars(c) for c in model.__mro__ if c is not Contract)
+        candidates = model.field_candidates if overridden else None
     else:
         name, version, instructions, examples = _snake(model.__name__), "1", DEFAULT_INSTRUCTIONS, ()
-        grounded = False
+        grounded, candidates = False, None
     for i, ex in enumerate(examples):
         try:
             model.model_validate(ex.record)
@@ -105,6 +117,7 @@ def task_from_model(model: type[ModelT]) -> Task[ModelT]:
         model=model,
         examples=examples,
         grounded_decoding=grounded,
+        field_candidates=candidates,
     )
 
 

@@ -13,11 +13,14 @@ Asked for, a valid output also gets its values' spans in the document (`spans`, 
 validation error like any other: fed back, retried, and in `ExtractionFailed` if it persists.
 `grounded_decoding` goes further, before the fact: the engine gets a per-document schema whose
 free-text strings and numbers can only take values that occur in the document
-(`document_constraint`); validation still checks against the task's own strict schema.
+(`document_constraint`), and the fields a contract has candidate rules for only those candidates
+(`candidates`); validation still checks against the task's own strict schema. A value a validator
+dropped or changed is reported in `meta.changed` with what the model wrote.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +30,7 @@ from pydantic import BaseModel
 from extractor.contracts.contract import Task
 from extractor.engines.base import Engine, GenerationRequest, GenerationResult, Message
 from extractor.errors import EmptyDocument, ExtractionFailed
+from extractor.grounding.candidates import offer_candidates
 from extractor.grounding.confidence import field_confidence
 from extractor.grounding.decoding import constrain_to_document
 from extractor.grounding.spans import Span, ground_record, ungrounded_errors
@@ -35,7 +39,7 @@ from extractor.pipeline.injection import echo_errors
 from extractor.pipeline.options import DEFAULT_OPTIONS, ExtractOptions
 from extractor.pipeline.prompt import build_messages, feedback_message
 from extractor.pipeline.result import Extraction, Meta
-from extractor.pipeline.validate import Invalid, validate_output
+from extractor.pipeline.validate import Invalid, validate_output, validator_changes
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class _Judged:
     outcome: Any  # a validated value, or Invalid
     spans: dict[str, list[Span]] | None = None
     cut: bool = False  # finished at max_tokens
+    changed: dict[str, Any] | None = None  # what the model wrote where a validator dropped or changed it
 
 
 def _judge(task: Task[Any], result: GenerationResult, document: str, system: str, options: ExtractOptions,
@@ -54,14 +59,17 @@ def _judge(task: Task[Any], result: GenerationResult, document: str, system: str
     outcome = validate_output(task, result.text, document)
     if not isinstance(outcome, Invalid) and (echoes := echo_errors(result.text, system, document)):
         outcome = Invalid(echoes)  # a field repeats the instructions (a prompt injection): refused, retried
+    if isinstance(outcome, Invalid):
+        return _Judged(outcome)
+    data = outcome.value.model_dump(mode="json") if isinstance(outcome.value, BaseModel) else outcome.value
     spans = None
-    if not isinstance(outcome, Invalid) and (options.spans or options.require_grounded):
-        data = outcome.value.model_dump(mode="json") if isinstance(outcome.value, BaseModel) else outcome.value
+    if options.spans or options.require_grounded:
         spans = ground_record(data, document)
         errors = ungrounded_errors(data, task.strict_schema, spans) if options.require_grounded else []
         if errors:
-            outcome = Invalid(errors)
-    return _Judged(outcome, spans)
+            return _Judged(Invalid(errors), spans)
+    changed = validator_changes(json.loads(result.text), data) if task.model is not None else {}
+    return _Judged(outcome, spans, changed=changed or None)
 
 
 async def extract_one(engine: Engine, task: Task[Any], document: str, options: ExtractOptions = DEFAULT_OPTIONS) -> Extraction[Any]:
@@ -70,7 +78,11 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, options: E
     check_unicode(document)  # a lone surrogate: no tokenizer takes it
     start = time.perf_counter()
     messages: list[Message] = build_messages(task, document)
-    schema = constrain_to_document(task.strict_schema, document) if options.grounded_for(task) else task.strict_schema
+    schema = task.strict_schema
+    if options.grounded_for(task):
+        schema = constrain_to_document(schema, document)
+        if task.field_candidates is not None:
+            schema = offer_candidates(schema, task.field_candidates(document))
     max_tokens = task.max_tokens
     grew = False
     seen: list[list[str]] = []
@@ -103,7 +115,7 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, options: E
         meta = Meta(schema=task.name, version=task.version, engine=engine.name, model=engine.model,
                     attempts=attempt, errors=seen, prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens, latency_ms=(time.perf_counter() - start) * 1000,
-                    spans=judged.spans if options.spans else None, confidence=confidence)
+                    spans=judged.spans if options.spans else None, confidence=confidence, changed=judged.changed)
         return Extraction(data=judged.outcome.value, meta=meta)
     last = "; ".join(seen[-1]) if seen else "no attempt made"
     raise ExtractionFailed(f"{task.name}: no valid output after {len(seen)} attempt(s): {last}",

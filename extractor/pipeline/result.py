@@ -27,17 +27,23 @@ class Meta:
     spans: dict[str, list[Span]] | None = None
     #: field path -> probability of its value's tokens (`confidence=True`, engines with logprobs)
     confidence: dict[str, float] | None = None
+    #: field path -> what the model wrote, for each value a validator dropped (made null) or
+    #: changed (`validator_changes`): the e-mail not found in the document, for one
+    changed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of `meta`; `spans` and `confidence` only when they were asked for."""
+        """The JSON shape of `meta`; `spans` and `confidence` only when they were asked for,
+        `changed` only when a validator dropped or changed a value."""
         out = asdict(self)
-        spans, confidence = out.pop("spans"), out.pop("confidence")
+        spans, confidence, changed = out.pop("spans"), out.pop("confidence"), out.pop("changed")
         out["tokens"] = {"prompt": out.pop("prompt_tokens"), "completion": out.pop("completion_tokens")}
         out["latency_ms"] = round(self.latency_ms, 1)
         if spans is not None:
             out["spans"] = spans
         if confidence is not None:
             out["confidence"] = {path: float(f"{p:.4g}") for path, p in confidence.items()}
+        if changed:
+            out["changed"] = changed
         return out
 
 
