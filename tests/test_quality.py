@@ -17,7 +17,7 @@ from extractor.eval.metrics import aggregate, field_paths, score_record, spec_fr
 from extractor.eval.report import build_report
 from extractor.eval.run import DocumentOutcome, EvalRun, label_errors, read_dataset
 from extractor.grounding.candidates import offer_candidates
-from extractor.grounding.decoding import constrain_to_document
+from extractor.grounding.decoding import candidate_numbers, constrain_to_document
 from extractor.pipeline.validate import validator_changes
 from schemas.receipt_candidates import receipt_candidates
 
@@ -165,3 +165,10 @@ def test_the_receipt_contract_decodes_the_date_among_its_candidates_only() -> No
     assert props["date"]["enum"] == ["09/01/2018"]  # the date line "DATE : 09/01/2018 14:41" is no address
     assert "DATE : 09/01/2018 14:41" not in props["address"]["enum"]
     assert RECEIPT.field_candidates is not None and PERSON.field_candidates is None
+
+
+def test_a_phone_numbers_country_code_is_no_amount_for_grounded_decoding() -> None:
+    doc = "Best regards,\nPriya Raman\nToronto, ON\n+1 416 555 0199\npriya.raman@northwind.ca"
+    age = constrain_to_document(PERSON.strict_schema, doc)["properties"]["age"]
+    assert "enum" not in json.dumps(age)  # no amount printed: the age is left free (or null), never 1
+    assert 1 not in candidate_numbers("Tel +49 89 1234 5678\nMILO 2 x 3.50")
