@@ -172,3 +172,14 @@ def test_a_phone_numbers_country_code_is_no_amount_for_grounded_decoding() -> No
     age = constrain_to_document(PERSON.strict_schema, doc)["properties"]["age"]
     assert "enum" not in json.dumps(age)  # no amount printed: the age is left free (or null), never 1
     assert 1 not in candidate_numbers("Tel +49 89 1234 5678\nMILO 2 x 3.50")
+
+
+def test_the_hand_written_person_set_is_valid_and_its_labels_are_in_the_text() -> None:
+    path = Path(__file__).resolve().parent.parent / "fixtures" / "dev" / "person_styles.jsonl"
+    docs = read_dataset(path, PERSON)
+    assert len(docs) >= 40 and len({json.loads(line)["style"] for line in path.read_text().splitlines()}) >= 20
+    for doc in docs:
+        for field in ("name", "city", "email"):
+            value = doc.expected[field]
+            assert value is None or value.casefold() in doc.text.casefold(), (doc.id, field)
+    assert sum(d.expected["age"] is None for d in docs) >= 10
