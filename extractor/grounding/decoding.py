@@ -14,7 +14,8 @@ values that occur in the document.
   ambiguous), within the node's `minimum` / `maximum`; inside the items of an array of objects
   with `k` required number fields, only the amounts of lines printing at least `k` amounts (an
   invoice line item's unit price is on its item line, not the total's line). Dates, times, rates
-  (`20 %`), international phone numbers (`+1 416 555 0199`) and identifiers such as `BR/24/105` are not amounts: their digits are not offered (so a number
+  (`20 %`), international phone numbers (`+1 416 555 0199`) and identifiers such as `BR/24/105`
+  are not amounts: their digits are not offered (so a number
   field meant to hold a year printed only inside a date cannot be decoded this way);
 - an array of objects with `k` required number fields whose item lines each print some text
   gets, as its items, one variant per item line and per way of giving those `k` fields
