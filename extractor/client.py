@@ -133,7 +133,8 @@ def _extraction(body: Any, model: type[BaseModel] | None, text: str) -> Extracti
                  spans={path: [Span.from_dict(s) for s in found] for path, found in meta["spans"].items()}
                  if meta.get("spans") is not None else None,
                  confidence={path: float(p) for path, p in meta["confidence"].items()}
-                 if meta.get("confidence") is not None else None, long=meta.get("long"))
+                 if meta.get("confidence") is not None else None, long=meta.get("long"),
+                 changed=dict(meta["changed"]) if isinstance(meta.get("changed"), dict) else None)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ExtractorError(f"the server's response is not an extraction: {exc!r}") from exc
     if model is not None:

@@ -4,27 +4,24 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from extractor.contracts.contract import Contract, Example
+from extractor.contracts.contract import Contract
 
 
 class Person(Contract):
+    # version 2: `age` and `city` are nullable (version 1 required them, so a document without an
+    # age got one invented). No few-shot examples: version 1's two ("Maria Garcia is 41 ... Valencia",
+    # "Tom Becker (29) moved to Hamburg") leaked into 29 fields of the 40 person dev documents
+    # (bench/results/eval_person_examples.json) and into held-out ones (issue 13: 0.70 of fields
+    # right with them, 0.92 zero-shot); `bench/eval_person_examples.py` compares the variants.
     contract_name = "person"
-    contract_version = "1"
+    contract_version = "2"
     instructions = "Extract the person described in the document: full name, age in years, city, and email if given."
-    examples = (
-        Example(
-            document="Maria Garcia is 41 years old and lives in Valencia. Reach her at maria.g@example.org.",
-            record={"name": "Maria Garcia", "age": 41, "city": "Valencia", "email": "maria.g@example.org"},
-        ),
-        Example(
-            document="Tom Becker (29) moved to Hamburg last year.",
-            record={"name": "Tom Becker", "age": 29, "city": "Hamburg", "email": None},
-        ),
-    )
 
     name: str = Field(max_length=120, description="Full name as written in the document")
-    age: int = Field(ge=0, le=150, description="Age in years")
-    city: str = Field(max_length=120, description="City where the person lives")
+    age: int | None = Field(default=None, ge=0, le=150,
+                            description="Age in years only if the document states it, otherwise null")
+    city: str | None = Field(default=None, max_length=120,
+                             description="City where the person lives only if the document gives it, otherwise null")
     email: str | None = Field(default=None, max_length=254, description="Email address only if the document contains one, otherwise null")
 
     @field_validator("email")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from pydantic import Field
 
 from extractor.contracts.contract import Contract, Example
+from schemas.receipt_candidates import receipt_candidates
 
 
 class ReceiptItem(Contract):
@@ -17,6 +20,12 @@ class Receipt(Contract):
     contract_version = "1"
     #: every value is printed in the document: decoded only as what it prints (document_constraint)
     grounded_decoding = True
+
+    @classmethod
+    def field_candidates(cls, document: str) -> Mapping[str, Sequence[str]]:
+        """Company, address, date and total: a few ranked candidates from rules general to shop
+        receipts (schemas/receipt_candidates.py) instead of every span of the document."""
+        return receipt_candidates(document)
     instructions = "Extract the receipt's company, address, date and total exactly as printed, and the items if listed."
     examples = (
         Example(

@@ -82,6 +82,9 @@ class ResponseMeta(BaseModel):
         default=None, description="a chunked document: chunks, passes, merge conflicts (field, values, chosen "
                                   "value, rule), list completeness, chunks failed, retried or re-run with a larger "
                                   "output budget")
+    changed: dict[str, Any] | None = Field(
+        default=None, description="field path -> what the model wrote, for each value a validator dropped (made "
+                                  "null) or changed; absent when none was")
 
 
 class Problem(BaseModel):

@@ -4,14 +4,15 @@ import json
 
 from extractor import task_from_model
 from extractor.pipeline.prompt import build_messages, system_prompt
-from schemas import Invoice, JobPosting, Person
+from schemas import Invoice, JobPosting, Person, Receipt
 
 
 def test_messages_are_system_examples_then_document() -> None:
-    task = task_from_model(Person)
+    task = task_from_model(Receipt)
     messages = build_messages(task, "Bob, 40, Rome")
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[-1]["content"] == "<document>\nBob, 40, Rome\n</document>"
+    assert [m["role"] for m in build_messages(task_from_model(Person), "x")] == ["system", "user"]  # zero-shot
     # few-shot records are compact JSON in the schema's property order (as the grammar emits them)
     assert messages[2]["content"] == json.dumps(task.examples[0].record, separators=(",", ":"))
     assert list(json.loads(messages[2]["content"])) == list(task.strict_schema["properties"])

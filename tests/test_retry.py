@@ -23,20 +23,20 @@ def test_valid_first_output_is_returned_typed() -> None:
     assert result.meta.attempts == 1
     assert result.meta.errors == []
     assert (result.meta.engine, result.meta.model, result.meta.schema, result.meta.version) == (
-        "fake", "scripted", "person", "1")
+        "fake", "scripted", "person", "2")
 
 
 def test_schema_error_is_fed_back_exactly_then_retried() -> None:
-    engine = ScriptedEngine(['{"name":"Alice Smith","age":"34","city":"Lisbon","email":null}', GOOD])
+    engine = ScriptedEngine(['{"name":34,"age":34,"city":"Lisbon","email":null}', GOOD])
     result = Extractor(engine).run(Person, DOC)
     assert result.meta.attempts == 2
-    assert result.meta.errors == [["$.age: '34' is not of type 'integer'"]]
+    assert result.meta.errors == [["$.name: 34 is not of type 'string'"]]
     retry_messages = engine.requests[1].messages
     assert retry_messages[-2] == {"role": "assistant",
-                                  "content": '{"name":"Alice Smith","age":"34","city":"Lisbon","email":null}'}
+                                  "content": '{"name":34,"age":34,"city":"Lisbon","email":null}'}
     assert retry_messages[-1] == {
         "role": "user",
-        "content": "That JSON was rejected:\n- $.age: '34' is not of type 'integer'\n"
+        "content": "That JSON was rejected:\n- $.name: 34 is not of type 'string'\n"
                    "Return the corrected JSON object for the same document.",
     }
     # the first request is untouched by the retry

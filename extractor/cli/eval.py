@@ -1,11 +1,14 @@
 """`extract eval SCHEMA DATASET.jsonl -o report.json`: how right the extractions are, per field.
 
-DATASET is JSONL, one labeled document a line: {"id", "text", "expected"}. Every
-document is extracted (concurrently; a progress bar on stderr), each field is
-scored against `expected` after normalisation by its type (strings: case and
-whitespace; numbers: --abs-tol/--rel-tol; dates: ISO; lists: as sets, item by
-item), and the report (per-field precision, recall, F1 and exact match,
-validity rate, attempts, docs/s) is written as JSON plus an HTML summary next
+DATASET is JSONL, one labeled document a line: {"id", "text", "expected"}; a
+field left out of `expected` is unlabeled (not scored), an explicit null means
+"not in the document". Every document is extracted (concurrently; a progress
+bar on stderr), each field is scored against `expected` after normalisation by
+its type (strings: case and whitespace; numbers: --abs-tol/--rel-tol; dates:
+ISO; lists: as sets, item by item), and the report (per-field precision,
+recall, F1 and exact match, invented values (predicted where the label is
+null), values copied from a few-shot example, validity rate, attempts, docs/s)
+is written as JSON plus an HTML summary next
 to it (report.html). A table of the top-level fields goes to stdout.
 
 `extract eval --compare A.json B.json [-o deltas.json]` prints the per-field
@@ -134,13 +137,15 @@ def format_fields(report: dict[str, Any]) -> str:
     """The top-level fields' figures and the run's, as a plain-text table."""
     top = report["top_level_fields"]
     width = max([len(p) for p in top] + [10])
-    lines = [f"{'field':<{width}}  {'F1':>6}  {'P':>6}  {'R':>6}  {'exact':>6}  {'support':>7}"]
+    lines = [f"{'field':<{width}}  {'F1':>6}  {'P':>6}  {'R':>6}  {'exact':>6}  {'support':>7}  {'invented':>9}  {'copied':>6}"]
     for path in top:
         s = report["fields"][path]
+        invented = f"{s.get('invented', 0)}/{s.get('absent', 0)}"
         lines.append(f"{path:<{width}}  {s['f1']:>6.3f}  {s['precision']:>6.3f}  {s['recall']:>6.3f}  "
-                     f"{s['exact_match']:>6.3f}  {s['support']:>7}")
+                     f"{s['exact_match']:>6.3f}  {s['support']:>7}  {invented:>9}  {s.get('copied', 0):>6}")
     summary = report["summary"]
-    lines.append(f"{'macro F1':<{width}}  {summary['macro_f1']:>6.3f}")
+    lines.append(f"{'macro F1':<{width}}  {summary['macro_f1']:>6.3f}   fields right {summary.get('fields_right', 0):.3f}, "
+                 f"invented {summary.get('invented', 0)}/{summary.get('absent', 0)}, copied {summary.get('copied', 0)}")
     lines.append(f"{'validity':<{width}}  {report['validity_rate']:>6.3f}   mean attempts {report['attempts']['mean']}")
     return "\n".join(lines)
 

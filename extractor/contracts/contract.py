@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -51,6 +51,13 @@ class Contract(BaseModel):
     #: unnamed fields take "first" (`extractor.longdoc.merge`)
     merge_rules: ClassVar[dict[str, str]] = {}
 
+    @classmethod
+    def field_candidates(cls, document: str) -> Mapping[str, Sequence[str]]:
+        """The contract's own rules for where its fields sit: ordered candidate values per
+        top-level field (best first), which grounded decoding offers instead of every span of the
+        document (`extractor.grounding.candidates`). A contract overrides it; none by default."""
+        return {}
+
 
 DEFAULT_INSTRUCTIONS = "Extract the fields of the schema from the document."
 #: a raw schema file is read whole: past this size it is refused unread (its JSON may be indented)
@@ -74,6 +81,8 @@ class Task(Generic[ModelT]):
     #: per top-level field, how chunks that disagree are merged (`Contract.merge_rules`,
     #: `x-merge-rules` of a raw schema)
     merge_rules: Mapping[str, str] = field(default_factory=dict)
+    #: ordered candidate values per field for grounded decoding (`Contract.field_candidates`)
+    field_candidates: Callable[[str], Mapping[str, Sequence[str]]] | None = None
 
     @cached_property
     def schema_json(self) -> str:
@@ -110,10 +119,12 @@ def task_from_model(model: type[ModelT]) -> Task[ModelT]:
         examples = tuple(model.examples)
         grounded = bool(model.grounded_decoding)
         rules = check_merge_rules(dict(model.merge_rules), "merge_rules")
+        overridden = any("field_candidates" in vars(c) for c in model.__mro__ if c is not Contract)
+        candidates = model.field_candidates if overridden else None
     else:
         rules = {}
         name, version, instructions, examples = _snake(model.__name__), "1", DEFAULT_INSTRUCTIONS, ()
-        grounded = False
+        grounded, candidates = False, None
     for i, ex in enumerate(examples):
         try:
             model.model_validate(ex.record)
@@ -129,6 +140,7 @@ def task_from_model(model: type[ModelT]) -> Task[ModelT]:
         examples=examples,
         grounded_decoding=grounded,
         merge_rules=rules,
+        field_candidates=candidates,
     )
 
 

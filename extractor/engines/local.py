@@ -411,6 +411,10 @@ class LocalEngine(Engine):
                     logits[r, seen] = torch.where(vals > 0, vals / penalty, vals * penalty)
             for r, i in enumerate(live):
                 matchers[i].fill_next_token_bitmask(bitmask, r)
+            want_lp = any(jobs[i].request.logprobs for i in live)
+            # logprobs are the model's own, before the grammar's mask: a token the grammar forces
+            # (the only one allowed) would otherwise have probability 1 whatever the model thought
+            unmasked = logits.clone() if want_lp else None
             xgr.apply_token_bitmask_inplace(logits, bitmask[:rows].to(logits.device))
             chosen = torch.empty(rows, dtype=torch.long)
             for r, i in enumerate(live):
@@ -420,9 +424,9 @@ class LocalEngine(Engine):
                     chosen[r] = torch.multinomial(probs, 1, generator=gens[i])[0]
                 else:
                     chosen[r] = torch.argmax(logits[r])
-            # the chosen token's log-probability under the grammar-masked distribution (only when asked)
-            want_lp = any(jobs[i].request.logprobs for i in live)
-            lps = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0].tolist() if want_lp else None
+            # the chosen token's log-probability under the model's unmasked distribution (only when asked)
+            lps = (torch.log_softmax(unmasked, dim=-1).gather(1, chosen[:, None])[:, 0].tolist()
+                   if unmasked is not None else None)
             keep = []
             for r, i in enumerate(live):
                 if abandoned(jobs[i]):  # deadline passed or client gone: drop the row, free its compute

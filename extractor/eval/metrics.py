@@ -20,6 +20,11 @@ Normalisation (`values_equal`)
     lists        as multisets, matched item by item (below); lists of scalars as sets (duplicates dropped)
     null         an empty or all-whitespace string, and for lists an empty list, count as null
 
+Partial labels
+    A top-level field missing from `expected` is unlabeled: it is not scored for that document (no
+    counts, and the document does not count in the field's `docs` or exact match). An explicit
+    `null` is a label: "the document does not give this field".
+
 Counts for one field of one document (`score_record`)
     expected null,  predicted null        nothing counted (a true negative); exact
     expected null,  predicted a value     FP  (a value invented: hurts precision)
@@ -34,6 +39,9 @@ Counts for one field of one document (`score_record`)
     sub-fields.
     A document with no valid output (every attempt failed) counts FN for every expected value and is
     exact on no field.
+    Besides: `absent` counts the labeled nulls (expected null, or an empty list) and `invented` those
+    of them with a value predicted, so `invented / absent` is the rate of values made up where the
+    document gives none.
 
 Metrics over a data set (`FieldStats`, micro-averaged over documents)
     precision = TP / (TP + FP), and 1.0 when nothing was predicted (TP + FP = 0: nothing wrong was said)
@@ -361,6 +369,10 @@ class Counts:
     tp: int = 0
     fp: int = 0
     fn: int = 0
+    #: labeled null (the document does not give the field)
+    absent: int = 0
+    #: labeled null and a value predicted
+    invented: int = 0
 
     def add(self, tp: int = 0, fp: int = 0, fn: int = 0) -> None:
         self.tp += tp
@@ -374,11 +386,24 @@ class Counts:
 
 def score_record(expected: Mapping[str, Any], predicted: Mapping[str, Any] | None, spec: Spec,
                  tolerance: Tolerance = DEFAULT_TOLERANCE) -> dict[str, Counts]:
-    """Counts per field path (every path of `field_paths(spec)`) for one document.
-    `predicted` is None when the document has no valid output."""
+    """Counts per field path for one document: every path of `field_paths(spec)` but those of
+    the top-level fields that `expected` leaves out (unlabeled, not scored). `predicted` is None
+    when the document has no valid output."""
     out = {path: Counts() for path in field_paths(spec)}
     _score(expected, predicted, spec, "", out, tolerance)
-    return out
+    unlabeled = unlabeled_fields(expected, spec)
+    return {path: c for path, c in out.items() if _top_field(path) not in unlabeled}
+
+
+def unlabeled_fields(expected: Mapping[str, Any], spec: Spec) -> set[str]:
+    """The top-level fields of `spec` that the label `expected` does not give (not even as null)."""
+    if spec.kind != "object" or not isinstance(expected, Mapping):
+        return set()
+    return {name for name in spec.children if name not in expected}
+
+
+def _top_field(path: str) -> str:
+    return re.split(r"[.\[]", path, maxsplit=1)[0]
 
 
 def _get(value: Any, key: str) -> Any:
@@ -399,6 +424,9 @@ def _score(expected: Any, predicted: Any, spec: Spec, path: str, out: dict[str, 
 
 def _score_scalar(expected: Any, predicted: Any, spec: Spec, path: str, out: dict[str, Counts], tolerance: Tolerance) -> None:
     counts = out.setdefault(path, Counts())
+    if is_null(expected):
+        counts.absent += 1
+        counts.invented += int(not is_null(predicted))
     if is_null(expected) and is_null(predicted):
         return
     if is_null(expected):
@@ -416,7 +444,11 @@ def _score_list(expected: Any, predicted: Any, item: Spec, path: str, out: dict[
     pred = _as_items(predicted, item, tolerance) if not is_null(predicted) else []
     pairs = best_pairing(exp, pred, item, tolerance)
     equal = sum(values_equal(exp[i], pred[j], item, tolerance) for i, j in pairs)
-    out.setdefault(path, Counts()).add(tp=equal, fp=len(pred) - equal, fn=len(exp) - equal)
+    counts = out.setdefault(path, Counts())
+    counts.add(tp=equal, fp=len(pred) - equal, fn=len(exp) - equal)
+    if not exp:
+        counts.absent += 1
+        counts.invented += int(bool(pred))
     if item.kind != "object":
         return
     prefix = path + ITEM_SUFFIX
@@ -443,6 +475,8 @@ class FieldStats:
     fn: int = 0
     exact_docs: int = 0
     docs: int = 0
+    absent: int = 0
+    invented: int = 0
 
     @property
     def precision(self) -> float:
@@ -462,6 +496,11 @@ class FieldStats:
         return self.exact_docs / self.docs if self.docs else 0.0
 
     @property
+    def invented_rate(self) -> float:
+        """Share of the labeled nulls that got a value (0.0 when no null was labeled)."""
+        return self.invented / self.absent if self.absent else 0.0
+
+    @property
     def support(self) -> int:
         return self.tp + self.fn
 
@@ -472,20 +511,25 @@ class FieldStats:
     def to_dict(self) -> dict[str, Any]:
         return {"precision": round(self.precision, 4), "recall": round(self.recall, 4), "f1": round(self.f1, 4),
                 "exact_match": round(self.exact_match, 4), "tp": self.tp, "fp": self.fp, "fn": self.fn,
-                "support": self.support, "predicted": self.predicted, "docs": self.docs}
+                "support": self.support, "predicted": self.predicted, "docs": self.docs,
+                "absent": self.absent, "invented": self.invented, "invented_rate": round(self.invented_rate, 4)}
 
 
 def aggregate(per_document: Iterable[tuple[dict[str, Counts], bool]], paths: Sequence[str]) -> dict[str, FieldStats]:
     """Sum per-document counts: items are `(counts by path, valid)`; an invalid document is exact
-    on no field."""
+    on no field; a path missing from a document's counts (unlabeled) is not counted for it."""
     stats = {path: FieldStats() for path in paths}
     for counts, valid in per_document:
         for path in paths:
-            c = counts.get(path, Counts())
+            c = counts.get(path)
+            if c is None:
+                continue
             s = stats[path]
             s.tp += c.tp
             s.fp += c.fp
             s.fn += c.fn
+            s.absent += c.absent
+            s.invented += c.invented
             s.docs += 1
             s.exact_docs += int(valid and c.exact)
     return stats
@@ -499,6 +543,8 @@ def micro(stats: Mapping[str, FieldStats], paths: Iterable[str]) -> FieldStats:
         total.tp += s.tp
         total.fp += s.fp
         total.fn += s.fn
+        total.absent += s.absent
+        total.invented += s.invented
     return total
 
 

@@ -6,9 +6,15 @@
     documents, valid, validity_rate          documents with a valid record / all documents
     attempts {mean, max, retried, total}     attempts used per document (a failed one counts its tries)
     seconds, docs_per_s, tokens {prompt, completion}   tokens of the documents with a valid record only
-    fields {path: {precision, recall, f1, exact_match, tp, fp, fn, support, predicted, docs}}
-    summary {macro_f1, micro {precision, recall, f1}, document_exact_match}   over the top-level fields
-    per_document [{id, valid, exact, attempts, mismatched, error, expected, predicted}]
+    fields {path: {precision, recall, f1, exact_match, tp, fp, fn, support, predicted, docs,
+                   absent, invented, invented_rate, copied}}
+        docs: documents that label the field; absent: labeled nulls; invented: values predicted
+        where the label is null; copied: values equal to a few-shot example's value that the
+        document does not contain (`extractor.eval.leaks`)
+    summary {macro_f1, micro {precision, recall, f1}, document_exact_match, fields_right,
+             absent, invented, invented_rate, copied}   over the top-level fields
+        fields_right: share of the labeled (document, field) pairs that are exactly right
+    per_document [{id, valid, exact, attempts, mismatched, copied, error, expected, predicted}]
 
 `write_report` writes it and an HTML page of the same name next to it (`report.json` ->
 `report.html`). `compare_reports(a, b)` gives per-field deltas (B - A) for an A/B of prompts,
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from extractor.errors import DocumentError
+from extractor.eval.leaks import leak_field, leaks
 from extractor.eval.metrics import (
     DEFAULT_TOLERANCE,
     Counts,
@@ -36,6 +43,7 @@ from extractor.eval.metrics import (
     score_record,
     spec_from_schema,
     top_level_fields,
+    unlabeled_fields,
 )
 from extractor.eval.run import EvalRun
 
@@ -58,13 +66,22 @@ def build_report(run: EvalRun, tolerance: Tolerance = DEFAULT_TOLERANCE) -> dict
     overall = micro(stats, top)
     per_document = []
     exact_docs = 0
+    copied = {path: 0 for path in paths}
     for o, (counts, ok) in zip(run.outcomes, scored, strict=True):
         wrong = mismatched_fields(counts)
         exact = ok and not any(p in top for p in wrong)
         exact_docs += exact
+        unlabeled = unlabeled_fields(o.expected, spec)
+        found = leaks(run.task.examples, o.predicted, o.text) if o.predicted else []
+        for leak in found:
+            field = leak_field(leak.path)
+            copied[field] = copied.get(field, 0) + 1
         per_document.append({"id": o.id, "valid": o.valid, "exact": exact, "attempts": o.attempts,
-                             "mismatched": wrong if ok else list(top), "error": o.error,
+                             "mismatched": wrong if ok else [f for f in top if f not in unlabeled],
+                             "copied": [leak.path for leak in found], "error": o.error,
                              "expected": o.expected, "predicted": o.predicted})
+    labeled = sum(stats[f].docs for f in top)
+    right = sum(stats[f].exact_docs for f in top)
     return {
         "kind": REPORT_KIND,
         "schema": run.task.name,
@@ -86,12 +103,16 @@ def build_report(run: EvalRun, tolerance: Tolerance = DEFAULT_TOLERANCE) -> dict
         "docs_per_s": round(n / run.seconds, 3) if run.seconds > 0 else None,
         "tokens": {"prompt": sum(o.prompt_tokens for o in run.outcomes),
                    "completion": sum(o.completion_tokens for o in run.outcomes)},
-        "fields": {path: stats[path].to_dict() for path in paths},
+        "fields": {path: {**stats[path].to_dict(), "copied": copied.get(path, 0)} for path in paths},
         "top_level_fields": top,
         "summary": {"macro_f1": round(macro_f1(stats, top), 4),
                     "micro": {"precision": round(overall.precision, 4), "recall": round(overall.recall, 4),
                               "f1": round(overall.f1, 4)},
-                    "document_exact_match": round(exact_docs / n, 4) if n else 0.0},
+                    "document_exact_match": round(exact_docs / n, 4) if n else 0.0,
+                    "fields_right": round(right / labeled, 4) if labeled else 0.0,
+                    "absent": overall.absent, "invented": overall.invented,
+                    "invented_rate": round(overall.invented_rate, 4),
+                    "copied": sum(copied.get(f, 0) for f in top)},
         "per_document": per_document,
     }
 
@@ -160,7 +181,8 @@ def render_html(report: dict[str, Any]) -> str:
         name = f"<b>{e(path)}</b>" if path in top else e(path)
         rows.append(f"<tr><td>{name}</td><td>{_bar(s['f1'])}</td><td>{s['precision']:.3f}</td><td>{s['recall']:.3f}</td>"
                     f"<td>{s['exact_match']:.3f}</td><td>{s['tp']}</td><td>{s['fp']}</td><td>{s['fn']}</td>"
-                    f"<td>{s['support']}</td></tr>")
+                    f"<td>{s['support']}</td><td>{s.get('invented', 0)}/{s.get('absent', 0)}</td>"
+                    f"<td>{s.get('copied', 0)}</td></tr>")
     wrong = [d for d in report.get("per_document", []) if not d["exact"]]
     docs = []
     for d in wrong:
@@ -181,7 +203,7 @@ def render_html(report: dict[str, Any]) -> str:
         f"{e(str(report['date']))}</p>\n"
         '<div class="cards">' + "".join(f"<div class=card>{e(k)}<b>{e(str(v))}</b></div>" for k, v in cards) + "</div>\n"
         "<h2>Fields</h2><table><tr><th>field</th><th>F1</th><th>precision</th><th>recall</th><th>exact</th>"
-        "<th>TP</th><th>FP</th><th>FN</th><th>support</th></tr>\n" + "\n".join(rows) + "</table>\n"
+        "<th>TP</th><th>FP</th><th>FN</th><th>support</th><th>invented/absent</th><th>copied</th></tr>\n" + "\n".join(rows) + "</table>\n"
         f"<h2>Documents not exactly right ({len(wrong)} of {report['documents']})</h2>\n" + "\n".join(docs) +
         "\n</body></html>\n"
     )

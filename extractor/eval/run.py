@@ -1,9 +1,11 @@
 """Running an evaluation: a labeled data set through an `Extractor`, outcomes per document.
 
 A data set is JSONL, one labeled document a line: `{"id", "text", "expected"}`, where `expected` is
-the record the document should give. `read_dataset` checks each `expected` against the task (the
-same gates as a model output: strict JSON schema, then the Pydantic model with its validators), so a
-label error is reported before any document is run. `evaluate` / `aevaluate` send the documents
+the record the document should give. A label may be partial: a top-level field it leaves out is
+unlabeled (not scored), and an explicit `null` says the document does not give the field, even for a
+field the schema requires. `read_dataset` checks each `expected` against the task (the same gates as
+a model output: strict JSON schema, then the Pydantic model with its validators, on the fields the
+label gives a value), so a label error is reported before any document is run. `evaluate` / `aevaluate` send the documents
 through the Extractor's concurrent path (`aiter_many`: bounded concurrency, the engine batches them,
 per-document errors as values) with a progress bar on stderr, and time the whole run. Scoring is
 `eval_metrics`; the report is `eval_report`.
@@ -24,7 +26,9 @@ from extractor.errors import DocumentError, ExtractionFailed
 from extractor.pipeline.extractor import Extractor
 from extractor.pipeline.many import Document, ItemResult
 from extractor.pipeline.options import DEFAULT_CONCURRENCY
-from extractor.pipeline.validate import Invalid, validate_output
+from extractor.pipeline.validate import label_errors
+
+__all__ = ["DocumentOutcome", "EvalRun", "LabeledDocument", "aevaluate", "evaluate", "label_errors", "read_dataset"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class DocumentOutcome:
     latency_ms: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: the document (for the copied-from-example check of the report)
+    text: str = ""
 
     @property
     def valid(self) -> bool:
@@ -106,21 +112,16 @@ def read_dataset(path: str | Path, task: Task[Any], *, limit: int | None = None)
     return docs
 
 
-def label_errors(task: Task[Any], expected: dict[str, Any], text: str) -> list[str]:
-    """Why `expected` would be refused as an output for `text` (empty when it is accepted)."""
-    outcome = validate_output(task, json.dumps(expected), text)
-    return outcome.errors if isinstance(outcome, Invalid) else []
-
-
 def _outcome(doc: LabeledDocument, item: ItemResult) -> DocumentOutcome:
     if item.extraction is not None:
         meta = item.extraction.meta
         return DocumentOutcome(doc.id, doc.expected, item.extraction.data_dict(), None, meta.attempts,
-                               round(meta.latency_ms, 1), meta.prompt_tokens, meta.completion_tokens)
+                               round(meta.latency_ms, 1), meta.prompt_tokens, meta.completion_tokens, doc.text)
     error = item.error
     assert error is not None  # an ItemResult holds an extraction or an error
     attempts = error.attempts if isinstance(error, ExtractionFailed) else 0
-    return DocumentOutcome(doc.id, doc.expected, None, {"type": error.code, "message": str(error)}, attempts)
+    return DocumentOutcome(doc.id, doc.expected, None, {"type": error.code, "message": str(error)}, attempts,
+                           text=doc.text)
 
 
 async def aevaluate(extractor: Extractor, task: Task[Any], docs: Sequence[LabeledDocument], *, dataset: str = "",

@@ -14,7 +14,8 @@ values that occur in the document.
   ambiguous), within the node's `minimum` / `maximum`; inside the items of an array of objects
   with `k` required number fields, only the amounts of lines printing at least `k` amounts (an
   invoice line item's unit price is on its item line, not the total's line). Dates, times, rates
-  (`20 %`) and identifiers such as `BR/24/105` are not amounts: their digits are not offered (so a number
+  (`20 %`), international phone numbers (`+1 416 555 0199`) and identifiers such as `BR/24/105`
+  are not amounts: their digits are not offered (so a number
   field meant to hold a year printed only inside a date cannot be decoded this way);
 - an array of objects with `k` required number fields whose item lines each print some text
   gets, as its items, one variant per item line and per way of giving those `k` fields
@@ -153,6 +154,7 @@ _NOT_AMOUNTS = re.compile(
     r"|\b" + _MONTH + r"\s+\d{1,2}(?:st|nd|rd|th)?(?:,?\s+\d{4})?"  # May 16, 2018
     r"|\b\d{1,2}:\d{2}(?::\d{2})?\b"  # 19:11
     r"|(?<![\d.,])\d+(?:[.,]\d+)?\s?%"  # 20 %: a rate
+    r"|(?<![\w+])\+\d[\d ()-]{5,}\d"  # +1 416 555 0199: a phone number (its "+1" is no age)
     # BR/24/105, NW-2024-118, 202511-34, 2-11-3: a reference or an address, not amounts
     # (every pattern starts at a boundary, so a long run of digits or letters is scanned once)
     r"|(?<![#\w])[#\w]+(?:[-/][#\w]+)+",

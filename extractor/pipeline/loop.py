@@ -21,15 +21,19 @@ That schema is built off the event loop within a budget and its grammar compiled
 request reaches the engine (`Engine.prepare`, within `compile_timeout_s`); past either budget
 the call decodes with the task's schema and checks its values against the document
 (`require_grounded`) instead, and `meta.grounded_decoding` says which it was
-(`extractor.grounding.constraint`).
+(`extractor.grounding.constraint`). The fields a contract has candidate rules for
+(`Contract.field_candidates`, e.g. the receipt's) are offered only those candidates
+(`extractor.grounding.candidates`). A value a validator dropped or changed is reported in
+`meta.changed` with what the model wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel
@@ -37,6 +41,7 @@ from pydantic import BaseModel
 from extractor.contracts.contract import Task
 from extractor.engines.base import AdapterRef, Engine, GenerationRequest, GenerationResult, Message
 from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout, SchemaRejected
+from extractor.grounding.candidates import offer_candidates
 from extractor.grounding.confidence import field_confidence
 from extractor.grounding.constraint import DocumentConstraint, default_builder, fallback
 from extractor.grounding.spans import Span, ground_record, ungrounded_errors
@@ -45,7 +50,7 @@ from extractor.pipeline.injection import echo_errors
 from extractor.pipeline.options import DEFAULT_OPTIONS, ExtractOptions
 from extractor.pipeline.prompt import build_messages, feedback_message
 from extractor.pipeline.result import Extraction, Meta
-from extractor.pipeline.validate import Invalid, validate_output
+from extractor.pipeline.validate import Invalid, validate_output, validator_changes
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class _Judged:
     outcome: Any  # a validated value, or Invalid
     spans: dict[str, list[Span]] | None = None
     cut: bool = False  # finished at max_tokens
+    changed: dict[str, Any] | None = None  # what the model wrote where a validator dropped or changed it
 
 
 def _judge(task: Task[Any], result: GenerationResult, document: str, system: str, options: ExtractOptions,
@@ -64,14 +70,17 @@ def _judge(task: Task[Any], result: GenerationResult, document: str, system: str
     outcome = validate_output(task, result.text, document)
     if not isinstance(outcome, Invalid) and (echoes := echo_errors(result.text, system, document)):
         outcome = Invalid(echoes)  # a field repeats the instructions (a prompt injection): refused, retried
+    if isinstance(outcome, Invalid):
+        return _Judged(outcome)
+    data = outcome.value.model_dump(mode="json") if isinstance(outcome.value, BaseModel) else outcome.value
     spans = None
-    if not isinstance(outcome, Invalid) and (options.spans or options.require_grounded):
-        data = outcome.value.model_dump(mode="json") if isinstance(outcome.value, BaseModel) else outcome.value
+    if options.spans or options.require_grounded:
         spans = ground_record(data, document)
         errors = ungrounded_errors(data, task.strict_schema, spans) if options.require_grounded else []
         if errors:
-            outcome = Invalid(errors)
-    return _Judged(outcome, spans)
+            return _Judged(Invalid(errors), spans)
+    changed = validator_changes(json.loads(result.text), data) if task.model is not None else {}
+    return _Judged(outcome, spans, changed=changed or None)
 
 
 async def _grounded_constraint(engine: Engine, task: Task[Any], document: str) -> DocumentConstraint:
@@ -79,6 +88,8 @@ async def _grounded_constraint(engine: Engine, task: Task[Any], document: str) -
     fallback to the task's schema past the budget (see `extractor.grounding.constraint`)."""
     builder = default_builder()
     constraint = await builder.constraint(task.strict_schema, document)
+    if constraint.full and task.field_candidates is not None:
+        constraint = replace(constraint, schema=offer_candidates(constraint.schema, task.field_candidates(document)))
     prepare = getattr(engine, "prepare", None)
     if not constraint.full or prepare is None:
         return constraint
@@ -174,7 +185,8 @@ class _Attempts:
                     prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
                     latency_ms=(time.perf_counter() - self.start) * 1000,
                     spans=judged.spans if options.spans else None, confidence=confidence,
-                    grounded_decoding=self.grounded, adapter=self.adapter.name if self.adapter is not None else None)
+                    grounded_decoding=self.grounded, adapter=self.adapter.name if self.adapter is not None else None,
+                    changed=judged.changed)
         self.outcome = Extraction(data=judged.outcome.value, meta=meta)
 
     def _give_up(self) -> None:

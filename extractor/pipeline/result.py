@@ -35,10 +35,16 @@ class Meta:
     #: a chunked document (`extractor.longdoc`): chunks, passes, merge conflicts, completeness
     long: dict[str, Any] | None = None
 
+    #: field path -> what the model wrote, for each value a validator dropped (made null) or
+    #: changed (`validator_changes`): the e-mail not found in the document, for one
+    changed: dict[str, Any] | None = None
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of `meta`; `spans`, `confidence` and `grounded_decoding` only when they were asked for."""
+        """The JSON shape of `meta`; `spans`, `confidence`, `grounded_decoding`, `adapter` and `long`
+        only when they apply, `changed` only when a validator dropped or changed a value."""
         out = asdict(self)
         spans, confidence, adapter, long = out.pop("spans"), out.pop("confidence"), out.pop("adapter"), out.pop("long")
+        changed = out.pop("changed")
         if out["grounded_decoding"] is None:
             del out["grounded_decoding"]
         out["tokens"] = {"prompt": out.pop("prompt_tokens"), "completion": out.pop("completion_tokens")}
@@ -51,6 +57,8 @@ class Meta:
             out["confidence"] = {path: float(f"{p:.4g}") for path, p in confidence.items()}
         if long is not None:
             out["long"] = long
+        if changed:
+            out["changed"] = changed
         return out
 
 

@@ -23,6 +23,7 @@ import jsonschema_rs
 from pydantic import BaseModel, ValidationError
 
 from extractor.contracts.contract import Task
+from extractor.grounding.fieldpath import field_path, leaves
 
 T = TypeVar("T")
 
@@ -89,3 +90,43 @@ def validate_output(task: Task[Any], text: str, document: str | None = None) -> 
         return Invalid([
             f"{_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()[:10]
         ])
+
+
+def label_errors(task: Task[Any], expected: dict[str, Any], document: str | None = None) -> list[str]:
+    """Why a label (`expected`, an evaluation's partial record) is refused for `document`; [] when
+    it is accepted. A top-level field the label leaves out or gives as `null` is not checked (it is
+    unlabeled, or "not in the document", whatever the schema requires); every value it gives must
+    pass the same gates as a model output (the strict schema, then the model's validators)."""
+    given = {k: v for k, v in expected.items() if v is not None}
+    schema = dict(task.strict_schema)
+    if isinstance(schema.get("required"), list):
+        schema["required"] = [name for name in schema["required"] if name in given]
+    errors = schema_errors(json.dumps(schema, separators=(",", ":")), given)
+    if errors:
+        return errors
+    model: type[BaseModel] | None = task.model
+    if model is None:
+        return []
+    try:
+        model.model_validate(given, context={"document": document})
+    except ValidationError as exc:
+        return [f"{_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()
+                if not (err["type"] == "missing" and len(err["loc"]) == 1 and err["loc"][0] not in given)][:10]
+    return []
+
+
+def _same(written: Any, kept: Any) -> bool:
+    if isinstance(written, bool) or isinstance(kept, bool):
+        return written is kept
+    if isinstance(written, int | float) and isinstance(kept, int | float):
+        return float(written) == float(kept)
+    return bool(written == kept)
+
+
+def validator_changes(written: Any, validated: Any) -> dict[str, Any]:
+    """Field path -> the value the model wrote, for each scalar of `written` (the output's JSON)
+    that validation dropped or changed in `validated` (the validated value as JSON): a model's
+    validator that nulls an e-mail not found in the document, one that rewrites a value."""
+    kept = dict(leaves(validated))
+    return {field_path(parts): value for parts, value in leaves(written)
+            if parts and value is not None and not _same(value, kept.get(parts))}

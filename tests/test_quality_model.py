@@ -1,0 +1,53 @@
+"""Issue 13's cases with the real local model (SmolLM2-135M, default settings): no value copied from a
+few-shot example, no value invented, the right span of a receipt. Few and short."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from extractor import Extractor
+
+pytestmark = pytest.mark.model
+
+SIGNATURE = ("Thanks again for the quick turnaround.\n\nBest regards,\nPriya Raman\n"
+             "Senior Account Manager | Northwind Traders\nToronto, ON\n+1 416 555 0199\npriya.raman@northwind.ca")
+
+
+@pytest.mark.xfail(reason="measured 2026-12-03, zero-shot plain decoding: age 25 invented (no longer the example's 29 "
+                          "and city Toronto, not Hamburg); not fixed yet", strict=False)
+def test_a_signature_gives_no_age_and_no_example_city(local_engine: Any) -> None:
+    for grounded in (False, True):
+        person = Extractor(local_engine, grounded_decoding=grounded).extract("person", SIGNATURE)
+        assert person.name == "Priya Raman", grounded
+        assert person.age is None, grounded  # not 28 (invented), not 29 (the example's), not 1 (the phone's +1)
+        assert person.city in ("Toronto", None), grounded  # never Hamburg
+
+
+def test_an_age_in_an_obituary_is_the_documents_own(local_engine: Any) -> None:
+    person = Extractor(local_engine).extract("person", "George Whitfield turned 90 last week and still lives in Bath.")
+    assert (person.name, person.age) == ("George Whitfield", 90)
+    assert person.city in ("Bath", None)
+
+
+class Contact(BaseModel):
+    name: str | None
+    company: str | None
+    phone: str | None
+
+
+def test_a_plain_model_does_not_put_a_name_where_none_is_printed(local_engine: Any) -> None:
+    contact = Extractor(local_engine, grounded_decoding=True).extract(Contact, "Call Jenna Ortiz at Fabrikam on 555-0101.")
+    assert contact.name == "Jenna Ortiz"
+    assert contact.company in ("Fabrikam", None) and contact.phone in ("555-0101", None)
+
+
+def test_a_receipts_address_is_not_its_date_line(local_engine: Any) -> None:
+    text = ("CORNER CAFE SDN BHD\nNO 12, JALAN MAWAR 3,\n43000 KAJANG, SELANGOR\nTEL: 03-8736 1234\n"
+            "2025-03-09  08:41\nLATTE 5.50\nMUFFIN 2.50\nTax 0.64\nTOTAL 8.64\nVISA ****1234")
+    receipt = Extractor(local_engine).extract("receipt", text)
+    assert receipt.date == "2025-03-09"
+    assert "08:41" not in receipt.address and receipt.address.startswith("NO 12")
+    assert receipt.total == "8.64"
