@@ -3,7 +3,8 @@
 Never returns an unvalidated value: it returns an `Extraction` whose data
 passed every gate, or raises `ExtractionFailed` with the errors of every
 attempt. An output cut at `max_tokens` is a failure; the next attempt gets
-a doubled budget (once), then the loop gives up on length. The first attempt
+the budget grown by `length_growth`, up to `max_tokens_cap` (both in `meta`),
+then the loop gives up on length. The first attempt
 is greedy; retries sample at `retry_temperature` with a per-attempt seed, so
 they do not walk greedy decoding's path into the same error again.
 
@@ -71,8 +72,7 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, options: E
     start = time.perf_counter()
     messages: list[Message] = build_messages(task, document)
     schema = constrain_to_document(task.strict_schema, document) if options.grounded_for(task) else task.strict_schema
-    max_tokens = task.max_tokens
-    grew = False
+    max_tokens = min(task.max_tokens, options.max_tokens_cap)
     seen: list[list[str]] = []
     prompt_tokens = completion_tokens = 0
     for attempt in range(1, options.max_attempts + 1):
@@ -90,10 +90,9 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, options: E
         if isinstance(judged.outcome, Invalid):
             seen.append(judged.outcome.errors)
             if judged.cut:
-                if grew:
+                if max_tokens >= options.max_tokens_cap or options.length_growth == 1:
                     break
-                max_tokens *= options.length_growth
-                grew = True
+                max_tokens = min(max_tokens * options.length_growth, options.max_tokens_cap)
                 continue
             messages = [*messages, {"role": "assistant", "content": result.text}, feedback_message(judged.outcome.errors)]
             continue
@@ -103,7 +102,8 @@ async def extract_one(engine: Engine, task: Task[Any], document: str, options: E
         meta = Meta(schema=task.name, version=task.version, engine=engine.name, model=engine.model,
                     attempts=attempt, errors=seen, prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens, latency_ms=(time.perf_counter() - start) * 1000,
-                    spans=judged.spans if options.spans else None, confidence=confidence)
+                    spans=judged.spans if options.spans else None, confidence=confidence,
+                    max_tokens=max_tokens, max_tokens_cap=options.max_tokens_cap)
         return Extraction(data=judged.outcome.value, meta=meta)
     last = "; ".join(seen[-1]) if seen else "no attempt made"
     raise ExtractionFailed(f"{task.name}: no valid output after {len(seen)} attempt(s): {last}",

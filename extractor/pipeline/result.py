@@ -27,6 +27,9 @@ class Meta:
     spans: dict[str, list[Span]] | None = None
     #: field path -> probability of its value's tokens (`confidence=True`, engines with logprobs)
     confidence: dict[str, float] | None = None
+    #: the token budget of the attempt that succeeded, and the most a cut output is retried with
+    max_tokens: int = 0
+    max_tokens_cap: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `meta`; `spans` and `confidence` only when they were asked for."""
