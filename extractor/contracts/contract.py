@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel
 
 from extractor.contracts.compile import compile_strict_schema, estimate_max_tokens
-from extractor.contracts.prepare import PreparedSchema, SchemaReport, prepare_schema
+from extractor.contracts.prepare import PreparedSchema, SchemaReport, loose_schema, prepare_schema
 from extractor.errors import SchemaRejected
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -167,6 +167,15 @@ def task_from_json_schema(schema: Any, *, name: str, version: str | None = None,
         grounded_decoding=grounded,
         prepared=prepared,
     )
+
+
+def validate_only(task: Task[BaseModel]) -> Task[BaseModel]:
+    """`task` with the validate-only grammar (any bounded JSON object) in place of its grammar schema,
+    for a raw schema no grammar backend compiles within its time budget: every answer is still
+    validated against the user's ORIGINAL schema and retried with the errors fed back."""
+    if task.prepared is None:
+        raise ValueError("validate-only grammars are for raw-schema tasks")
+    return replace(task, strict_schema=loose_schema(task.prepared))
 
 
 def task_from_file(path: str | Path, *, strict: bool | None = None) -> Task[BaseModel]:

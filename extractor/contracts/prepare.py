@@ -1308,6 +1308,17 @@ def prepare_schema(raw: Any, *, strict: bool = False, limits: Limits = DEFAULT_L
                           _added_nulls=frozenset(added))
 
 
+def loose_schema(prepared: PreparedSchema, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """The validate-only grammar for `prepared`: any bounded JSON object (or `{"value": any}` for a
+    wrapped root). Used when no backend compiles the full grammar schema within its time budget;
+    the answer is then checked against the user's schema only after decoding."""
+    any_json = _bounded_any(min(limits.max_any_depth, 2))
+    if prepared.wrapped:
+        return {"type": "object", "properties": {"value": any_json}, "required": ["value"],
+                "additionalProperties": False}
+    return {"type": "object", "additionalProperties": any_json}
+
+
 def _is_object_root(schema: dict[str, Any]) -> bool:
     if schema.get("type") == "object":
         return True
