@@ -215,6 +215,9 @@ def evaluate(row: dict[str, Any], only: BackendName) -> dict[str, Any]:
 
 
 def _worker(conn: Any) -> None:
+    global _BACKENDS
+    _BACKENDS = GrammarBackends()  # before "ready": the compile budget never pays for the tokenizer load
+    conn.send("ready")
     while True:
         job = conn.recv()
         if job is None:
@@ -238,6 +241,9 @@ class _Pool:
             self.conn, child = ctx.Pipe()
             self.proc = ctx.Process(target=_worker, args=(child,), daemon=True)
             self.proc.start()
+            if not self.conn.poll(300):
+                raise RuntimeError("the bench worker did not start within 300 s")
+            self.conn.recv()
         self.conn.send((row, backend))
         if self.conn.poll(self.timeout_s):
             result: dict[str, Any] = self.conn.recv()

@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 
 from extractor import ExtractionFailed, Extractor, ScriptedEngine, task_from_json_schema
+from extractor.contracts.contract import validate_only
 from extractor.engines.grammar_backends import llguidance_error
 
 DOC = "Write one realistic example record that follows the schema."
@@ -128,3 +129,12 @@ def test_strict_mode_writes_every_property_and_drops_the_added_nulls() -> None:
     assert task.strict_schema["required"] == ["a", "b"] and task.strict_schema["additionalProperties"] is False
     result = Extractor(ScriptedEngine([json.dumps({"a": "x", "b": None})])).run(task, DOC)
     assert result.data == {"a": "x"} and original_valid(schema, result.data)
+
+
+def test_the_validate_only_grammar_still_returns_records_valid_against_the_original() -> None:
+    schema = {"type": "array", "items": {"type": "integer"}, "maxItems": 2}
+    task = validate_only(task_from_json_schema(schema, name="raw"))
+    assert jsonschema.Draft202012Validator(task.strict_schema).is_valid({"value": ["x", "y", "z"]})  # loose grammar
+    engine = ScriptedEngine([json.dumps({"value": ["x", "y", "z"]}), json.dumps({"value": [1, 2]})])
+    result = Extractor(engine).run(task, DOC)
+    assert result.data == [1, 2] and result.meta.attempts == 2
