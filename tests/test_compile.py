@@ -64,10 +64,13 @@ def test_optional_fields_become_required_and_nullable_with_descriptions_kept() -
     assert "title" not in strict and "default" not in strict["properties"]["c"]
 
 
-def test_raw_schema_optional_property_is_made_nullable() -> None:
-    task = task_from_json_schema(json.loads(open("fixtures/schemas/contact.schema.json").read()), name="contact")
-    assert task.strict_schema["required"] == ["name", "phone"]
-    assert task.strict_schema["properties"]["phone"]["anyOf"][1] == {"type": "null"}
+def test_raw_schema_optional_property_stays_optional_unless_strict() -> None:
+    raw = json.loads(open("fixtures/schemas/contact.schema.json").read())
+    task = task_from_json_schema(raw, name="contact")
+    assert task.strict_schema["required"] == ["name"]  # fidelity: the user's schema lets phone be omitted
+    strict = task_from_json_schema(raw, name="contact", strict=True)
+    assert strict.strict_schema["required"] == ["name", "phone"]
+    assert {"type": "null"} in strict.strict_schema["properties"]["phone"]["anyOf"]
     assert task.instructions == "Extract the contact's name and phone number."
 
 

@@ -83,12 +83,22 @@ def test_length_is_a_failure_retried_once_with_a_larger_budget() -> None:
     assert engine.requests[1].messages == engine.requests[0].messages  # nothing fed back for a cut output
 
 
-def test_length_twice_gives_up_even_with_attempts_left() -> None:
+def test_a_cut_output_grows_the_budget_up_to_the_cap_then_gives_up() -> None:
     cut = GenerationResult(text="{", finish_reason="length", prompt_tokens=10, completion_tokens=5)
-    engine = ScriptedEngine([cut, cut, GOOD])
+    task = task_from_model(Person)
+    cap = task.max_tokens * 4
+    engine = ScriptedEngine([cut, cut, cut, GOOD])
     with pytest.raises(ExtractionFailed, match="cut off"):
-        asyncio.run(extract_one(engine, task_from_model(Person), DOC, ExtractOptions(max_retries=4)))
-    assert len(engine.requests) == 2
+        asyncio.run(extract_one(engine, task, DOC, ExtractOptions(max_retries=6, max_tokens_cap=cap)))
+    assert [r.max_tokens for r in engine.requests] == [task.max_tokens, 2 * task.max_tokens, cap]
+
+
+def test_the_budget_and_its_cap_are_in_meta() -> None:
+    cut = GenerationResult(text="{", finish_reason="length", prompt_tokens=10, completion_tokens=5)
+    task = task_from_model(Person)
+    engine = ScriptedEngine([cut, GOOD])
+    result = asyncio.run(extract_one(engine, task, DOC, ExtractOptions(max_tokens_cap=4096)))
+    assert (result.meta.max_tokens, result.meta.max_tokens_cap) == (2 * task.max_tokens, 4096)
 
 
 def test_empty_document_never_reaches_the_engine() -> None:

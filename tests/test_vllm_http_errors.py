@@ -156,8 +156,11 @@ def test_garbage_json_is_fed_back_and_retried() -> None:
 
 def test_truncated_output_is_retried_with_a_larger_budget_then_fails_typed() -> None:
     server = FakeVllm([('{"name":"Ali', "length"), ('{"name":"Alice Sm', "length")])
+    from extractor import task_from_model
+
+    cap = 2 * task_from_model(Person).max_tokens  # one larger budget, then the cap
     with pytest.raises(ExtractionFailed, match="cut off"):
-        Extractor(engine_for(server)).run(Person, DOC)
+        Extractor(engine_for(server), max_tokens_cap=cap).run(Person, DOC)
     assert server.bodies[1]["max_tokens"] == 2 * server.bodies[0]["max_tokens"]
 
 

@@ -1,6 +1,8 @@
 """`extract schemas [list | show NAME | check FILE...]`: the registered schemas, one compiled
 strict schema, or raw schema files compiled (grammar included, in a child process with a time
-limit), one JSON line each."""
+limit), one JSON line each: accepted or not, and for a raw schema the keywords the grammar
+enforces, those only validated after decoding and those ignored as annotations; `ok` when
+xgrammar (the engines' grammar) or else llguidance compiles it (`backends` says which did)."""
 
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 def _check(files: Sequence[str], timeout: float) -> int:
     from extractor.contracts.contract import task_from_file
+    from extractor.engines.grammar_backends import llguidance_error
     from extractor.engines.grammar_check import GrammarChecker
 
     if not files:
@@ -51,7 +54,12 @@ def _check(files: Sequence[str], timeout: float) -> int:
             try:
                 task = task_from_file(f)
                 result = checker.check(task.strict_schema)
-                line.update(ok=result.ok, reason=result.reason, compile_ms=round(result.compile_ms, 1))
+                ll_reason = llguidance_error(task.strict_schema)
+                line.update(ok=result.ok or ll_reason is None, reason=None if result.ok else result.reason,
+                            compile_ms=round(result.compile_ms, 1),
+                            backends={"xgrammar": result.reason or "ok", "llguidance": ll_reason or "ok"})
+                if task.report is not None and task.prepared is not None:
+                    line.update(wrapped=task.prepared.wrapped, strict=task.prepared.strict, **task.report.as_dict())
             except SchemaError as exc:
                 line["reason"] = str(exc)
             status = status if line["ok"] else EXIT_FAILED

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel
 
 from extractor.contracts.compile import compile_strict_schema, estimate_max_tokens
+from extractor.contracts.prepare import PreparedSchema, SchemaReport, loose_schema, prepare_schema
 from extractor.errors import SchemaRejected
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -83,11 +84,27 @@ class Task(Generic[ModelT]):
     merge_rules: Mapping[str, str] = field(default_factory=dict)
     #: ordered candidate values per field for grounded decoding (`Contract.field_candidates`)
     field_candidates: Callable[[str], Mapping[str, Sequence[str]]] | None = None
+    #: a raw schema's preparation: the user's ORIGINAL schema (every record is validated against
+    #: it after the grammar schema), how to unwrap a wrapped root, and the keyword report; None
+    #: for Pydantic contracts, which keep their typed strict schema
+    prepared: PreparedSchema | None = None
 
     @cached_property
     def schema_json(self) -> str:
         """The strict schema as compact JSON (computed once: a task's schema is never changed)."""
         return json.dumps(self.strict_schema, separators=(",", ":"))
+
+    @cached_property
+    def original_schema_json(self) -> str | None:
+        """The user's own schema as compact JSON (raw-schema tasks), else None."""
+        if self.prepared is None:
+            return None
+        return json.dumps(self.prepared.original, separators=(",", ":"))
+
+    @property
+    def report(self) -> SchemaReport | None:
+        """What the grammar enforces, what is only validated, what is ignored (raw-schema tasks)."""
+        return self.prepared.report if self.prepared is not None else None
 
 
 MERGE_RULES = ("first", "last", "raise")
@@ -144,46 +161,65 @@ def task_from_model(model: type[ModelT]) -> Task[ModelT]:
     )
 
 
-def task_from_json_schema(schema: Any, *, name: str, version: str | None = None) -> Task[BaseModel]:
+def task_from_json_schema(schema: Any, *, name: str, version: str | None = None,
+                          strict: bool | None = None) -> Task[BaseModel]:
     """Resolve a raw JSON Schema (already parsed) into a Task with no Pydantic model.
+
+    Any real-world schema is taken (`extractor.contracts.prepare`): any root type, unknown
+    keywords as annotations, open objects, `not`/`if`/`uniqueItems` ... validated after decoding.
+    Every returned record validates against this ORIGINAL schema. `strict` (or `x-strict: true`
+    in the schema) gives the OpenAI-compatible grammar instead: every property written, the
+    optional ones as null (the added nulls are dropped again before validation).
 
     The schema may carry `title`, `description` (used as instructions),
     `x-version`, `x-examples` (a list of `{"document", "record"}`) and
     `x-grounded-decoding` (true: grounded decoding unless a call says otherwise).
     """
-    if not isinstance(schema, dict):
-        raise SchemaRejected("$", f"a schema must be a JSON object, got {type(schema).__name__}")
-    strict = compile_strict_schema(schema)
-    raw_examples = schema.get("x-examples", [])
+    meta = schema if isinstance(schema, dict) else {}
+    strict_flag = meta.get("x-strict", False) if strict is None else strict
+    if not isinstance(strict_flag, bool):
+        raise SchemaRejected("$.x-strict", "must be true or false")
+    prepared = prepare_schema(schema, strict=strict_flag)
+    raw_examples = meta.get("x-examples", [])
     if not isinstance(raw_examples, list):
         raise SchemaRejected("$.x-examples", "must be a list of {document, record}")
     examples = []
     for i, ex in enumerate(raw_examples):
-        if not (isinstance(ex, dict) and isinstance(ex.get("document"), str) and isinstance(ex.get("record"), dict)):
-            raise SchemaRejected(f"$.x-examples[{i}]", "must be an object with a string 'document' and an object 'record'")
+        if not (isinstance(ex, dict) and isinstance(ex.get("document"), str) and "record" in ex):
+            raise SchemaRejected(f"$.x-examples[{i}]", "must be an object with a string 'document' and a 'record'")
         examples.append(Example(document=ex["document"], record=ex["record"]))
-    description = schema.get("description")
-    grounded = schema.get("x-grounded-decoding", False)
+    description = meta.get("description")
+    grounded = meta.get("x-grounded-decoding", False)
     if not isinstance(grounded, bool):
         raise SchemaRejected("$.x-grounded-decoding", "must be true or false")
-    raw_rules = schema.get("x-merge-rules", {})
+    raw_rules = meta.get("x-merge-rules", {})
     if not isinstance(raw_rules, dict):
         raise SchemaRejected("$.x-merge-rules", "must be an object of field name -> rule")
     rules = check_merge_rules(raw_rules, "$.x-merge-rules")
     return Task(
         name=name,
-        version=str(version or schema.get("x-version", "1")),
+        version=str(version or meta.get("x-version", "1")),
         instructions=description if isinstance(description, str) and description else DEFAULT_INSTRUCTIONS,
-        strict_schema=strict,
-        max_tokens=estimate_max_tokens(strict),
+        strict_schema=prepared.schema,
+        max_tokens=estimate_max_tokens(prepared.schema),
         model=None,
         examples=tuple(examples),
         grounded_decoding=grounded,
         merge_rules=rules,
+        prepared=prepared,
     )
 
 
-def task_from_file(path: str | Path) -> Task[BaseModel]:
+def validate_only(task: Task[BaseModel]) -> Task[BaseModel]:
+    """`task` with the validate-only grammar (any bounded JSON object) in place of its grammar schema,
+    for a raw schema no grammar backend compiles within its time budget: every answer is still
+    validated against the user's ORIGINAL schema and retried with the errors fed back."""
+    if task.prepared is None:
+        raise ValueError("validate-only grammars are for raw-schema tasks")
+    return replace(task, strict_schema=loose_schema(task.prepared))
+
+
+def task_from_file(path: str | Path, *, strict: bool | None = None) -> Task[BaseModel]:
     """Load a raw JSON Schema file as a Task named after the file."""
     p = Path(path)
     try:
@@ -196,4 +232,4 @@ def task_from_file(path: str | Path) -> Task[BaseModel]:
     except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, 5000-digit numbers, nesting past the stack
         raise SchemaRejected("$", f"{p} is not valid JSON: {type(exc).__name__}: {exc}"[:500]) from exc
     name = p.name.removesuffix(".json").removesuffix(".schema")
-    return task_from_json_schema(schema, name=name)
+    return task_from_json_schema(schema, name=name, strict=strict)

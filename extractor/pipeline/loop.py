@@ -6,7 +6,8 @@ document), every round of attempts in one engine call.
 Never returns an unvalidated value: it returns an `Extraction` whose data
 passed every gate, or raises `ExtractionFailed` with the errors of every
 attempt. An output cut at `max_tokens` is a failure; the next attempt gets
-a doubled budget (once), then the loop gives up on length. The first attempt
+the budget grown by `length_growth`, up to `max_tokens_cap` (both in `meta`),
+then the loop gives up on length. The first attempt
 is greedy; retries sample at `retry_temperature` with a per-attempt seed, so
 they do not walk greedy decoding's path into the same error again.
 
@@ -128,8 +129,7 @@ class _Attempts:
             self.messages.append(feedback_message(self.feedback))
         if self.schema is None:
             self.schema = self.task.strict_schema
-        self.max_tokens = self.task.max_tokens
-        self.grew = False
+        self.max_tokens = min(self.task.max_tokens, self.options.max_tokens_cap)
         self.seen: list[list[str]] = []
         self.attempt = 0
         self.prompt_tokens = self.completion_tokens = 0
@@ -166,11 +166,11 @@ class _Attempts:
         if isinstance(judged.outcome, Invalid):
             self.seen.append(judged.outcome.errors)
             if judged.cut:
-                if self.grew:
+                # a cut output is retried with a larger budget, up to the cap (reported in meta)
+                if self.max_tokens >= options.max_tokens_cap or options.length_growth == 1:
                     self._give_up()
                     return
-                self.max_tokens *= options.length_growth
-                self.grew = True
+                self.max_tokens = min(self.max_tokens * options.length_growth, options.max_tokens_cap)
             else:
                 self.messages = [*self.messages, {"role": "assistant", "content": result.text},
                                  feedback_message(judged.outcome.errors)]
@@ -186,7 +186,7 @@ class _Attempts:
                     latency_ms=(time.perf_counter() - self.start) * 1000,
                     spans=judged.spans if options.spans else None, confidence=confidence,
                     grounded_decoding=self.grounded, adapter=self.adapter.name if self.adapter is not None else None,
-                    changed=judged.changed)
+                    changed=judged.changed, max_tokens=self.max_tokens, max_tokens_cap=options.max_tokens_cap)
         self.outcome = Extraction(data=judged.outcome.value, meta=meta)
 
     def _give_up(self) -> None:

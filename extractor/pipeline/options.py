@@ -70,6 +70,9 @@ class ExtractOptions(BaseModel):
     seed: int = 0
     #: budget growth of the one retry after an output cut at max_tokens
     length_growth: int = Field(default=2, ge=1)
+    #: the largest budget an output cut at max_tokens is retried with (growing by `length_growth`
+    #: each time; reported in `meta.max_tokens_cap`)
+    max_tokens_cap: int = Field(default=4096, ge=1)
     #: temperature of the attempts after a validation failure: greedy decoding would repeat the
     #: same mistake, a little sampling explores alternatives
     retry_temperature: float = Field(default=0.7, ge=0.0)

@@ -38,6 +38,9 @@ class Meta:
     #: field path -> what the model wrote, for each value a validator dropped (made null) or
     #: changed (`validator_changes`): the e-mail not found in the document, for one
     changed: dict[str, Any] | None = None
+    #: the token budget of the attempt that succeeded, and the most a cut output is retried with
+    max_tokens: int = 0
+    max_tokens_cap: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `meta`; `spans`, `confidence`, `grounded_decoding`, `adapter` and `long`

@@ -1,7 +1,10 @@
 """Validation layer: raw model text -> a validated value, or the error messages.
 
 Three gates, in order: JSON parsing, the strict JSON schema (Draft 2020-12),
-and the Pydantic model with its own validators. Messages name the JSON path
+and the Pydantic model with its own validators; a raw-schema task instead has
+its answer unwrapped (a root that is not an object) and validated against the
+user's ORIGINAL schema, in the draft it declares, since the grammar schema
+leaves some keywords (`not`, `if`, `uniqueItems` ...) to this check. Messages name the JSON path
 so they can be fed back to the model verbatim.
 
 The schema gate first asks `jsonschema_rs` (Rust, about 100x faster per
@@ -52,6 +55,40 @@ def _fast_validator(schema_json: str) -> jsonschema_rs.Validator | None:
         return None
 
 
+@lru_cache(maxsize=256)
+def _original_validator(schema_json: str) -> Any:
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+@lru_cache(maxsize=256)
+def _fast_original_validator(schema_json: str) -> jsonschema_rs.Validator | None:
+    try:
+        return jsonschema_rs.validator_for(json.loads(schema_json), validate_formats=True)
+    except Exception:  # a schema the Rust crate does not take (remote refs ...) is validated in Python
+        return None
+
+
+def original_errors(schema_json: str, data: Any) -> list[str]:
+    """Messages for what in `data` breaks the user's own schema (its declared draft); [] when valid.
+
+    A part of the schema no validator can check here (a remote `$ref`, a regex Python does not
+    read) is skipped rather than failing every answer."""
+    fast = _fast_original_validator(schema_json)
+    if fast is not None:
+        try:
+            if fast.is_valid(data):
+                return []
+        except Exception:
+            pass
+    try:
+        errors = sorted(_original_validator(schema_json).iter_errors(data), key=lambda e: list(e.absolute_path))
+    except Exception:  # unresolvable remote references, regexes `re` cannot compile
+        return []
+    return [f"{_path(e.absolute_path)}: {e.message}"[:500] for e in errors[:10]]
+
+
 def schema_errors(schema_json: str, data: Any) -> list[str]:
     """Messages for what in `data` breaks the schema, by JSON path; [] when it is valid."""
     fast = _fast_validator(schema_json)
@@ -81,6 +118,10 @@ def validate_output(task: Task[Any], text: str, document: str | None = None) -> 
     errors = schema_errors(task.schema_json, data)
     if errors:
         return Invalid(errors)
+    if task.prepared is not None and task.original_schema_json is not None:
+        value = task.prepared.finish(data)
+        errors = original_errors(task.original_schema_json, value)
+        return Invalid(errors) if errors else Valid(value)
     model: type[BaseModel] | None = task.model
     if model is None:
         return Valid(data)

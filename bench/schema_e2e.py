@@ -1,0 +1,152 @@
+"""End to end on real-world schemas: the share of ALL jsonschemabench-dev schemas that return a record
+valid against the user's ORIGINAL schema, each run as a raw-schema task with the document
+"Write one realistic example record that follows the schema."
+
+Each schema's grammar is first compiled with xgrammar (the engines' backend; vLLM 0.26 takes it
+server-wide) in a child process with a time budget (`--compile-budget`); a schema it cannot
+compile in time runs with the validate-only grammar (any bounded JSON object, the answer checked
+against the original schema afterwards), and the results say how many did.
+
+CPU sample:  python bench/schema_e2e.py --engine local --sample 100 --seed 0
+GPU (all):   python bench/schema_e2e.py --engine vllm --engine-option model=$SMOLLM2_DIR --out DIR
+Writes DIR/schema_e2e_{engine}.json (summary, per group, per-schema outcome without records).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from extractor import Extractor
+from extractor.contracts.contract import Task, task_from_json_schema, validate_only
+from extractor.engines.grammar_check import GrammarChecker
+from extractor.engines.registry import engine_names, parse_options
+from extractor.errors import ExtractorError, SchemaRejected
+from extractor.pipeline.validate import original_errors
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent.parent / "shared" / "data" / "jsonschemabench-dev.jsonl"
+RESULTS = ROOT / "bench" / "results"
+DOCUMENT = "Write one realistic example record that follows the schema."
+
+
+def load(data: Path, sample: int | None, seed: int, limit: int | None) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if sample:
+        rows = random.Random(seed).sample(rows, min(sample, len(rows)))
+    return rows[:limit] if limit else rows
+
+
+def build_tasks(rows: list[dict[str, Any]], budget_s: float) -> dict[str, tuple[Task[Any] | None, str]]:
+    """Each schema's task and grammar mode: `grammar`, `validate-only`, or `refused: reason`."""
+    out: dict[str, tuple[Task[Any] | None, str]] = {}
+    with GrammarChecker(timeout_s=budget_s) as checker:
+        for row in rows:
+            try:
+                task = task_from_json_schema(row["schema"], name=row["id"].replace("/", "_"))
+            except SchemaRejected as exc:
+                out[row["id"]] = (None, f"refused: {exc}"[:300])
+                continue
+            check = checker.check(task.strict_schema)
+            out[row["id"]] = (task, "grammar") if check.ok else (validate_only(task), "validate-only")
+    return out
+
+
+async def run_all(extractor: Extractor, rows: list[dict[str, Any]], tasks: dict[str, tuple[Task[Any] | None, str]],
+                  concurrency: int) -> list[dict[str, Any]]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(row: dict[str, Any]) -> dict[str, Any]:
+        task, mode = tasks[row["id"]]
+        item: dict[str, Any] = {"id": row["id"], "group": row["group"], "mode": mode, "valid": False}
+        if task is None:
+            return item
+        async with gate:
+            start = time.perf_counter()
+            try:
+                result = await extractor.arun(task, DOCUMENT)
+            except ExtractorError as exc:
+                item.update(error=f"{type(exc).__name__}: {exc}"[:300], seconds=round(time.perf_counter() - start, 2))
+                return item
+        # the pipeline already validated it; checked again here, independently, against the original
+        errors = original_errors(json.dumps(row["schema"]), result.data)
+        item.update(valid=not errors, attempts=result.meta.attempts, max_tokens=result.meta.max_tokens,
+                    seconds=round(time.perf_counter() - start, 2), errors=errors[:2])
+        return item
+
+    return list(await asyncio.gather(*(one(r) for r in rows)))
+
+
+def summarize(items: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    groups: dict[str, Counter[str]] = defaultdict(Counter)
+    for it in items:
+        c = groups[it["group"]]
+        c["schemas"] += 1
+        c["valid"] += it["valid"]
+        c["accepted"] += not it["mode"].startswith("refused")
+        c["validate_only"] += it["mode"] == "validate-only"
+    total = len(items)
+    valid = sum(it["valid"] for it in items)
+    return {
+        **meta,
+        "schemas": total,
+        "valid_against_original": valid,
+        "valid_pct": round(100 * valid / total, 2) if total else None,
+        "accepted_pct": round(100 * sum(c["accepted"] for c in groups.values()) / total, 2) if total else None,
+        "validate_only_grammar": sum(c["validate_only"] for c in groups.values()),
+        "per_group": {g: {**c, "valid_pct": round(100 * c["valid"] / c["schemas"], 1)} for g, c in sorted(groups.items())},
+        "failures_by_cause": dict(Counter((it.get("error") or it["mode"])[:80] for it in items
+                                          if not it["valid"]).most_common(15)),
+        "items": [{k: v for k, v in it.items() if k != "errors"} for it in items],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--engine", default="local", choices=engine_names())
+    parser.add_argument("--engine-option", action="append", metavar="KEY=VALUE", default=[])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--sample", type=int, help="a random sample of N schemas (with --seed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--max-retries", type=int, default=2)
+    parser.add_argument("--max-tokens-cap", type=int, default=2048)
+    parser.add_argument("--compile-budget", type=float, default=5.0, help="seconds xgrammar may take per schema")
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.perf_counter()
+    rows = load(args.data, args.sample, args.seed, args.limit)
+    tasks = build_tasks(rows, args.compile_budget)
+    prepared_s = time.perf_counter() - started
+    extractor = Extractor(args.engine, max_retries=args.max_retries, max_tokens_cap=args.max_tokens_cap,
+                          **parse_options(args.engine_option))
+    try:
+        items = asyncio.run(run_all(extractor, rows, tasks, args.concurrency))
+    finally:
+        close = getattr(extractor.engine, "close", None)
+        if callable(close):
+            close()
+    meta = {"benchmark": "schema_e2e", "engine": args.engine, "model": extractor.engine.model,
+            "grammar_backend": "xgrammar", "sample": args.sample, "seed": args.seed, "max_retries": args.max_retries,
+            "max_tokens_cap": args.max_tokens_cap, "compile_budget_s": args.compile_budget,
+            "prepare_and_check_s": round(prepared_s, 1), "seconds": round(time.perf_counter() - started, 1),
+            "document": DOCUMENT}
+    summary = summarize(items, meta)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"schema_e2e_{args.engine}.json"
+    path.write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    print(json.dumps({k: v for k, v in summary.items() if k != "items"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

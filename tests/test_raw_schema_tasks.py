@@ -1,0 +1,140 @@
+"""Raw-schema tasks end to end (issue 12): each shape real schemas have runs through an
+`Extractor` with a `ScriptedEngine` writing what the grammar would write, and the returned record
+validates against the user's ORIGINAL schema; a record that breaks a keyword the grammar only
+validates is fed back and retried; llguidance compiles each grammar schema."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+
+from extractor import ExtractionFailed, Extractor, ScriptedEngine, task_from_json_schema
+from extractor.contracts.contract import validate_only
+from extractor.engines.grammar_backends import llguidance_error
+
+DOC = "Write one realistic example record that follows the schema."
+
+#: (shape, schema, the answer as the grammar writes it, the record returned)
+SHAPES: list[tuple[str, Any, Any, Any]] = [
+    ("array root", {"type": "array", "items": {"type": "integer"}, "minItems": 1}, {"value": [1, 2]}, [1, 2]),
+    ("string root", {"type": "string", "format": "date"}, {"value": "2024-01-31"}, "2024-01-31"),
+    ("enum root", {"enum": ["a", "b"]}, {"value": "b"}, "b"),
+    ("number root", {"type": "number", "minimum": 0}, {"value": 3.5}, 3.5),
+    ("empty schema", {}, {"value": {"any": [1, "x"]}}, {"any": [1, "x"]}),
+    ("true schema", True, {"value": 7}, 7),
+    ("object without properties", {"type": "object"}, {"k": "v"}, {"k": "v"}),
+    ("some properties, open", {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+     {"a": "x", "extra": 1}, {"a": "x", "extra": 1}),
+    ("additionalProperties schema", {"type": "object", "additionalProperties": {"type": "integer"}},
+     {"x": 1, "y": 2}, {"x": 1, "y": 2}),
+    ("patternProperties", {"type": "object", "patternProperties": {"^s_": {"type": "string"}},
+                           "additionalProperties": False}, {"s_a": "x"}, {"s_a": "x"}),
+    ("allOf", {"allOf": [{"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+                         {"properties": {"b": {"type": "integer"}}, "required": ["b"]}]},
+     {"a": "x", "b": 1}, {"a": "x", "b": 1}),
+    ("anyOf", {"type": "object", "properties": {"v": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+               "required": ["v"]}, {"v": 4}, {"v": 4}),
+    ("oneOf", {"type": "object", "properties": {"v": {"oneOf": [{"type": "string"}, {"type": "boolean"}]}},
+               "required": ["v"]}, {"v": True}, {"v": True}),
+    ("not", {"type": "object", "properties": {"v": {"type": "string", "not": {"const": "no"}}}, "required": ["v"]},
+     {"v": "yes"}, {"v": "yes"}),
+    ("if/then/else", {"type": "object", "properties": {"kind": {"enum": ["a", "b"]}, "n": {"type": "integer"}},
+                      "required": ["kind"], "if": {"properties": {"kind": {"const": "a"}}},
+                      "then": {"required": ["n"]}}, {"kind": "a", "n": 1}, {"kind": "a", "n": 1}),
+    ("dependentRequired", {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+                           "dependentRequired": {"a": ["b"]}}, {"a": "x", "b": "y"}, {"a": "x", "b": "y"}),
+    ("dependencies (draft 7)", {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
+                                "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+                                "dependencies": {"a": ["b"]}}, {"a": "x", "b": "y"}, {"a": "x", "b": "y"}),
+    ("min/maxProperties", {"type": "object", "minProperties": 1, "maxProperties": 2}, {"a": 1}, {"a": 1}),
+    ("uniqueItems", {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+     {"value": ["a", "b"]}, ["a", "b"]),
+    ("multipleOf", {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 5}}, "required": ["n"]},
+     {"n": 10}, {"n": 10}),
+    ("keywords beside $ref", {"$defs": {"S": {"type": "string"}}, "type": "object",
+                              "properties": {"s": {"$ref": "#/$defs/S", "maxLength": 5}}, "required": ["s"]},
+     {"s": "abc"}, {"s": "abc"}),
+    ("definitions and $id refs", {"$id": "https://example.com/root.json", "definitions": {
+        "N": {"$id": "n.json", "type": "integer"}}, "type": "object",
+        "properties": {"a": {"$ref": "n.json"}, "b": {"$ref": "#/definitions/N"}}, "required": ["a", "b"]},
+     {"a": 1, "b": 2}, {"a": 1, "b": 2}),
+    ("recursion", {"$defs": {"T": {"type": "object", "properties": {"name": {"type": "string"}, "kids": {
+        "type": "array", "items": {"$ref": "#/$defs/T"}}}, "required": ["name"]}}, "$ref": "#/$defs/T"},
+     {"name": "r", "kids": [{"name": "k"}]}, {"name": "r", "kids": [{"name": "k"}]}),
+    ("formats", {"type": "object", "properties": {f: {"type": "string", "format": f} for f in (
+        "date", "time", "date-time", "email", "uuid", "ipv4", "ipv6", "uri")}},
+     {"date": "2024-01-31", "email": "a@b.co", "uuid": "123e4567-e89b-12d3-a456-426614174000", "ipv4": "10.0.0.1"},
+     {"date": "2024-01-31", "email": "a@b.co", "uuid": "123e4567-e89b-12d3-a456-426614174000", "ipv4": "10.0.0.1"}),
+    ("annotations", {"type": "object", "title": "T", "id": "x", "$comment": "c", "x-kubernetes-group": "g",
+                     "links": [], "readonly": True, "properties": {"a": {"type": "string", "examples": ["e"]}}},
+     {"a": "x"}, {"a": "x"}),
+]
+
+
+def original_valid(schema: Any, value: Any) -> bool:
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return bool(cls(schema, format_checker=cls.FORMAT_CHECKER).is_valid(value))
+
+
+@pytest.mark.parametrize(("shape", "schema", "written", "record"), SHAPES, ids=[s for s, *_ in SHAPES])
+def test_each_shape_returns_a_record_valid_against_the_original_schema(shape: str, schema: Any, written: Any,
+                                                                       record: Any) -> None:
+    task = task_from_json_schema(schema, name="raw")
+    assert jsonschema.Draft202012Validator(task.strict_schema).is_valid(written)  # the grammar schema takes it
+    assert llguidance_error(task.strict_schema) is None
+    engine = ScriptedEngine([json.dumps(written)])
+    result = Extractor(engine).run(task, DOC)
+    assert result.data == record
+    assert original_valid(schema, result.data)
+
+
+@pytest.mark.parametrize(("schema", "bad", "good", "keyword"), [
+    ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, {"value": ["a", "a"]},
+     {"value": ["a", "b"]}, "uniqueItems"),
+    ({"type": "object", "properties": {"v": {"type": "string", "not": {"const": "no"}}}, "required": ["v"]},
+     {"v": "no"}, {"v": "yes"}, "not"),
+    ({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+      "dependentRequired": {"a": ["b"]}}, {"a": "x"}, {"a": "x", "b": "y"}, "dependentRequired"),
+])
+def test_a_keyword_only_validated_is_fed_back_and_retried(schema: Any, bad: Any, good: Any, keyword: str) -> None:
+    task = task_from_json_schema(schema, name="raw")
+    assert task.report is not None and keyword in task.report.validated
+    engine = ScriptedEngine([json.dumps(bad), json.dumps(good)])
+    result = Extractor(engine).run(task, DOC)
+    assert result.meta.attempts == 2 and original_valid(schema, result.data)
+    assert "feedback" in json.dumps(engine.requests[1].messages).lower() or len(engine.requests[1].messages) > 2
+
+
+def test_a_record_that_never_fits_the_original_schema_fails() -> None:
+    schema = {"type": "array", "items": {"type": "string"}, "uniqueItems": True}
+    engine = ScriptedEngine([json.dumps({"value": ["a", "a"]})] * 3)
+    with pytest.raises(ExtractionFailed, match="non-unique"):
+        Extractor(engine).run(task_from_json_schema(schema, name="raw"), DOC, max_retries=2)
+
+
+def test_optional_properties_may_be_omitted_and_get_no_added_null() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}, "required": ["a"]}
+    task = task_from_json_schema(schema, name="raw")
+    assert task.strict_schema["required"] == ["a"]
+    assert not jsonschema.Draft202012Validator(task.strict_schema).is_valid({"a": "x", "b": None})
+
+
+def test_strict_mode_writes_every_property_and_drops_the_added_nulls() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}, "required": ["a"],
+              "x-strict": True}
+    task = task_from_json_schema(schema, name="raw")
+    assert task.strict_schema["required"] == ["a", "b"] and task.strict_schema["additionalProperties"] is False
+    result = Extractor(ScriptedEngine([json.dumps({"a": "x", "b": None})])).run(task, DOC)
+    assert result.data == {"a": "x"} and original_valid(schema, result.data)
+
+
+def test_the_validate_only_grammar_still_returns_records_valid_against_the_original() -> None:
+    schema = {"type": "array", "items": {"type": "integer"}, "maxItems": 2}
+    task = validate_only(task_from_json_schema(schema, name="raw"))
+    assert jsonschema.Draft202012Validator(task.strict_schema).is_valid({"value": ["x", "y", "z"]})  # loose grammar
+    engine = ScriptedEngine([json.dumps({"value": ["x", "y", "z"]}), json.dumps({"value": [1, 2]})])
+    result = Extractor(engine).run(task, DOC)
+    assert result.data == [1, 2] and result.meta.attempts == 2
