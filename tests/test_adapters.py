@@ -31,7 +31,7 @@ LLAMA = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "
          "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152}
 
 
-def make_adapter(folder: Path, *, schema: str = "person", version: str = "1", name: str | None = None,
+def make_adapter(folder: Path, *, schema: str = "person", version: str = PERSON.version, name: str | None = None,
                  config: dict[str, Any] | None = None, train_ids: tuple[str, ...] = ("t1",),
                  train_texts: tuple[str, ...] = ()) -> Path:
     """An adapter folder as `extract train` writes it, minus the weights (nothing here loads them)."""
