@@ -231,7 +231,7 @@ def test_the_engine_gets_the_document_schema_only_when_asked() -> None:
 @pytest.mark.parametrize("doc", ["a" * 150_000, "7" * 150_000, "x-" * 75_000, "1%" * 75_000])
 def test_long_runs_without_spaces_are_scanned_once(doc: str) -> None:
     """Every pattern starts at a token boundary: a run of 150,000 characters is no quadratic
-    (or worse) regex search. Longer than MAX_DOCUMENT_CHARS, the schema comes back unchanged."""
+    (or worse) regex search. Longer than MAX_CONSTRAINED_CHARS, the schema comes back unchanged."""
     strict = task_from_model(Invoice).strict_schema
     assert "maxItems" in constrain_to_document(strict, doc)["properties"]["line_items"]
     assert constrain_to_document(strict, doc * 2) == strict

@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 
 from extractor.contracts.regex_risk import backtracking_risk
+from extractor.contracts.schema_walk import def_name
 from extractor.errors import SchemaRejected
 
 
@@ -246,7 +247,7 @@ class _Compiler:
         root = self.root
         out: dict[str, Any] = self.node(root, "$", 0)
         if "$ref" in out:  # a root that is a reference (Pydantic does this for recursive models)
-            name = out["$ref"].rsplit("/", 1)[-1]
+            name = def_name(out["$ref"])
             out = {**self.node(self.defs[name], f"$.$defs.{name}", 0),
                    **{k: v for k, v in out.items() if k != "$ref"}}
         if out.get("type") != "object":
@@ -269,7 +270,7 @@ class _Compiler:
             if isinstance(n, dict):
                 ref = n.get("$ref")
                 if isinstance(ref, str):
-                    name = ref.rsplit("/", 1)[-1]
+                    name = def_name(ref)
                     if name in stack:
                         raise SchemaRejected(path, f"recursive $ref to {name!r}: nesting has no bound")
                     walk(defs.get(name), depth, (*stack, name), f"$.$defs.{name}")
@@ -344,7 +345,7 @@ def estimate_max_tokens(strict: dict[str, Any], ceiling: int = 2048) -> int:
         if not isinstance(n, dict):
             return 4
         if "$ref" in n:
-            name = n["$ref"].rsplit("/", 1)[-1]
+            name = def_name(n["$ref"])
             return 8 if name in seen else cost(defs.get(name), (*seen, name))
         if "anyOf" in n:
             return max(cost(b, seen) for b in n["anyOf"])

@@ -45,6 +45,7 @@ from typing import Any, Final
 
 import jsonschema
 
+from extractor.contracts.schema_walk import def_name
 from extractor.errors import SchemaRejected
 
 __all__ = [
@@ -740,7 +741,7 @@ class _Preparer:
         if n is True:
             return {}
         if isinstance(n, dict) and "$ref" in n and not _is_any(n):
-            content = self.defs_out[n["$ref"].rsplit("/", 1)[-1]]
+            content = self.defs_out[def_name(n["$ref"])]
             return {**content, **({"description": n["description"]} if "description" in n else {})}
         assert isinstance(n, (dict, _Never))
         return n
@@ -1099,7 +1100,7 @@ def _allows_null(n: Any) -> bool:
 
 def _deref_schema(n: Any, defs: dict[str, Any]) -> Any:
     while isinstance(n, dict) and isinstance(n.get("$ref"), str) and n["$ref"].startswith("#/$defs/"):
-        n = defs.get(n["$ref"].rsplit("/", 1)[-1], {})
+        n = defs.get(def_name(n["$ref"]), {})
     return n
 
 

@@ -45,6 +45,11 @@ def resolve_ref(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str
     return node
 
 
+def def_name(ref: str) -> str:
+    """The definition a local ref names (`#/$defs/Item` -> `Item`)."""
+    return ref.rsplit("/", 1)[-1]
+
+
 def type_names(node: Mapping[str, Any]) -> tuple[str, ...]:
     """The node's `type` as a tuple (`"string"` -> `("string",)`; absent -> `()`)."""
     kinds = node.get("type")

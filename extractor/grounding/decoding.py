@@ -63,7 +63,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from extractor.contracts.schema_walk import resolve_ref
+from extractor.contracts.schema_walk import def_name, is_free_text, resolve_ref, type_names
 
 __all__ = ["candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document", "has_free_text", "offers",
            "span_pattern", "span_schema"]
@@ -71,7 +71,9 @@ __all__ = ["candidate_dates", "candidate_numbers", "candidate_spans", "constrain
 MAX_WORDS = 12
 MAX_CANDIDATES = 4000
 MAX_JOINED_LINES = 4
-MAX_DOCUMENT_CHARS = 200_000
+#: past this, no per-document constraint is even attempted (the constraint budget of
+#: `extractor.grounding.constraint` is far smaller; this bounds direct callers)
+MAX_CONSTRAINED_CHARS = 200_000
 #: at most this many item variants (item lines x ways to give the number fields their amounts)
 MAX_ITEM_VARIANTS = 256
 #: the `$defs` entry holding the document's spans
@@ -244,7 +246,10 @@ def _printed_enum(values: list[Any], document_words: str) -> list[Any]:
 
 
 def _free_text(node: Mapping[str, Any]) -> bool:
-    return node.get("type") == "string" and not any(k in node for k in ("enum", "const", "format", "pattern"))
+    """Free text (`is_free_text`) written as a plain `type: "string"`: the constraint replaces the
+    node, so a `["string", "null"]` node keeps its own (strict schemas write optional strings as
+    `anyOf` branches, which reach here one by one)."""
+    return is_free_text(node) and type_names(node) == ("string",)
 
 
 def _numeric(node: Mapping[str, Any]) -> str | None:
@@ -375,7 +380,7 @@ def _item_defs(schema: Mapping[str, Any]) -> dict[str, int]:
             if node.get("type") == "array" and isinstance(items, Mapping) and "$ref" in items:
                 k = _required_numbers(items, schema)
                 if k:
-                    out[str(items["$ref"]).rsplit("/", 1)[-1]] = k
+                    out[def_name(str(items["$ref"]))] = k
             for value in node.values():
                 walk(value)
 
@@ -464,10 +469,10 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
                           max_candidates: int = MAX_CANDIDATES) -> dict[str, Any]:
     """A copy of `schema` (a strict schema) whose free-text strings, and numbers unless
     `numbers=False`, can only take values that occur in `document`. A document longer than
-    `MAX_DOCUMENT_CHARS` (far past any model's context) gets the schema unchanged: the engine
+    `MAX_CONSTRAINED_CHARS` (far past any model's context) gets the schema unchanged: the engine
     refuses it as too long anyway."""
     out: dict[str, Any] = copy.deepcopy(dict(schema))
-    if len(document) > MAX_DOCUMENT_CHARS:
+    if len(document) > MAX_CONSTRAINED_CHARS:
         return out
     root = dict(schema)
     spans = _spans_within(document, max_candidates)
