@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from extractor.contracts.contract import Contract
+from extractor.contracts.contract import Contract, Example
 
 
 class Person(Contract):
     # version 2: `age` and `city` are nullable (version 1 required them, so a document without an
-    # age got one invented). No few-shot examples: version 1's two ("Maria Garcia is 41 ... Valencia",
-    # "Tom Becker (29) moved to Hamburg") leaked into 29 fields of the 40 person dev documents
-    # (bench/results/eval_person_examples.json) and into held-out ones (issue 13: 0.70 of fields
-    # right with them, 0.92 zero-shot); `bench/eval_person_examples.py` compares the variants.
+    # age got one invented). Version 1's examples ("Maria Garcia is 41 ... Valencia", "Tom Becker (29)
+    # moved to Hamburg") leaked into 29 fields of the 40 person dev documents
+    # (bench/results/eval_person_examples.json); with none at all SmolLM2-135M invented ages even
+    # where the text prints one ("Alice Smith, 34, ..." -> 25). These two ("nulls" in
+    # bench/eval_person_examples.py) carry values no real document is likely to print, so a copy
+    # shows as one (extractor.eval.leaks), and one of them shows a null age and city.
     contract_name = "person"
     contract_version = "2"
     instructions = "Extract the person described in the document: full name, age in years, city, and email if given."
+    examples = (
+        Example(document="Hi all, please welcome Oyelaran Quispe-Tamm, who joins the test team today. "
+                         "Say hello at o.quispe-tamm@example.net.",
+                record={"name": "Oyelaran Quispe-Tamm", "age": None, "city": None, "email": "o.quispe-tamm@example.net"}),
+        Example(document="Zbigniew Achterberg, 83, still lives in Torshavn.",
+                record={"name": "Zbigniew Achterberg", "age": 83, "city": "Torshavn", "email": None}),
+    )
 
     name: str = Field(max_length=120, description="Full name as written in the document")
     age: int | None = Field(default=None, ge=0, le=150,
