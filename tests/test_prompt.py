@@ -12,7 +12,7 @@ def test_messages_are_system_examples_then_document() -> None:
     messages = build_messages(task, "Bob, 40, Rome")
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[-1]["content"] == "<document>\nBob, 40, Rome\n</document>"
-    assert [m["role"] for m in build_messages(task_from_model(Person), "x")] == ["system", "user"]  # zero-shot
+    assert [m["role"] for m in build_messages(task_from_model(Person), "x")] == ["system", *["user", "assistant"] * 2, "user"]
     # few-shot records are compact JSON in the schema's property order (as the grammar emits them)
     assert messages[2]["content"] == json.dumps(task.examples[0].record, separators=(",", ":"))
     assert list(json.loads(messages[2]["content"])) == list(task.strict_schema["properties"])

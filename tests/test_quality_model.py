@@ -16,7 +16,7 @@ SIGNATURE = ("Thanks again for the quick turnaround.\n\nBest regards,\nPriya Ram
              "Senior Account Manager | Northwind Traders\nToronto, ON\n+1 416 555 0199\npriya.raman@northwind.ca")
 
 
-@pytest.mark.xfail(reason="measured 2026-12-03, zero-shot plain decoding: age 25 invented (no longer the example's 29 "
+@pytest.mark.xfail(reason="measured 2026-12-03, plain decoding: age 25 invented (no longer the example's 29 "
                           "and city Toronto, not Hamburg); not fixed yet", strict=False)
 def test_a_signature_gives_no_age_and_no_example_city(local_engine: Any) -> None:
     for grounded in (False, True):
