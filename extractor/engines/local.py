@@ -232,6 +232,7 @@ class LocalEngine(Engine):
         self._worker.join(timeout=30)
         if self._grammar_process is not None:
             self._grammar_process.close(kill=True)
+        self._compiler.shutdown(wait=False, cancel_futures=True)
 
     def _start_grammar_process(self) -> None:
         assert self._grammar_process is not None
@@ -239,7 +240,6 @@ class LocalEngine(Engine):
             self._grammar_process.start()
         except Exception:  # the first compile tries again and says why
             log.exception("the grammar compiler process did not start")
-        self._compiler.shutdown(wait=False, cancel_futures=True)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
