@@ -210,7 +210,7 @@ def test_the_service_answers_413_for_a_document_over_the_model_context() -> None
 
 @pytest.mark.model
 def test_the_local_engine_refuses_documents_over_its_context(local_engine: Any) -> None:
-    extractor = Extractor(local_engine, max_retries=0)
+    extractor = Extractor(local_engine, max_retries=0, chunking="off")  # chunked otherwise (extractor.longdoc)
     with pytest.raises(DocumentTooLarge, match="exceeds the model's context of 8192 tokens"):
         extractor.run(Person, "Alice Smith is 34 and lives in Lisbon. " * 2000)  # ~20k tokens
     # 10 MB is refused by its length alone, before the tokenizer spends seconds on it
