@@ -45,6 +45,7 @@ from typing import Any, Final
 
 import jsonschema
 
+from extractor.contracts.compile import Limits as CompilerLimits
 from extractor.contracts.schema_walk import def_name
 from extractor.errors import SchemaRejected
 
@@ -61,24 +62,12 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Hostile-input limits (the same defaults as the strict compiler's), plus the bounds used
-    for recursion and for ``{}``."""
+class Limits(CompilerLimits):
+    """The strict compiler's hostile-input limits (`extractor.contracts.compile.Limits`, the one
+    place they are defined), plus the bounds used for recursion and for ``{}``."""
 
-    max_depth: int = 12
-    #: properties of one object
-    max_properties: int = 256
     #: properties of all the objects of the schema, definitions included
     max_total_properties: int = 4096
-    max_enum: int = 1024
-    max_bytes: int = 1024 * 1024
-    max_pattern_length: int = 1000
-    #: bytes of one enum's values (as JSON): long enums of long strings compile for minutes in xgrammar
-    max_enum_bytes: int = 64 * 1024
-    #: sum of the regex repetition bounds (`{m,n}`) over every pattern of a schema
-    max_pattern_repeats: int = 2000
-    #: nesting of the raw JSON value (objects and arrays), checked before anything else walks it
-    max_json_depth: int = 64
     #: times one `$ref` may be entered again inside itself before the recursive branch is cut
     max_recursion: int = 3
     #: nesting of objects/arrays an unconstrained value (`{}`, `true`, open objects) may have
