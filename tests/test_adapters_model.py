@@ -60,7 +60,7 @@ def test_training_writes_what_vllm_loads_and_the_manifest(adapter: Path) -> None
     assert config["r"] == 16 and config["bias"] == "none" and not config.get("use_dora") and not config.get("modules_to_save")
     loaded = load_adapter(adapter)
     m = loaded.manifest
-    assert (m.schema_info.name, m.schema_info.version, m.base_model.name) == ("person", "2", "SmolLM2-135M-Instruct")
+    assert (m.schema_info.name, m.schema_info.version, m.base_model.name) == ("person", "3", "SmolLM2-135M-Instruct")
     assert m.data.documents == 4 and m.data.train == 3 and m.data.validation == 1 and len(m.data.train_ids) == 3
     assert m.metrics["steps"] == 2 and "val_loss" in m.metrics and m.hyperparameters["seed"] == 0
 

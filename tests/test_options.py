@@ -79,7 +79,7 @@ def test_the_sdk_client_sends_only_the_options_set() -> None:
 
     def handler(request: httpx2.Request) -> httpx2.Response:
         seen.append(json.loads(request.content))
-        body = {"schema": "person", "version": "2", "data": json.loads(GOOD),
+        body = {"schema": "person", "version": "3", "data": json.loads(GOOD),
                 "meta": {"attempts": 1, "errors": [], "latency_ms": 1.0, "tokens": {"prompt": 1, "completion": 1},
                          "engine": "fake", "model": "m", "engine_ms": 1.0, "queue_ms": 0.0}}
         return httpx2.Response(200, json=body)

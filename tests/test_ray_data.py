@@ -72,7 +72,7 @@ def test_rows_keep_ids_and_order_with_per_item_errors_as_values() -> None:
     assert all(r["data"] is None and r["meta"] is None for r in out if r["error"])
     meta = json.loads(out[0]["meta"])
     assert (meta["schema"], meta["version"], meta["engine"], meta["model"], meta["attempts"]) == (
-        "person", "2", "fake", "scripted", 1)
+        "person", "3", "fake", "scripted", 1)
 
 
 def test_schema_by_name_other_columns_and_parquet_round_trip(tmp_path: Any) -> None:

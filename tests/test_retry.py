@@ -23,7 +23,7 @@ def test_valid_first_output_is_returned_typed() -> None:
     assert result.meta.attempts == 1
     assert result.meta.errors == []
     assert (result.meta.engine, result.meta.model, result.meta.schema, result.meta.version) == (
-        "fake", "scripted", "person", "2")
+        "fake", "scripted", "person", "3")
 
 
 def test_schema_error_is_fed_back_exactly_then_retried() -> None:

@@ -43,7 +43,7 @@ def test_json_body_gives_the_extraction_with_meta_and_timing() -> None:
     r = call(make_app(engine), "POST", "/extract/person", json={"text": DOC}, headers={"X-Request-ID": "req-42"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["schema"] == "person" and body["version"] == "2"
+    assert body["schema"] == "person" and body["version"] == "3"
     assert body["data"] == {"name": "Alice Smith", "age": 34, "city": "Lisbon", "email": None}
     meta = body["meta"]
     assert (meta["attempts"], meta["engine"], meta["model"], meta["errors"]) == (1, "fake", "scripted", [])

@@ -53,7 +53,7 @@ class Contract(BaseModel):
     merge_rules: ClassVar[dict[str, str]] = {}
 
     @classmethod
-    def field_candidates(cls, document: str) -> Mapping[str, Sequence[str]]:
+    def field_candidates(cls, document: str) -> Mapping[str, Sequence[object]]:
         """The contract's own rules for where its fields sit: ordered candidate values per
         top-level field (best first), which grounded decoding offers instead of every span of the
         document (`extractor.grounding.candidates`). A contract overrides it; none by default."""
@@ -83,7 +83,7 @@ class Task(Generic[ModelT]):
     #: `x-merge-rules` of a raw schema)
     merge_rules: Mapping[str, str] = field(default_factory=dict)
     #: ordered candidate values per field for grounded decoding (`Contract.field_candidates`)
-    field_candidates: Callable[[str], Mapping[str, Sequence[str]]] | None = None
+    field_candidates: Callable[[str], Mapping[str, Sequence[object]]] | None = None
     #: a raw schema's preparation: the user's ORIGINAL schema (every record is validated against
     #: it after the grammar schema), how to unwrap a wrapped root, and the keyword report; None
     #: for Pydantic contracts, which keep their typed strict schema

@@ -7,8 +7,11 @@ document to ordered candidate values per top-level field (best first); `offer_ca
 gives each such field an `enum` of exactly those values, after the document's spans were offered,
 so the grammar lets the model choose among a few plausible values only. A field for which the
 function finds nothing keeps what grounded decoding gave it, and a nullable field keeps its
-`null` branch. The values need not be verbatim spans (a rule may re-punctuate an OCR line the way
-the labels write it); validation still checks the task's own strict schema.
+`null` branch. A rule that knows a field is absent says so with `[None]`: a nullable field then
+can only be `null` (a person's age when the text prints none), so the model cannot invent one.
+Integer fields take integer candidates (an age). The values need not be verbatim spans (a rule may
+re-punctuate an OCR line the way the labels write it); validation still checks the task's own
+strict schema.
 """
 
 from __future__ import annotations
@@ -22,19 +25,48 @@ def _nullable(node: Mapping[str, Any]) -> bool:
     return any(isinstance(b, Mapping) and b.get("type") == "null" for b in node.get("anyOf", ()))
 
 
-def offer_candidates(schema: Mapping[str, Any], candidates: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-    """A copy of `schema` (a strict object schema, grounded or not) whose top-level string
-    properties named in `candidates` with at least one value can only take those values."""
+def _value_type(node: Mapping[str, Any]) -> str | None:
+    """The one non-null JSON type a property takes (`string`, `integer` ...), or None."""
+    branches = [b for b in node.get("anyOf", [node]) if isinstance(b, Mapping) and b.get("type") != "null"]
+    types = set()
+    for b in branches:
+        if isinstance(b.get("type"), str):
+            types.add(b["type"])
+        elif str(b.get("$ref", "")).endswith("DocumentSpan") or (
+                "enum" in b and all(isinstance(v, str) for v in b["enum"])):  # a grounded free-text field
+            types.add("string")
+        else:
+            return None
+    return types.pop() if len(types) == 1 else None
+
+
+def _fits(value: object, kind: str | None) -> bool:
+    if kind == "string":
+        return isinstance(value, str) and bool(value.strip())
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return False
+
+
+def offer_candidates(schema: Mapping[str, Any], candidates: Mapping[str, Sequence[object]]) -> dict[str, Any]:
+    """A copy of `schema` (a strict object schema, grounded or not) whose top-level string or
+    integer properties named in `candidates` with at least one value can only take those values
+    (and `null` where the property is nullable); `[None]` makes a nullable property `null` only."""
     out: dict[str, Any] = copy.deepcopy(dict(schema))
     props = out.get("properties")
     if not isinstance(props, dict):
         return out
     for name, values in candidates.items():
-        allowed = list(dict.fromkeys(v for v in values if isinstance(v, str) and v.strip()))
         node = props.get(name)
-        if not allowed or not isinstance(node, dict):
+        if not isinstance(node, dict):
             continue
-        enum: dict[str, Any] = {"type": "string", "enum": allowed}
+        kind = _value_type(node)
+        allowed = list(dict.fromkeys(v for v in values if _fits(v, kind)))
         kept = {k: v for k, v in node.items() if k in ("description", "title")}
+        if not allowed:
+            if values and all(v is None for v in values) and _nullable(node):
+                props[name] = {**kept, "type": "null"}
+            continue
+        enum: dict[str, Any] = {"type": kind, "enum": allowed}
         props[name] = {**kept, "anyOf": [enum, {"type": "null"}]} if _nullable(node) else {**kept, **enum}
     return out
