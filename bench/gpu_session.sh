@@ -2,7 +2,7 @@
 # One GPU session's benchmarks, in steps that each fit one device call (see README "Benchmarks").
 # Run on the GPU box after the bundle is installed (source /tmp/gpu-env.sh); every step writes
 # under $OUT/<step>/ and the results are packed into $OUT/<step>.tar (the device returns few files).
-#   bash bench/gpu_session.sh lora | person | grounded | quality
+#   bash bench/gpu_session.sh lora | person | grounded | quality | person-quality | schemas
 set -uo pipefail
 step=${1:?step}
 : "${OUT:?OUT}" "${SMOLLM2_DIR:?SMOLLM2_DIR}"
@@ -16,6 +16,12 @@ case $step in
   person)   run 330 python3 bench/gpu_person.py all --model "$SMOLLM2_DIR" --out "$dir" --phases http,lean,service
             run 200 python3 bench/eval_long.py --engine vllm --engine-option model="$SMOLLM2_DIR" --out "$dir/eval_long_vllm.json" ;;
   grounded) run 400 python3 bench/gpu_grounded.py --model "$SMOLLM2_DIR" --out "$dir" ;;
+  quality)  # issue 13 on the GPU: the 300 real receipts with the receipt defaults
+            run 200 python3 bench/eval_sroie.py --engine vllm --engine-option model="$SMOLLM2_DIR" --data "$SROIE_DEV" --out "$dir" ;;
+  person-quality)  # the person sets with the shipped contract and person v2's plain prompt
+            run 150 python3 bench/eval_person_examples.py --engine vllm --engine-option model="$SMOLLM2_DIR" \
+              --variants shipped nulls --out "$dir" ;;
+  schemas)  run 300 python3 bench/schema_e2e.py --engine vllm --engine-option model="$SMOLLM2_DIR" --data "$SCHEMA_DEV" --out "$dir" ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
 tar cf "$OUT/$step.tar" -C "$OUT" "$step" && rm -rf "$dir"
