@@ -153,8 +153,10 @@ def test_grounded_decoding_offers_a_contracts_candidates_and_keeps_null() -> Non
     assert props["company"]["enum"] == ["A SDN BHD", "A"]
     assert props["address"] == {"$ref": "#/$defs/DocumentSpan"}  # no candidate: every span, as before
     assert "enum" not in json.dumps(props["items"]["anyOf"][1])  # not a string field: left alone
-    nullable = offer_candidates(PERSON.strict_schema, {"city": ["Lisbon"]})["properties"]["city"]
+    nullable = offer_candidates(PERSON.strict_schema, {"city": ["Lisbon", None]})["properties"]["city"]
     assert nullable["anyOf"] == [{"type": "string", "enum": ["Lisbon"]}, {"type": "null"}]
+    found = offer_candidates(PERSON.strict_schema, {"email": ["a@example.org"]})["properties"]["email"]
+    assert found["enum"] == ["a@example.org"] and "anyOf" not in found  # no None offered: a value must be chosen
 
 
 def test_the_receipt_contract_decodes_the_date_among_its_candidates_only() -> None:

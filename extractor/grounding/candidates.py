@@ -6,9 +6,10 @@ A contract that knows where its fields sit can declare `field_candidates`, a fun
 document to ordered candidate values per top-level field (best first); `offer_candidates` then
 gives each such field an `enum` of exactly those values, after the document's spans were offered,
 so the grammar lets the model choose among a few plausible values only. A field for which the
-function finds nothing keeps what grounded decoding gave it, and a nullable field keeps its
-`null` branch. A rule that knows a field is absent says so with `[None]`: a nullable field then
-can only be `null` (a person's age when the text prints none), so the model cannot invent one.
+function finds nothing keeps what grounded decoding gave it. `None` among a field's candidates
+offers `null` too (where the field is nullable); without it a nullable field must take one of the
+values (an e-mail address the text prints). `[None]` alone says the field is absent: it can only be
+`null` (a person's age when the text prints none), so the model cannot invent one.
 Integer fields take integer candidates (an age). The values need not be verbatim spans (a rule may
 re-punctuate an OCR line the way the labels write it); validation still checks the task's own
 strict schema.
@@ -50,8 +51,9 @@ def _fits(value: object, kind: str | None) -> bool:
 
 def offer_candidates(schema: Mapping[str, Any], candidates: Mapping[str, Sequence[object]]) -> dict[str, Any]:
     """A copy of `schema` (a strict object schema, grounded or not) whose top-level string or
-    integer properties named in `candidates` with at least one value can only take those values
-    (and `null` where the property is nullable); `[None]` makes a nullable property `null` only."""
+    integer properties named in `candidates` with at least one value can only take those values,
+    and `null` where the property is nullable and the values include None; `[None]` makes a
+    nullable property `null` only."""
     out: dict[str, Any] = copy.deepcopy(dict(schema))
     props = out.get("properties")
     if not isinstance(props, dict):
@@ -68,5 +70,6 @@ def offer_candidates(schema: Mapping[str, Any], candidates: Mapping[str, Sequenc
                 props[name] = {**kept, "type": "null"}
             continue
         enum: dict[str, Any] = {"type": kind, "enum": allowed}
-        props[name] = {**kept, "anyOf": [enum, {"type": "null"}]} if _nullable(node) else {**kept, **enum}
+        null = _nullable(node) and any(v is None for v in values)
+        props[name] = {**kept, "anyOf": [enum, {"type": "null"}]} if null else {**kept, **enum}
     return out
