@@ -99,6 +99,8 @@ _AGE_CUES = (
     re.compile(rf"\b(?:I'?m|I am|tengo|tenho|ho|heeft)[ \t]+{_AGE_NUM}\b(?![ \t]*{_NOT_AN_AGE})", re.I),
     re.compile(rf"(?:^|[.!?][ \t]+)at[ \t]+{_AGE_NUM}[ \t]*,", re.I | re.M),
 )
+#: what comes before the age of something or someone a person has (`he has a 3-year-old husky`, `her 5-year-old son`)
+_OWNED = re.compile(r"\b(?:has|have|had|with|owns?|adopted|his|her|their|my|our|your)(?:[ \t]+(?:a|an|two|three|little|new))?[ \t]*$", re.I)
 _YEAR_LIKE = re.compile(r"^(?:1[89]|20)\d\d$")
 
 
@@ -190,7 +192,13 @@ def _cities_in(value: str) -> list[str]:
     if not runs or not head.startswith(runs[0].split()[0]):
         return []
     city = _clean(runs[0])
+    rest = head[head.find(runs[0].split()[-1]) + len(runs[0].split()[-1]):]
+    if _COMPANY_SUFFIX.match(rest):  # `from Acme Ltd`: a company, not a place
+        return []
     return [city] if city and not city.isupper() else []
+
+
+_COMPANY_SUFFIX = re.compile(r"[ \t]*,?[ \t]*(?:Ltd|Limited|Inc|LLC|GmbH|plc|PLC|AG|SA|S\.A\.|Corp|Co\.|BV|B\.V\.|AS|AB|Oy|SpA|SRL|Pty)\b")
 
 
 _CITY_CUES = re.compile(
@@ -301,7 +309,7 @@ def person_candidates(text: str) -> dict[str, list[object]]:
     ranked.tier = 1  # words that say what a value is
     # ages written as ages
     for cue in _AGE_CUES:
-        ranked.add("age", (_age(m.group(1)) for m in cue.finditer(text)))
+        ranked.add("age", (_age(m.group(1)) for m in cue.finditer(text) if not _OWNED.search(text[:m.start()])))
     # names, strongest cues first: introductions, then a line that is only a name, then any name
     intro = re.compile(
         r"(?:\bI'?m|\bI am|\bthis is|\bme llamo|\bsoy|\bsou o|\bsou a|\bsono|\bich bin|\bje suis|\bje m'appelle|"
@@ -318,7 +326,9 @@ def person_candidates(text: str) -> dict[str, list[object]]:
 
     ranked.tier = 2
     # weaker: `Ana is 31 and ...`, `They are 46` (whose age it is, the model decides)
-    for m in re.finditer(rf"\b(?:is|are|was|tiene|tem|hat)[ \t]+{_AGE_NUM}\b(?![ \t]*{_NOT_AN_AGE})", text, re.I):
+    # (after a capitalised word or a pronoun: `my sister is 25` is someone else's age)
+    for m in re.finditer(rf"(?:\b[A-Z][\w'’-]*|\b(?:he|she|they|I))[ \t]+(?:is|are|was|tiene|tem|hat)[ \t]+{_AGE_NUM}\b"
+                         rf"(?![ \t]*{_NOT_AN_AGE})", text):
         ranked.add("age", [_age(m.group(1))])
     # ages beside a name: `Name (26)`, `Name, 47,` / `Name, 30, based` (a 4-digit year is never one)
     for name in ranked.values["name"][:3]:

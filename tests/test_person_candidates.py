@@ -69,3 +69,18 @@ def test_the_person_contract_decodes_among_its_candidates() -> None:
     assert props["age"]["anyOf"][0]["enum"] == [67]
     assert props["email"]["type"] == "null"  # no address in the text: the model cannot write one
     assert json.dumps(props).count("Torshavn") == 0
+
+
+@pytest.mark.parametrize(("text", "field", "values"), [
+    # the age of something or someone a person has is not theirs
+    ("Welcome, Jonas Berg! He lives in Oslo and has a 3-year-old husky called Loki.", "age", [None]),
+    ("Selin Tanaka is a 40-year-old journalist who lives in Porto.", "age", [40, None]),
+    # someone else's age, stated with `is`
+    ("Ravi: my sister is 25 lol\nRavi: anyway I'm Ravi Shankar, 32, Bangalore", "age", [32, None]),
+    # a company after `from` is no place
+    ("Reminder: call back Idris Bello about the invoice from Acme Ltd; he left no email.", "city", [None]),
+    # where someone lives beats where they grew up
+    ("The pharmacist, who grew up in Aarhus, now lives in Bilbao with two cats.", "city", ["Bilbao", None]),
+])
+def test_what_is_offered(text: str, field: str, values: list[object]) -> None:
+    assert person_candidates(text)[field] == values
