@@ -42,6 +42,7 @@ AREAS = {
     "server limits, cancel on disconnect": "tests/test_server_limits.py",
     "batch reruns in constant memory": "tests/test_batch_cli_resume.py",
     "small fixes, first contact": "tests/test_small_fixes.py",
+    "invisible characters (zero-width, bidi, tags)": "tests/test_invisible_chars.py",
 }
 
 
