@@ -1,6 +1,7 @@
 """The robustness figures in one file: runs the robustness test modules (pytest, JUnit XML),
 counts the cases tried and passed per area, and adds the last load test's figures
-(bench/results/load_test.json, from bench/load_test.py) and the batch memory figures
+(bench/results/load_test.json, from bench/load_test.py), the overload run with hostile documents
+(bench/results/hostile_load.json, from bench/hostile_load.py) and the batch memory figures
 (bench/results/batch_memory.json, from bench/batch_memory.py).
 
     python bench/robustness_report.py              # model-marked tests included
@@ -42,6 +43,8 @@ AREAS = {
     "server limits, cancel on disconnect": "tests/test_server_limits.py",
     "batch reruns in constant memory": "tests/test_batch_cli_resume.py",
     "small fixes, first contact": "tests/test_small_fixes.py",
+    "invisible characters (zero-width, bidi, tags)": "tests/test_invisible_chars.py",
+    "admission: adaptive slots, waiters refused before their deadline": "tests/test_admission.py",
 }
 
 
@@ -88,6 +91,17 @@ def load_figures() -> dict[str, Any] | None:
     return {k: load[k] for k in keep if k in load}
 
 
+def hostile_load_figures() -> dict[str, Any] | None:
+    """The overload run with hostile documents (bench/hostile_load.py), without its time series."""
+    path = RESULTS / "hostile_load.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    run = {k: v for k, v in report["overload"].items() if k not in ("samples", "healthz_series", "throughput")}
+    keep = ("date", "engine", "settings", "loadavg_1m", "overload_factor", "calibration", "server_exit_code")
+    return {**{k: report[k] for k in keep if k in report}, "overload": run, "checks": report["checks"]}
+
+
 def batch_memory_figures() -> dict[str, Any] | None:
     """Peak RSS of `extract batch` by input size and the kill -9 resume (bench/batch_memory.py)."""
     path = RESULTS / "batch_memory.json"
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tests = run_tests(with_model=not args.no_model)
     report = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "tests": tests, "load": load_figures(),
+              "cpus": os.cpu_count(), "tests": tests, "load": load_figures(), "hostile_overload": hostile_load_figures(),
               "batch_memory": batch_memory_figures()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

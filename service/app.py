@@ -101,8 +101,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     engines = EngineHolder(settings.engine, settings.engine_options, engine=engine,
                            retry_after_s=settings.retry_after_s, ready_timeout_s=settings.ready_timeout_s,
                            ready_cache_s=settings.ready_cache_s, adapters=adapters)
+    # the slots open adapt so that a request holds its slot at most a third of the deadline (service/queue.py)
     queue = AdmissionQueue(settings.max_inflight, settings.max_waiting, retry_after_s=settings.retry_after_s,
-                           on_change=metrics.queue_depth)
+                           on_change=metrics.queue_depth, target_hold_s=settings.deadline_s / 3)
     pipeline = Pipeline(engines, queue, metrics, deadline_s=settings.deadline_s,
                         defaults=ExtractOptions(max_retries=settings.max_retries), adapters=adapters)
     batches = BatchStore(database_url(settings.batch_db))

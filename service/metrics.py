@@ -38,10 +38,13 @@ class Metrics:
                               multiprocess_mode="livesum")
         self.waiting = Gauge("extractor_queue_waiting", "requests waiting for an in-flight slot", registry=r,
                              multiprocess_mode="livesum")
+        self.slots = Gauge("extractor_queue_slots", "in-flight slots open now (adapted to the deadline)", registry=r,
+                           multiprocess_mode="livesum")
 
-    def queue_depth(self, inflight: int, waiting: int) -> None:
+    def queue_depth(self, inflight: int, waiting: int, slots: int) -> None:
         self.inflight.set(inflight)
         self.waiting.set(waiting)
+        self.slots.set(slots)
 
     def extraction(self, schema: str, *, outcome: str, attempts: int, failures: int, engine_s: float,
                    prompt_tokens: int, completion_tokens: int) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,10 @@ class TimedEngine(Engine):
         if isinstance(engine, TokenBudget):  # chunking measures prompts with the engine's own tokenizer
             self.context_length = engine.context_length
             self.count_prompt_tokens = engine.count_prompt_tokens
+
+    async def prepare(self, schema: Mapping[str, Any]) -> None:
+        """The engine's own (grounded decoding compiles or checks a document's grammar here first)."""
+        await self.inner.prepare(schema)
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         started = time.perf_counter()

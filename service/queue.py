@@ -11,7 +11,23 @@ A request that would have to wait is also refused at once when the queue could n
 serve it within its deadline: the wait is estimated from how long slots are held
 (a moving average of the last requests) and how many are ahead of it. Under
 overload clients then get a 429 with a `Retry-After` of that estimate, not a 504
-after the whole deadline spent in the queue.
+after the whole deadline spent in the queue. A request already waiting is refused
+the same way as soon as the estimate says it can no longer start in time (slots
+closed, holds grew, or it waited until the last moment an extraction of the usual
+length could start). "The usual length" is the average hold plus twice its mean
+deviation (`hold_budget_s`): holds vary (retries, longer documents, a batch slowed by
+others), and a request admitted on the average alone ran past its deadline.
+
+With `target_hold_s` (the service: a third of its deadline) the slots open adapt
+(`limit`, between 1 and `max_inflight`), additive increase, multiplicative decrease:
+each request that held its slot longer than the target closes a quarter of them (at
+most once per quarter target), each one within it opens 1/limit more. An engine whose
+time per request grows with the requests it runs at once (the local engine on a CPU:
+its batch shares the cores) is then never given so many that an admitted request
+cannot finish within its deadline: at five times its capacity with hostile documents
+holding slots to their deadline, 16 slots gave 79 good requests a 504 in two minutes
+and the engine's good throughput fell from 0.53 to 0.15 documents a second, the work
+of requests that timed out thrown away (bench/hostile_load.py).
 """
 
 from __future__ import annotations
@@ -22,35 +38,50 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from extractor.errors import QueueFull
 
 
 class AdmissionQueue:
     def __init__(self, max_inflight: int, max_waiting: int, *, retry_after_s: int = 1,
-                 on_change: Callable[[int, int], None] | None = None) -> None:
+                 on_change: Callable[[int, int, int], None] | None = None, target_hold_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_inflight = max_inflight
         self.max_waiting = max_waiting
         self.retry_after_s = retry_after_s
         self.inflight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._on_change = on_change
-        #: moving average of how long a request holds its slot (None until one has finished)
+        #: moving average of how long a request holds its slot (None until one has finished), and of
+        #: how far one hold is from it
         self.hold_s: float | None = None
+        self.hold_dev_s = 0.0
+        #: with a target, the slots open adapt to keep each request's hold within it (see the module doc)
+        self.target_hold_s = target_hold_s
+        self.limit = float(max_inflight)
+        self._clock = clock
+        self._last_cut = -math.inf
+        self._changed()
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
+    @property
+    def slots(self) -> int:
+        """The slots open now: `max_inflight`, or fewer while requests hold theirs past the target."""
+        return max(1, min(self.max_inflight, int(self.limit)))
+
     def _changed(self) -> None:
         if self._on_change is not None:
-            self._on_change(self.inflight, self.waiting)
+            self._on_change(self.inflight, self.waiting, self.slots)
 
     def expected_wait_s(self, position: int) -> float | None:
         """About how long the request at `position` in the queue (0: next) waits for a slot."""
         if self.hold_s is None:
             return None
-        return (position + 1) * self.hold_s / self.max_inflight
+        return (position + 1) * self.hold_s / self.slots
 
     @asynccontextmanager
     async def slot(self, deadline_s: float | None = None) -> AsyncIterator[None]:
@@ -62,18 +93,37 @@ class AdmissionQueue:
         as the body unwinds.
         """
         await self._acquire(deadline_s)
-        held = time.monotonic()
+        held = self._clock()
         try:
             yield
         finally:
-            self._observe(time.monotonic() - held)
+            self._observe(self._clock() - held)
             self._release()
 
+    @property
+    def hold_budget_s(self) -> float | None:
+        """The time in its slot a request is judged by: the average hold plus twice its mean
+        deviation (as TCP's retransmission timeout), so a request admitted to wait has time for a
+        longer extraction than the average (a retry, a longer document, a batch slowed by others)."""
+        return None if self.hold_s is None else self.hold_s + 2 * self.hold_dev_s
+
     def _observe(self, seconds: float) -> None:
-        self.hold_s = seconds if self.hold_s is None else 0.8 * self.hold_s + 0.2 * seconds
+        if self.hold_s is None:
+            self.hold_s, self.hold_dev_s = seconds, seconds / 2
+        else:
+            self.hold_dev_s = 0.75 * self.hold_dev_s + 0.25 * abs(seconds - self.hold_s)
+            self.hold_s = 0.8 * self.hold_s + 0.2 * seconds
+        target = self.target_hold_s
+        if target is None:
+            return
+        if seconds <= target:
+            self.limit = min(float(self.max_inflight), self.limit + 1 / self.limit)
+        elif (now := self._clock()) - self._last_cut >= target / 4:
+            # one cut per quarter target: a whole batch finishing late together is one signal, not many
+            self.limit, self._last_cut = max(1.0, self.limit * 0.75), now
 
     async def _acquire(self, deadline_s: float | None = None) -> None:
-        if self.inflight < self.max_inflight and not self._waiters:
+        if self.inflight < self.slots and not self._waiters:
             self.inflight += 1
             self._changed()
             return
@@ -81,29 +131,81 @@ class AdmissionQueue:
             raise QueueFull(f"the service is at capacity ({self.max_inflight} in flight, {self.max_waiting} waiting); "
                             "retry later", retry_after=self.retry_after_s)
         wait = self.expected_wait_s(len(self._waiters))
-        if deadline_s is not None and wait is not None and self.hold_s is not None and wait + self.hold_s > deadline_s:
-            raise QueueFull(f"the service is busy: about {wait:.0f} s in the queue plus {self.hold_s:.0f} s to extract "
-                            f"would pass this request's {deadline_s:g} s deadline; retry later",
-                            retry_after=max(self.retry_after_s, math.ceil(wait)))
+        hold = self.hold_budget_s
+        if deadline_s is not None and wait is not None and hold is not None and wait + hold > deadline_s:
+            raise self._busy(wait, deadline_s)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        deadline_at = self._clock() + deadline_s if deadline_s is not None else None
+        self._waiters.append(_Waiter(waiter, deadline_at, deadline_s))
         self._changed()
         try:
-            await waiter  # _release hands its slot over: inflight already counts us
+            while not waiter.done():
+                # wake at the last moment an extraction of the usual length could still start in time
+                hold = self.hold_budget_s
+                timeout = None if deadline_at is None or hold is None else max(0.05, deadline_at - hold - self._clock())
+                done, _ = await asyncio.wait({waiter}, timeout=timeout)
+                if not done:
+                    self._shed()
+            waiter.result()  # _release hands its slot over (inflight already counts us), or _shed refused us
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._release()  # the slot was handed over just as we were cancelled
-            elif waiter in self._waiters:  # _release may already have skipped it
-                self._waiters.remove(waiter)
-                self._changed()
+            else:
+                self._forget(waiter)
             raise
 
-    def _release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes to the waiter; inflight unchanged
+    def _busy(self, wait: float, deadline_s: float) -> QueueFull:
+        assert self.hold_budget_s is not None
+        return QueueFull(f"the service is busy: about {wait:.0f} s in the queue plus up to {self.hold_budget_s:.0f} s to "
+                         f"extract "
+                         f"would pass this request's {deadline_s:g} s deadline; retry later",
+                         retry_after=max(self.retry_after_s, math.ceil(wait)))
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        for entry in self._waiters:
+            if entry.future is waiter:
+                self._waiters.remove(entry)
                 self._changed()
                 return
+
+    def _shed(self) -> None:
+        """Refuse (429) each waiter that can no longer start in time to finish within its deadline,
+        as the estimate now stands (slots closed, holds grown, or time passed): a 429 now rather
+        than a 504 at its deadline."""
+        hold = self.hold_budget_s
+        if hold is None:
+            return
+        now = self._clock()
+        kept: deque[_Waiter] = deque()
+        for entry in self._waiters:
+            wait = self.expected_wait_s(len(kept))
+            assert wait is not None
+            if (entry.deadline_at is not None and entry.deadline_s is not None and not entry.future.done()
+                    and now + wait + hold > entry.deadline_at):
+                entry.future.set_exception(self._busy(wait, entry.deadline_s))
+                entry.future.exception()  # retrieved: the waiter reads it, or is gone already
+            else:
+                kept.append(entry)
+        if len(kept) != len(self._waiters):
+            self._waiters = kept
+            self._changed()
+
+    def _release(self) -> None:
+        """Free a slot; hand the slots open (fewer, or more, after `_observe`) to the waiters in order,
+        then refuse those that can no longer make their deadline."""
         self.inflight -= 1
+        while self._waiters and self.inflight < self.slots:
+            entry = self._waiters.popleft()
+            if not entry.future.done():
+                entry.future.set_result(None)  # the slot passes to the waiter: inflight counts it now
+                self.inflight += 1
+        self._shed()
         self._changed()
+
+
+@dataclass
+class _Waiter:
+    future: asyncio.Future[None]
+    #: the clock's time by which the request must be done, and its deadline as given
+    deadline_at: float | None
+    deadline_s: float | None

@@ -64,10 +64,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _hold(port: int) -> socket.socket:
+    """A bound socket that does not listen: connections to the port are refused, as to a server
+    that is down, and no other process's `free_port` can take the port meanwhile."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
 class FakeOpenAI:
     def __init__(self, reply: Callable[[dict[str, Any]], Reply] = default_reply, *,
                  max_prompt_chars: int | None = None) -> None:
         self.port = free_port()
+        #: holds the port while the server is down (other test runs on the machine pick free ports too)
+        self._placeholder: socket.socket | None = _hold(self.port)
         self.reply = reply
         self.max_prompt_chars = max_prompt_chars
         #: every chat body received, start-up probes excepted
@@ -125,6 +136,9 @@ class FakeOpenAI:
         return JSONResponse(completion(reply.content, reply.finish), headers=reply.headers)
 
     def start(self) -> FakeOpenAI:
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off",
                                 timeout_graceful_shutdown=1)
         server = uvicorn.Server(config)
@@ -146,6 +160,18 @@ class FakeOpenAI:
         server.should_exit = True
         if thread is not threading.current_thread():
             thread.join(timeout=30)
+            with self._lock:
+                if self._server is None and self._placeholder is None:
+                    try:
+                        self._placeholder = _hold(self.port)
+                    except OSError:  # taken meanwhile, or still closing: the port is simply left free
+                        pass
+
+    def close(self) -> None:
+        self.stop()
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
 
 
 @contextmanager
@@ -157,4 +183,4 @@ def fake_openai(reply: Callable[[dict[str, Any]], Reply] = default_reply, *, sta
     try:
         yield server
     finally:
-        server.stop()
+        server.close()

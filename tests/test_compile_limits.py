@@ -126,3 +126,130 @@ def test_the_local_engine_enforces_its_grammar_time_limit(local_engine: Any) -> 
     finally:
         process.timeout_s = 30.0
     assert Extractor(local_engine, max_retries=0).extract(Person, "Alice Smith, 34, lives in Lisbon.").age == 34
+
+
+# -- vLLM: every schema compiled in our killable child before it goes out ------------------------
+
+VLLM_URL = "http://vllm.test/v1"
+PERSON_RECORD = '{"name":"Alice Smith","age":34,"city":"Lisbon","email":null}'
+DOC = "Alice Smith is 34 years old and lives in Lisbon."
+
+
+class FakeServer:
+    """A vLLM server at the HTTP layer: records the schema of every chat completion but the probe."""
+
+    def __init__(self) -> None:
+        self.schemas: list[Any] = []
+
+    def __call__(self, request: Any) -> Any:
+        import httpx2
+
+        from extractor.engines.vllm_http import PROBE_ANSWER, PROBE_SCHEMA
+
+        if request.url.path == "/v1/models":
+            return httpx2.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
+        if request.url.path == "/version":
+            return httpx2.Response(200, json={"version": "0.26.0"})
+        schema = json.loads(request.content)["response_format"]["json_schema"]["schema"]
+        text = PROBE_ANSWER if schema == PROBE_SCHEMA else PERSON_RECORD
+        if schema != PROBE_SCHEMA:
+            self.schemas.append(schema)
+        return httpx2.Response(200, json={"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": text}}], "usage": {"prompt_tokens": 9, "completion_tokens": 5}})
+
+
+def vllm_http_engine(server: FakeServer, guard: Any) -> Any:
+    import httpx2
+
+    from extractor.engines.vllm_http import VllmHttpEngine
+
+    return VllmHttpEngine(VLLM_URL, transport=httpx2.MockTransport(server), backoff_s=0.001, compile_guard=guard)
+
+
+def request_for(schema: Any) -> GenerationRequest:
+    return GenerationRequest(messages=({"role": "user", "content": DOC},), schema=schema, max_tokens=32)
+
+
+def test_a_schema_past_the_compile_limit_never_reaches_the_vllm_server() -> None:
+    import asyncio
+
+    from extractor.engines.compile_guard import CompileGuard
+    from extractor.errors import http_status
+
+    guard = CompileGuard(toy_tokenizer_info().serialize_json(), timeout_s=2.0)
+    server = FakeServer()
+    engine = vllm_http_engine(server, guard)
+    try:
+        with pytest.raises(GrammarTimeout, match="took longer than 2s") as info:
+            asyncio.run(engine.generate([request_for(SLOW)]))
+        assert http_status(info.value) == 422
+        assert server.schemas == []  # the server never saw it
+        with pytest.raises(GrammarTimeout):  # refused again at once: the verdict is kept
+            asyncio.run(engine.generate([request_for(SLOW)]))
+        assert guard.compiles == 1 and server.schemas == []
+        # the killed compiler is replaced; a normal schema goes through
+        assert Extractor(engine, max_retries=0).extract(Person, DOC).age == 34
+        assert server.schemas == [task_from_model(Person).strict_schema]
+    finally:
+        guard.close()
+
+
+def test_a_normal_schema_is_checked_once_and_cached() -> None:
+    import asyncio
+
+    from extractor.engines.compile_guard import CompileGuard
+
+    guard = CompileGuard(toy_tokenizer_info().serialize_json(), timeout_s=60.0)
+    server = FakeServer()
+    engine = vllm_http_engine(server, guard)
+    strict = task_from_model(Person).strict_schema
+    try:
+        extractor = Extractor(engine, max_retries=0)
+        for _ in range(3):
+            assert extractor.extract(Person, DOC).name == "Alice Smith"
+        assert guard.compiles == 1 and guard.known(strict) and server.schemas == [strict] * 3
+
+        other = {**strict, "properties": {**strict["properties"]}, "title": "another"}
+
+        async def together() -> None:  # concurrent first uses of one schema share one compile
+            await asyncio.gather(*(engine.generate([request_for(other)]) for _ in range(6)))
+
+        asyncio.run(together())
+        assert guard.compiles == 2 and len(server.schemas) == 9
+    finally:
+        guard.close()
+
+
+def test_grounded_decoding_checks_each_documents_schema_before_vllm_sees_it() -> None:
+    from extractor.engines.compile_guard import CompileGuard
+
+    guard = CompileGuard(toy_tokenizer_info().serialize_json(), timeout_s=60.0)
+    server = FakeServer()
+    try:
+        result = Extractor(vllm_http_engine(server, guard), max_retries=0).run(Person, DOC, grounded_decoding=True)
+        assert result.meta.grounded_decoding == "full"
+        (sent,) = server.schemas
+        assert sent != task_from_model(Person).strict_schema and guard.known(sent) and guard.compiles == 1
+    finally:
+        guard.close()
+
+
+def test_the_service_lets_the_engine_check_a_documents_schema_first() -> None:
+    """The service's per-request view of the engine passes `prepare` on (it used to drop it, so
+    grounded decoding's compile budget held on no engine behind the service)."""
+    from extractor import ScriptedEngine
+    from tests.service_support import answer, call, make_app
+
+    class Preparing(ScriptedEngine):
+        def __init__(self) -> None:
+            super().__init__(answer)
+            self.prepared: list[Any] = []
+
+        async def prepare(self, schema: Any) -> None:
+            self.prepared.append(schema)
+
+    engine = Preparing()
+    r = call(make_app(engine), "POST", "/extract/person", json={"text": DOC, "options": {"grounded_decoding": True}})
+    assert r.status_code == 200, r.text
+    sent = [req.schema for req in engine.requests if "age" in req.schema.get("properties", {})]
+    assert sent and engine.prepared == sent[:1] and sent[0] != task_from_model(Person).strict_schema

@@ -16,7 +16,7 @@ from extractor.engines.base import GenerationRequest
 from extractor.errors import ExtractionFailed, SchemaRejected
 from extractor.grounding import constraint as constraints
 from extractor.grounding.constraint import ConstraintBudget, ConstraintBuilder, DocumentConstraint, build_constraint
-from extractor.grounding.decoding import SPAN_DEF, constrain_to_document
+from extractor.grounding.decoding import SPAN_DEF, bound_lists, constrain_to_document
 from schemas import Invoice, Person
 
 SLOW = "Alice Smith, 34, lives in Lisbon."
@@ -146,12 +146,37 @@ def test_an_engine_that_cannot_compile_the_constraint_falls_back() -> None:
 
 def test_a_one_line_invoice_of_400_amounts_is_built_quickly_and_falls_back_on_size() -> None:
     """Issue 17: `_factors` grew with the fourth power of a line's amounts (400: 9.4 s, then a
-    141 MB grammar). Now the line is no item line, and its 71 KB schema is past the size budget."""
+    141 MB grammar). Now the line is no item line, and its 71 KB schema is past the size budget:
+    it decodes with the task's schema, its list bounded by the one line that can be an item (without
+    the bound SmolLM2 wrote items until max_tokens, past every deadline)."""
     doc = "Widget " + " ".join(f"{1000 + i}.{(i * 37) % 100:02d}" for i in range(400))
-    built = build_constraint(task_from_model(Invoice).strict_schema, doc, ConstraintBudget())
-    assert built.status == "fallback:too_large" and built.schema == task_from_model(Invoice).strict_schema
+    strict = task_from_model(Invoice).strict_schema
+    built = build_constraint(strict, doc, ConstraintBudget())
+    assert built.status == "fallback:too_large"
+    assert built.schema == {**strict, "properties": {**strict["properties"], "line_items": {
+        **strict["properties"]["line_items"], "maxItems": 1}}}
     roomy = build_constraint(task_from_model(Invoice).strict_schema, doc, ConstraintBudget(max_schema_bytes=2**20))
     assert roomy.full and SPAN_DEF in roomy.schema["$defs"]
+
+
+def test_a_fallback_for_size_keeps_the_lists_bounded_and_nothing_else() -> None:
+    strict = task_from_model(Invoice).strict_schema
+    lines = "\n".join(f"Item number {i} of the long order  {i % 7 + 1}  {i}.50" for i in range(120))
+    built = build_constraint(strict, "ACME Ltd\n" + lines, ConstraintBudget(max_document_chars=1000))
+    assert built.status == "fallback:document_too_long"
+    assert built.schema["properties"]["line_items"]["maxItems"] == 120
+    assert built.schema == bound_lists(strict, "ACME Ltd\n" + lines) and SPAN_DEF not in built.schema.get("$defs", {})
+    plain = build_constraint(PERSON, "x" * 2000, ConstraintBudget(max_document_chars=1000))
+    assert plain.schema == PERSON  # no list: the task's schema as it is
+
+    async def through_the_builder() -> DocumentConstraint:
+        builder = ConstraintBuilder(budget=ConstraintBudget(max_document_chars=1000))
+        try:
+            return await builder.constraint(PERSON, "x" * 2000)
+        finally:
+            builder.close()
+
+    assert asyncio.run(through_the_builder()).schema is PERSON  # the caller's own object
 
 
 def test_a_document_of_more_spans_than_the_cap_falls_back_instead_of_leaving_fields_free() -> None:

@@ -140,3 +140,28 @@ def test_cli_reports_a_server_that_is_down_in_one_line() -> None:
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 3
     assert proc.stderr.count("\n") == 1 and "cannot reach" in proc.stderr
+
+
+def test_both_engines_refuse_a_schema_past_the_compile_limit_before_vllm_compiles_it(http_engine: Any,
+                                                                                     inprocess_engine: Any) -> None:
+    """vLLM compiles grammars with no time limit; each engine compiles a new schema first in a child
+    of ours (`CompileGuard`), killed past its limit: the schema never reaches vLLM."""
+    import asyncio
+
+    from extractor import GenerationRequest
+    from extractor.engines.compile_guard import CompileGuard
+    from extractor.errors import GrammarTimeout
+    from tests.test_compile_limits import SLOW, toy_tokenizer_info
+
+    request = GenerationRequest(messages=({"role": "user", "content": "a"},), schema=SLOW, max_tokens=4)
+    for engine in (http_engine, inprocess_engine):
+        kept = engine.compile_guard
+        assert kept is not None  # on by default
+        engine.compile_guard = guard = CompileGuard(toy_tokenizer_info().serialize_json(), timeout_s=2.0)
+        try:
+            with pytest.raises(GrammarTimeout):
+                asyncio.run(engine.generate([request]))
+        finally:
+            engine.compile_guard = kept
+            guard.close()
+        assert Extractor(engine, max_retries=0).extract(Person, DOCS[0]).name  # and the engine goes on

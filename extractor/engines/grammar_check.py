@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -37,12 +38,22 @@ class GrammarCheck:
     ok: bool
     reason: str | None
     compile_ms: float
+    #: refused because the compile ran past the time limit (and was killed)
+    timed_out: bool = False
 
 
-def _child(conn: Connection, tokenizer_info_json: str | None) -> None:
+def _child(conn: Connection, tokenizer_info_json: str | None, tokenizer: str | None = None) -> None:
     import xgrammar as xgr
 
     compiler = None
+    if tokenizer_info_json is None and tokenizer is not None:
+        try:  # here, not in the parent: a thin client (vllm-http) never imports transformers
+            from transformers import AutoTokenizer
+
+            tokenizer_info_json = xgr.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(tokenizer)).serialize_json()
+        except Exception as exc:
+            conn.send(f"no tokenizer: {type(exc).__name__}: {exc}"[:500])
+            return
     if tokenizer_info_json is not None:
         info = xgr.TokenizerInfo.deserialize_json(tokenizer_info_json)
         compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
@@ -67,12 +78,15 @@ def _child(conn: Connection, tokenizer_info_json: str | None) -> None:
 class GrammarProcess:
     """Compiles schemas one at a time in a child process; kills it past `timeout_s`.
 
-    `tokenizer_info_json` (an xgrammar `TokenizerInfo` serialized) makes real token-mask
-    compiles; without it the child only builds the tokenizer-free grammar (a cheaper check)."""
+    `tokenizer_info_json` (an xgrammar `TokenizerInfo` serialized), or `tokenizer` (a Hugging Face
+    tokenizer's folder or name, loaded in the child), makes real token-mask compiles; without
+    either the child only builds the tokenizer-free grammar (a cheaper check)."""
 
-    def __init__(self, tokenizer_info_json: str | None = None, *, timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S) -> None:
+    def __init__(self, tokenizer_info_json: str | None = None, *, timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S,
+                 tokenizer: str | None = None) -> None:
         self.timeout_s = timeout_s
         self._info = tokenizer_info_json
+        self._tokenizer = tokenizer
         self._proc: Any = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()  # one compile at a time: the child is one process
@@ -91,13 +105,15 @@ class GrammarProcess:
             return self._conn
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(child, self._info), name="grammar-compiler", daemon=True)
+        self._proc = ctx.Process(target=_child, args=(child, self._info, self._tokenizer), name="grammar-compiler",
+                                 daemon=True)
         self._proc.start()
         child.close()
         try:
             if not parent.poll(_START_TIMEOUT_S):
                 raise RuntimeError(f"did not start within {_START_TIMEOUT_S:g} s")
-            parent.recv()
+            if (greeting := parent.recv()) != "ready":
+                raise RuntimeError(greeting)
         except (EOFError, OSError, RuntimeError) as exc:
             self._stop(kill=True)
             raise EngineUnavailable(f"the grammar compiler process failed to start: {exc}") from exc
@@ -135,9 +151,12 @@ class GrammarProcess:
         reason = self._reason(verdict, payload)
         raise (GrammarTimeout if verdict == "timeout" else SchemaRejected)("$", reason)
 
-    def check(self, strict_schema: dict[str, Any]) -> GrammarCheck:
-        verdict, payload, ms = self._ask(json.dumps(strict_schema), serialize=False)
-        return GrammarCheck(verdict == "ok", None if verdict == "ok" else self._reason(verdict, payload), ms)
+    def check(self, strict_schema: Mapping[str, Any] | str) -> GrammarCheck:
+        """Whether the schema (a mapping, or its JSON) compiles within the limit; nothing is kept."""
+        schema_json = strict_schema if isinstance(strict_schema, str) else json.dumps(strict_schema)
+        verdict, payload, ms = self._ask(schema_json, serialize=False)
+        return GrammarCheck(verdict == "ok", None if verdict == "ok" else self._reason(verdict, payload), ms,
+                            timed_out=verdict == "timeout")
 
     def _stop(self, kill: bool) -> None:
         if self._proc is not None:
@@ -176,6 +195,18 @@ def local_tokenizer_info_json() -> str | None:
         return str(xgr.TokenizerInfo.from_huggingface(tok).serialize_json())
     except Exception:
         return None
+
+
+def local_tokenizer_dir() -> str | None:
+    """The local model's folder, tokenizer included, when it is converted already (nothing is
+    converted or imported here)."""
+    try:
+        from extractor.engines.local import converted_model_path
+
+        target = converted_model_path()
+    except Exception:
+        return None
+    return str(target) if (target / "tokenizer.json").exists() else None
 
 
 class GrammarChecker(GrammarProcess):

@@ -75,11 +75,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EXTRACTOR_CACHE_DIR") or user_cache_dir("extractor"))
 
 
+def converted_model_path(gguf: Path | None = None) -> Path:
+    """Where the HF folder of the packaged model is (or will be, once converted)."""
+    gguf = gguf or packaged_gguf()
+    return cache_dir() / "models" / f"{gguf.stem}-{gguf.stat().st_size}"
+
+
 def converted_model_dir(gguf: Path | None = None) -> Path:
     """The HF folder of the packaged model, converted from GGUF on first use."""
     gguf = gguf or packaged_gguf()
-    stat = gguf.stat()
-    target = cache_dir() / "models" / f"{gguf.stem}-{stat.st_size}"
+    target = converted_model_path(gguf)
     if (target / "model.safetensors").exists():
         return target
     import torch

@@ -11,6 +11,10 @@ request options, auth hooks and pydantic parsing of every completion were 43 % o
 CPU per request at 64 in flight (py-spy, bench/service_overhead.py), for nothing a JSON body
 needs. Tests fake the server at the HTTP layer (`transport=httpx2.MockTransport(...)`).
 
+Every schema goes through a `CompileGuard` (`compile_guard.py`) before the server sees it: compiled
+in a child process of ours, killed past `grammar_timeout_s`, and refused (`GrammarTimeout`,
+`SchemaRejected`: 422) instead of stalling vLLM's grammar compiler; verdicts are kept by schema hash.
+
 A request with a LoRA `adapter` names the adapter as its `model` (a server
 started with `--enable-lora --lora-modules NAME=DIR`); an adapter the
 server's `/v1/models` does not list is refused before anything is sent.
@@ -30,7 +34,9 @@ from typing import Any
 import httpx2
 
 from extractor.engines.base import Capacity, Engine, GenerationRequest, GenerationResult, TokenLogprob
+from extractor.engines.compile_guard import CompileGuard
 from extractor.engines.detok import byte_pieces
+from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, local_tokenizer_dir
 from extractor.engines.special_tokens import COMMON
 from extractor.errors import (
     DocumentTooLarge,
@@ -184,7 +190,9 @@ class VllmHttpEngine(Engine):
     def __init__(self, base_url: str | None = None, *, model: str | None = None, api_key: str = "EMPTY",
                  concurrency: int = DEFAULT_CONCURRENCY, timeout: float = 120.0, http_retries: int = 4, backoff_s: float = 0.5,
                  verify_grammar: bool = True, transport: httpx2.AsyncBaseTransport | None = None,
-                 max_backoff_s: float = 30.0) -> None:
+                 max_backoff_s: float = 30.0, grammar_timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S,
+                 grammar_check_processes: int = 1, tokenizer: str | None = None,
+                 compile_guard: CompileGuard | None = None) -> None:
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
         self.model = model or ""
         self.http_retries = http_retries
@@ -198,6 +206,13 @@ class VllmHttpEngine(Engine):
         self._started = False
         #: what the server's /v1/models lists: the base model and any LoRA adapters
         self.served: list[str] = []
+        #: every schema is compiled here, killed past `grammar_timeout_s`, before the server sees it
+        #: (`compile_guard.py`; the tokenizer: `tokenizer`, else the local model's when it is converted)
+        self.compile_guard = compile_guard
+        if compile_guard is None and grammar_timeout_s > 0:
+            self.compile_guard = CompileGuard.shared(tokenizer=tokenizer or local_tokenizer_dir(),
+                                                     timeout_s=grammar_timeout_s,
+                                                     processes=grammar_check_processes)
 
     @classmethod
     def capacity(cls, options: Mapping[str, Any]) -> Capacity:
@@ -282,8 +297,16 @@ class VllmHttpEngine(Engine):
                 f"response_format: it answered {result.text[:80]!r}; refusing to trust its outputs")
 
     # -- generation -------------------------------------------------------------
+    async def prepare(self, schema: Mapping[str, Any]) -> None:
+        """Check that `schema` compiles within the limit (grounded decoding's per-document schemas
+        come here first, within their own compile budget)."""
+        if self.compile_guard is not None:
+            await self.compile_guard.check(schema)
+
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         await self.start()
+        for schema in {id(r.schema): r.schema for r in requests}.values():
+            await self.prepare(schema)  # a schema past the compile limit never reaches the server
         for adapter in {r.adapter for r in requests if r.adapter is not None}:
             if adapter.name not in self.served:
                 raise EngineUnavailable(

@@ -15,6 +15,10 @@ half of `LLM.generate`'s throughput; this loop is `LLM.generate`'s own.
 Request building (`sampling_options`, `PromptCache`) is pure and unit-tested;
 vLLM itself is imported only when an engine is created.
 
+Schemas: each one it has not seen is compiled first in a child process of ours, killed past
+`grammar_timeout_s`, and refused past it (`CompileGuard`, `compile_guard.py`), since vLLM compiles
+grammars with no time limit; verdicts are kept by schema hash.
+
 LoRA adapters: started with `enable_lora=True` (`adapter_options` gives the
 settings for a set of adapters), a request with an `adapter` is added with
 its `LoRARequest`, so several schemas' adapters run in one engine, batched
@@ -35,7 +39,9 @@ from dataclasses import replace
 from typing import Any
 
 from extractor.engines.base import AdapterRef, Capacity, Engine, FinishReason, GenerationRequest, GenerationResult, Message, TokenLogprob
+from extractor.engines.compile_guard import CompileGuard
 from extractor.engines.detok import token_pieces
+from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
 from extractor.engines.worker import Job, abandoned, settle
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable
@@ -204,7 +210,9 @@ class VllmEngine(Engine):
         return lora_settings(adapters)
 
     def __init__(self, model: str | None = None, *, served_model_name: str | None = None,
-                 compact_whitespace: bool = False, backend: str | None = None, **engine_args: Any) -> None:
+                 compact_whitespace: bool = False, backend: str | None = None,
+                 grammar_timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S, grammar_check_processes: int = 1,
+                 compile_guard: CompileGuard | None = None, **engine_args: Any) -> None:
         path = model or os.environ.get(MODEL_DIR_ENV)
         if not path:
             raise EngineUnavailable(f"the vllm engine needs a model folder: pass model=... or set ${MODEL_DIR_ENV}")
@@ -247,6 +255,12 @@ class VllmEngine(Engine):
             raise EngineUnavailable(f"vLLM could not start {path}: {exc}") from exc
         self._engine: Any = self._llm.llm_engine
         self.context_length = int(self._engine.model_config.max_model_len)
+        #: every schema is compiled in a child of ours, killed past `grammar_timeout_s`, before vLLM
+        #: compiles it (where nothing can stop it): `compile_guard.py`
+        self.compile_guard = compile_guard
+        if compile_guard is None and grammar_timeout_s > 0:
+            self.compile_guard = CompileGuard.shared(tokenizer=path, timeout_s=grammar_timeout_s,
+                                                     processes=grammar_check_processes)
         self._warm_up()
         self._ids = itertools.count()
         self._inbox: queue.Queue[Job | None] = queue.Queue()
@@ -255,9 +269,17 @@ class VllmEngine(Engine):
         self._worker.start()
 
     # -- public -------------------------------------------------------------
+    async def prepare(self, schema: Mapping[str, Any]) -> None:
+        """Check that `schema` compiles within the limit (grounded decoding's per-document schemas
+        come here first, within their own compile budget)."""
+        if self.compile_guard is not None:
+            await self.compile_guard.check(schema)
+
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if self._failed is not None or not self._worker.is_alive():
             raise EngineUnavailable(f"the vllm engine is not running ({self._failed or 'closed'})")
+        for schema in {id(r.schema): r.schema for r in requests}.values():
+            await self.prepare(schema)  # a schema past the compile limit never reaches vLLM
         loop = asyncio.get_running_loop()
         jobs = [Job(r, loop.create_future(), loop) for r in requests]
         for job in jobs:

@@ -10,6 +10,10 @@ status `"fallback:<reason>"` where building it would cost more than its `Constra
   compile time and memory grow with it);
 - `fallback:too_many_spans`: the document offers more candidate spans than `constrain_to_document`
   takes even as single words, so its free-text fields would be left free;
+
+(these three keep one thing of the constraint: every list's `maxItems`, `bound_lists`, which
+leaves the schema as small as the task's but the output bounded: the one-line invoice of 400
+amounts of issue 17 ran to `max_tokens` on SmolLM2 and past every deadline without it)
 - `fallback:build_timeout`: building it took longer than `build_timeout_s` (the build goes on in
   the background and lands in the cache; the call does not wait for it);
 - `fallback:build_error`: building it raised.
@@ -36,7 +40,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from extractor.grounding.decoding import SPAN_DEF, constrain_to_document, has_free_text
+from extractor.grounding.decoding import SPAN_DEF, bound_lists, constrain_to_document, has_free_text
 
 __all__ = ["DEFAULT_BUDGET", "ConstraintBudget", "ConstraintBuilder", "DocumentConstraint", "build_constraint",
            "default_builder"]
@@ -80,16 +84,24 @@ def fallback(schema: Mapping[str, Any], reason: str) -> DocumentConstraint:
     return DocumentConstraint(schema, f"fallback:{reason}")
 
 
+def bounded_fallback(schema: Mapping[str, Any], document: str, reason: str) -> DocumentConstraint:
+    """A fallback past a size limit: the task's schema with only its lists bounded by what the
+    document can fill (`bound_lists`), so the output stays bounded too; the task's own schema
+    object where that bounds nothing."""
+    bounded = bound_lists(schema, document)
+    return fallback(schema if bounded == schema else bounded, reason)
+
+
 def build_constraint(schema: Mapping[str, Any], document: str, budget: ConstraintBudget) -> DocumentConstraint:
     """The per-document constraint within `budget`'s size limits (blocking; `ConstraintBuilder`
     runs it off the event loop with the time limit)."""
     if len(document) > budget.max_document_chars:
-        return fallback(schema, "document_too_long")
+        return bounded_fallback(schema, document, "document_too_long")
     constrained = constrain_to_document(schema, document)
     if SPAN_DEF not in constrained.get("$defs", {}) and has_free_text(schema):
-        return fallback(schema, "too_many_spans")
+        return bounded_fallback(schema, document, "too_many_spans")
     if len(json.dumps(constrained)) > budget.max_schema_bytes:
-        return fallback(schema, "too_large")
+        return bounded_fallback(schema, document, "too_large")
     return DocumentConstraint(constrained, FULL)
 
 
@@ -136,9 +148,8 @@ class ConstraintBuilder:
             return fallback(schema, "build_error")
 
     async def constraint(self, schema: Mapping[str, Any], document: str) -> DocumentConstraint:
-        """The constraint of `document` under `schema`, or a fallback to `schema` past the budget."""
-        if len(document) > self.budget.max_document_chars:
-            return fallback(schema, "document_too_long")  # not worth a thread
+        """The constraint of `document` under `schema`, or a fallback to `schema` (its lists bounded
+        where the fallback is for size) past the budget."""
         future = self._submit(schema, document)
         if not future.done():
             loop = asyncio.get_running_loop()
@@ -160,8 +171,10 @@ class ConstraintBuilder:
             except TimeoutError:
                 return fallback(schema, "build_timeout")
         built = future.result()
-        # a cached build of an equal schema object: hand back the caller's own on a fallback
-        return built if built.full else fallback(schema, built.status.removeprefix("fallback:"))
+        if built.full or built.schema is not schema and built.schema != schema:
+            return built  # the per-document schema, or the task's with its lists bounded
+        # a cached build of an equal schema object: hand back the caller's own on a plain fallback
+        return fallback(schema, built.status.removeprefix("fallback:"))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -65,7 +65,7 @@ from typing import Any
 
 from extractor.contracts.schema_walk import def_name, is_free_text, resolve_ref, type_names
 
-__all__ = ["candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document", "has_free_text", "offers",
+__all__ = ["bound_lists", "candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document", "has_free_text", "offers",
            "span_pattern", "span_schema"]
 
 MAX_WORDS = 12
@@ -463,6 +463,30 @@ def offers(span: Mapping[str, Any], value: str) -> bool:
     if "pattern" in span:
         return re.fullmatch(span["pattern"], value) is not None
     return value in span.get("enum", ())
+
+
+def bound_lists(schema: Mapping[str, Any], document: str) -> dict[str, Any]:
+    """A copy of `schema` (a strict schema) in which only every array gets the `maxItems` the
+    document can fill (as `constrain_to_document` gives it): no values narrowed, so the schema
+    stays as small as the task's. What a document whose full constraint is past its budget keeps
+    (`extractor.grounding.constraint`): a small model that repeats a list item until `max_tokens`
+    (80-100 s a record on one CPU thread) is still stopped by the grammar."""
+    out: dict[str, Any] = copy.deepcopy(dict(schema))
+    if len(document) > MAX_CONSTRAINED_CHARS:
+        return out
+    root = dict(schema)
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if node.get("type") == "array" and "items" in node and not node.get("prefixItems"):
+            bound = max(_max_items(node, root, document), int(node.get("minItems", 0)))
+            node["maxItems"] = min(bound, int(node.get("maxItems", bound)))
+        return {key: value if key in _LEAVE else walk(value) for key, value in node.items()}
+
+    return {key: walk(value) for key, value in out.items()}
 
 
 def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: bool = True,

@@ -9,6 +9,10 @@ of all chunks in ONE engine call so they batch, merges the chunks' records by so
 own validators and, where that fails, re-runs only the chunks the errors point at, with the
 errors fed back.
 
+Both run on the document's visible text (`extractor.pipeline.visible`: invisible format characters
+removed), and map every offset they return (`meta.spans`, items' `start`/`end`) back to the document
+as given.
+
 `LongRun.events` streams it: list items (or records, `many`) as soon as every chunk that could
 read them has answered, then the other fields, then the result; a sent value is never sent again
 nor changed (`locked` in `merge`).
@@ -46,6 +50,7 @@ from extractor.pipeline.options import DEFAULT_OPTIONS, ExtractOptions
 from extractor.pipeline.prompt import build_messages
 from extractor.pipeline.result import Extraction, Meta
 from extractor.pipeline.validate import Invalid, Valid, validate_output
+from extractor.pipeline.visible import VisibleText, visible_text
 
 #: a document longer than this many default chunks is chunked even where it would fit the context
 LONG_CHUNKS = 3
@@ -74,28 +79,56 @@ def needs_chunks(engine: Engine, task: Task[Any], document: str, options: Extrac
     return not fits_whole(engine, messages, task.max_tokens)
 
 
+def _visible(document: str) -> VisibleText:
+    """What the model reads of `document` (`extractor.pipeline.visible`); empty is refused."""
+    view = visible_text(document)
+    if not view.text.strip():
+        raise EmptyDocument("the document is empty" + (" (it holds only invisible characters)" if view.removed else ""))
+    return view
+
+
+def _on_original(view: VisibleText, extraction: Extraction[Any]) -> Extraction[Any]:
+    """`extraction` (of `view.text`) with its spans as offsets into the original document."""
+    if not view.removed or extraction.meta.spans is None:
+        return extraction
+    return replace(extraction, meta=replace(extraction.meta, spans=view.spans(extraction.meta.spans)))
+
+
+def _event_on_original(view: VisibleText, event: dict[str, Any]) -> dict[str, Any]:
+    """A stream event (`LongRun.events`) with its offsets into the original document."""
+    if not view.removed:
+        return event
+    if "start" in event:
+        event = {**event, "start": view.start(event["start"]), "end": view.end(event["end"])}
+    spans = event.get("meta", {}).get("spans") if event["event"] == "result" else None
+    if spans is not None:
+        mapped = {path: [view.span(Span.from_dict(s)).to_dict() for s in found] for path, found in spans.items()}
+        event = {**event, "meta": {**event["meta"], "spans": mapped}}
+    return event
+
+
 async def extract_document(engine: Engine, task: Task[Any], document: str,
                            options: ExtractOptions = DEFAULT_OPTIONS, adapter: AdapterRef | None = None) -> Extraction[Any]:
     """One document, whatever its length: `extract_one` when it fits (with the task's LoRA
-    `adapter`, if any), else chunked (`LongRun`; chunk tasks are other tasks, run on the base model)."""
-    if not document.strip():
-        raise EmptyDocument("the document is empty")
-    if needs_chunks(engine, task, document, options):
-        return await LongRun(engine, task, document, options).run()
-    return await extract_one(engine, task, document, options, adapter)
+    `adapter`, if any), else chunked (`LongRun`; chunk tasks are other tasks, run on the base model).
+    The model reads the visible text; spans point into `document`."""
+    view = _visible(document)
+    if needs_chunks(engine, task, view.text, options):
+        return _on_original(view, await LongRun(engine, task, view.text, options).run())
+    return _on_original(view, await extract_one(engine, task, view.text, options, adapter))
 
 
 async def stream_document(engine: Engine, task: Task[Any], document: str,
                           options: ExtractOptions = DEFAULT_OPTIONS,
                           adapter: AdapterRef | None = None) -> AsyncIterator[dict[str, Any]]:
-    """Events of one document (see `LongRun.events`); a short one gives its fields, then the result."""
-    if not document.strip():
-        raise EmptyDocument("the document is empty")
-    if needs_chunks(engine, task, document, options):
-        async for event in LongRun(engine, task, document, options).events():
-            yield event
+    """Events of one document (see `LongRun.events`); a short one gives its fields, then the result.
+    The model reads the visible text; offsets point into `document`."""
+    view = _visible(document)
+    if needs_chunks(engine, task, view.text, options):
+        async for event in LongRun(engine, task, view.text, options).events():
+            yield _event_on_original(view, event)
         return
-    extraction = await extract_one(engine, task, document, options, adapter)
+    extraction = _on_original(view, await extract_one(engine, task, view.text, options, adapter))
     data = extraction.data_dict()
     for name, value in (data.items() if isinstance(data, dict) else ()):
         yield {"event": "field", "field": name, "value": value}

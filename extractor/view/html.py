@@ -22,6 +22,7 @@ from typing import Any
 
 from extractor.grounding.fieldpath import field_key, field_path, leaves
 from extractor.grounding.spans import Span, ground_record
+from extractor.pipeline.visible import visible_text
 
 #: the page's Content-Security-Policy: inline styles, nothing else (no script, no request)
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; base-uri 'none'"
@@ -72,8 +73,9 @@ def item_from_result(line: Mapping[str, Any], *, text: str | None = None, fallba
     spans: dict[str, list[Span]] = {}
     if isinstance(raw_spans, Mapping):
         spans = {str(path): [Span.from_dict(s) for s in found] for path, found in raw_spans.items()}
-    elif text is not None:
-        spans = ground_record(data, text)
+    elif text is not None:  # found in the text the model read, pointing into the document as given
+        view = visible_text(text)
+        spans = view.spans(ground_record(data, view.text))
     raw_confidence = meta.get("confidence")
     confidence = {str(k): float(v) for k, v in raw_confidence.items()} if isinstance(raw_confidence, Mapping) else {}
     return ViewItem(id=str(ident), text=text, data=data, spans=spans, confidence=confidence, schema=_str(schema))

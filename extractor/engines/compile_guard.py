@@ -1,0 +1,190 @@
+"""A schema's grammar compiled in our killable child before it goes to an engine that compiles
+it where we cannot stop it.
+
+vLLM (in process and over HTTP alike) compiles each new JSON schema's grammar inside its engine,
+with no time limit: one hostile schema can keep its grammar threads and memory for minutes,
+stalling every request behind it. The `local` engine compiles in a child process killed past its
+limit (`grammar_check.py`); `CompileGuard` gives the vLLM engines the same limit: before a schema
+they have not sent yet goes out, it is compiled by xgrammar in a `GrammarProcess` child, killed
+past `timeout_s`, and refused past it (`GrammarTimeout`) or when xgrammar refuses it
+(`SchemaRejected`), both 422 (`extractor/errors.py`). Nothing reaches vLLM then.
+
+Each verdict is kept by the SHA-256 of the schema's JSON (a bounded LRU of `max_entries`
+verdicts, refusals included: a refused schema sent again is refused at once), and concurrent
+checks of one schema share one compile; engines of one process with the same tokenizer and limit
+share one guard (`CompileGuard.shared`). Compiles run in a pool of up to `processes` children
+(started on demand; the first in the background at once), driven from threads of the guard's own,
+never on the event loop nor in the default thread pool. Per-document schemas of grounded decoding
+come through `Engine.prepare`, so their `ConstraintBudget.compile_timeout_s` holds on vLLM too: past
+it the document falls back to its task's schema, as on the local engine.
+
+The compile is xgrammar's with the tokenizer given (a `TokenizerInfo` serialized, or a Hugging Face
+tokenizer's folder or name, loaded in the child); without one it builds the grammar alone,
+without token masks (a cheaper, weaker check). It is our compile, not
+vLLM's own (another backend, or its whitespace setting, may take longer), and costs a compile
+per distinct schema: with grounded decoding, one per document. `grammar_timeout_s=0` on a vLLM
+engine turns the guard off (schemas you trust only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarCheck, GrammarProcess
+from extractor.errors import GrammarTimeout, SchemaRejected
+
+log = logging.getLogger(__name__)
+
+#: verdicts kept (a digest and a short reason each: about 200 bytes)
+DEFAULT_MAX_ENTRIES = 4096
+
+#: None: compiles within the limit; else (timed out, why not)
+Verdict = tuple[bool, str] | None
+
+
+_SHARED: dict[tuple[str | None, float, int], CompileGuard] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def schema_digest(schema: Mapping[str, Any]) -> str:
+    """The SHA-256 of the schema's JSON as it is sent (key order kept: it is the order written)."""
+    return hashlib.sha256(json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+class CompileGuard:
+    """`await guard.check(schema)`: returns when the schema compiles within `timeout_s`, raises
+    `GrammarTimeout` or `SchemaRejected` when it does not (see the module docstring)."""
+
+    def __init__(self, tokenizer_info_json: str | None = None, *, tokenizer: str | None = None,
+                 timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S, processes: int = 1,
+                 max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if processes < 1 or max_entries < 1:
+            raise ValueError("processes and max_entries must be at least 1")
+        self.timeout_s = timeout_s
+        self.processes = processes
+        self.max_entries = max_entries
+        self._info, self._tokenizer = tokenizer_info_json, tokenizer
+        self._idle: queue.SimpleQueue[GrammarProcess] = queue.SimpleQueue()
+        self._all: list[GrammarProcess] = []
+        self._pool_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="compile-guard")
+        #: digest -> None (compiles in time) or (timed out, reason)
+        self._verdicts: OrderedDict[str, Verdict] = OrderedDict()
+        self._pending: dict[str, Future[Verdict]] = {}
+        self._lock = threading.Lock()
+        #: compiles run, refusals included
+        self.compiles = 0
+        self._closed = False
+        threading.Thread(target=self._warm, name="compile-guard-start", daemon=True).start()
+
+    @classmethod
+    def shared(cls, *, tokenizer: str | None = None, timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S,
+               processes: int = 1) -> CompileGuard:
+        """The guard of this process for these settings: engines with the same tokenizer and limit
+        share its children and verdicts (an engine per call or per test would otherwise start
+        children of its own). Never closed by an engine; its children end with the process."""
+        key = (tokenizer, float(timeout_s), int(processes))
+        with _SHARED_LOCK:
+            guard = _SHARED.get(key)
+            if guard is None or guard._closed:
+                guard = _SHARED[key] = cls(tokenizer=tokenizer, timeout_s=timeout_s, processes=processes)
+            return guard
+
+    # -- the child processes -----------------------------------------------------------------
+    def _warm(self) -> None:
+        """Start the first child now: importing xgrammar (and loading a tokenizer) takes seconds."""
+        process = self._take()
+        try:
+            process.start()
+        except Exception as exc:  # the first check starts one again and says why
+            log.warning("compile guard: the grammar compiler process did not start: %s", exc)
+        finally:
+            self._idle.put(process)
+
+    def _take(self) -> GrammarProcess:
+        """An idle child, a new one while the pool has room, else wait for one."""
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._pool_lock:
+            if len(self._all) < self.processes:
+                process = GrammarProcess(self._info, timeout_s=self.timeout_s, tokenizer=self._tokenizer)
+                self._all.append(process)
+                return process
+        return self._idle.get()
+
+    def _compile(self, schema_json: str) -> GrammarCheck:
+        process = self._take()
+        try:
+            process.timeout_s = self.timeout_s
+            return process.check(schema_json)
+        finally:
+            self._idle.put(process)
+
+    # -- verdicts ------------------------------------------------------------------------------
+    def known(self, schema: Mapping[str, Any]) -> bool:
+        """Whether a verdict on `schema` is kept (it will not be compiled again)."""
+        with self._lock:
+            return schema_digest(schema) in self._verdicts
+
+    async def check(self, schema: Mapping[str, Any]) -> None:
+        if self._closed:
+            raise RuntimeError("the compile guard is closed")
+        key = schema_digest(schema)
+        with self._lock:
+            if key in self._verdicts:
+                self._verdicts.move_to_end(key)
+                _refuse(self._verdicts[key])
+                return
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = self._executor.submit(self._settle, key, json.dumps(dict(schema)))
+        # shielded: a caller that gives up (its deadline, grounded decoding's compile budget) does not
+        # stop the compile, whose verdict is kept for the next caller; concurrent callers share it
+        _refuse(await asyncio.shield(asyncio.wrap_future(pending)))
+
+    def _settle(self, key: str, schema_json: str) -> Verdict:
+        """Compile (in a guard thread), keep the verdict and return it. A compiler that cannot
+        start raises: no verdict is kept, the next call tries again."""
+        try:
+            result = self._compile(schema_json)
+        except BaseException:
+            with self._lock:
+                self._pending.pop(key, None)
+            raise
+        verdict = None if result.ok else (result.timed_out, result.reason or "the grammar does not compile")
+        with self._lock:
+            self.compiles += 1
+            self._verdicts[key] = verdict
+            while len(self._verdicts) > self.max_entries:
+                self._verdicts.popitem(last=False)
+            self._pending.pop(key, None)
+        if verdict is not None:
+            log.warning("compile guard: schema %s refused: %s", key[:12], verdict[1])
+        return verdict
+
+    def close(self) -> None:
+        """Stop the children (killed: a compile in progress is dropped)."""
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._pool_lock:
+            processes, self._all = self._all, []
+        for process in processes:
+            process.close(kill=True)
+
+
+def _refuse(verdict: Verdict) -> None:
+    """Raise the typed error of a refusal (nothing for a schema that compiles in time)."""
+    if verdict is not None:
+        timed_out, reason = verdict
+        raise (GrammarTimeout if timed_out else SchemaRejected)("$", f"{reason} (checked before it went to vLLM)")
