@@ -11,6 +11,7 @@ import pytest
 from extractor import Extractor
 from extractor.contracts.contract import task_from_model
 from extractor.engines.base import GenerationRequest, GenerationResult
+from extractor.grounding.candidates import offer_candidates
 from extractor.grounding.decoding import (
     SPAN_DEF,
     candidate_dates,
@@ -216,12 +217,15 @@ def test_the_engine_gets_the_document_schema_only_when_asked() -> None:
     answer = json.dumps({"name": "Alice Smith", "age": 34, "city": "Lisbon", "email": None})
     text = "Alice Smith, 34, lives in Lisbon."
     plain = RecordingEngine(answer)
-    Extractor(plain).run(Person, text)
+    Extractor(plain, grounded_decoding=False).run(Person, text)
     assert plain.requests[0].schema == task_from_model(Person).strict_schema
 
     grounded = RecordingEngine(answer)
     Extractor(grounded, grounded_decoding=True).run(Person, text)
-    assert grounded.requests[0].schema == constrain_to_document(task_from_model(Person).strict_schema, text)
+    person = task_from_model(Person)  # grounded, then narrowed to the contract's candidates
+    assert person.field_candidates is not None
+    assert grounded.requests[0].schema == offer_candidates(constrain_to_document(person.strict_schema, text),
+                                                           person.field_candidates(text))
 
     per_call = RecordingEngine(answer)
     Extractor(per_call).run(Person, text, grounded_decoding=True)
@@ -253,7 +257,8 @@ def test_the_shipped_contracts_say_which_are_decoded_grounded_and_a_call_can_ove
     from extractor.pipeline.options import ExtractOptions as RetryPolicy
 
     assert [task_from_model(m).grounded_decoding for m in (Person, Invoice, Receipt, JobPosting)] == [
-        False, True, True, True]
+        True, True, True, True]  # person since version 3 (among its candidates)
+    assert not RetryPolicy(grounded_decoding=False).grounded_for(task_from_model(Person))
     invoice = task_from_model(Invoice)
     assert RetryPolicy().grounded_for(invoice) and not RetryPolicy(grounded_decoding=False).grounded_for(invoice)
     assert RetryPolicy(grounded_decoding=True).grounded_for(task_from_model(Person))
@@ -285,4 +290,4 @@ def test_extract_schemas_lists_how_each_schema_decodes(capsys: pytest.CaptureFix
 
     assert main(["schemas"]) == 0
     rows = {line.split("\t")[0]: line.split("\t")[2] for line in capsys.readouterr().out.splitlines()}
-    assert rows == {"invoice": "grounded", "job_posting": "grounded", "person": "plain", "receipt": "grounded"}
+    assert rows == {"invoice": "grounded", "job_posting": "grounded", "person": "grounded", "receipt": "grounded"}

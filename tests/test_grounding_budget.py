@@ -130,7 +130,7 @@ def test_size_budgets_fall_back_before_anything_is_compiled() -> None:
 
 
 def test_plain_calls_say_nothing_about_grounded_decoding() -> None:
-    result = Extractor(ScriptedEngine(answer), max_retries=0).run(Person, OTHER)
+    result = Extractor(ScriptedEngine(answer), max_retries=0, grounded_decoding=False).run(Person, OTHER)
     assert result.meta.grounded_decoding is None and "grounded_decoding" not in result.meta.to_dict()
 
 

@@ -79,7 +79,7 @@ def test_grounded_decoding_sends_the_document_schema_through_the_service_and_the
     async def go() -> None:
         async with AsyncClient("http://svc", transport=httpx2.ASGITransport(app=app)) as c:
             await c.run(Person, DOC, grounded_decoding=True)
-            await c.run(Person, DOC)
+            await c.run(Person, DOC, grounded_decoding=False)
 
     asyncio.run(go())
     person = [r for r in seen if "age" in r.schema.get("properties", {})]
