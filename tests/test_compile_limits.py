@@ -221,9 +221,9 @@ def test_a_normal_schema_is_checked_once_and_cached() -> None:
 
 
 def test_grounded_decoding_checks_each_documents_schema_before_vllm_sees_it() -> None:
-    from extractor.engines.compile_guard import CompileGuard
-
     import asyncio
+
+    from extractor.engines.compile_guard import CompileGuard
 
     guard = CompileGuard(toy_tokenizer_info().serialize_json(), timeout_s=60.0)
     server = FakeServer()
