@@ -238,3 +238,19 @@ def test_the_model_gives_the_clean_record_for_a_hostile_document_in_bounded_toke
     assert hostile.meta.attempts == 1
     assert hostile.meta.completion_tokens <= clean.meta.completion_tokens + 2
     assert hostile.meta.prompt_tokens == clean.meta.prompt_tokens
+
+
+def test_a_document_of_invisible_characters_only_is_refused_before_it_queues() -> None:
+    """Every way in checks documents with `check_text`: the service answers 422 at once, without
+    an engine call or a place in the admission queue."""
+    from extractor.pipeline.documents import check_text
+
+    with pytest.raises(EmptyDocument, match="only invisible characters"):
+        check_text("\u200b\u2060\ufeff" * 10)
+    engine = ScriptedEngine(reads_person)
+    app = make_app(engine)
+    r = call(app, "POST", "/extract/person", json={"text": "\u200b\u200e" * 50})
+    assert r.status_code == 422 and r.json()["code"] == "empty-document" and engine.requests == []
+    assert "extractor_queue_wait_seconds_count 0.0" in call(app, "GET", "/metrics").text  # it never queued
+    assert call(app, "POST", "/extract/person", json={"text": HOSTILE["zwsp"]}).status_code == 200
+    assert "extractor_queue_wait_seconds_count 1.0" in call(app, "GET", "/metrics").text

@@ -16,7 +16,8 @@ share one guard (`CompileGuard.shared`). Compiles run in a pool of up to `proces
 (started on demand; the first in the background at once), driven from threads of the guard's own,
 never on the event loop nor in the default thread pool. Per-document schemas of grounded decoding
 come through `Engine.prepare`, so their `ConstraintBudget.compile_timeout_s` holds on vLLM too: past
-it the document falls back to its task's schema, as on the local engine.
+it the document falls back to its task's schema, as on the local engine (so may a document that
+comes in the seconds the first child takes to start).
 
 The compile is xgrammar's with the tokenizer given (a `TokenizerInfo` serialized, or a Hugging Face
 tokenizer's folder or name, loaded in the child); without one it builds the grammar alone,

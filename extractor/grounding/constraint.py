@@ -171,7 +171,7 @@ class ConstraintBuilder:
             except TimeoutError:
                 return fallback(schema, "build_timeout")
         built = future.result()
-        if built.full or built.schema is not schema and built.schema != schema:
+        if built.full or built.schema != schema:
             return built  # the per-document schema, or the task's with its lists bounded
         # a cached build of an equal schema object: hand back the caller's own on a plain fallback
         return fallback(schema, built.status.removeprefix("fallback:"))

@@ -3,7 +3,8 @@
 One set of checks for every way in (CLI files and stdin, batch inputs, the service's
 bodies, the SDK), each raising the `DocumentError` that says what is wrong:
 
-    EmptyDocument ........ empty or whitespace only
+    EmptyDocument ........ empty, whitespace only, or invisible characters only (what the model
+                           would read is empty: `extractor.pipeline.visible`)
     UndecodableDocument .. not UTF-8, NUL characters (binary data, or UTF-16 read as UTF-8),
                            or a lone surrogate (a `\\ud800` JSON escape), which no tokenizer takes
     DocumentTooLarge ..... over the character limit
@@ -12,6 +13,7 @@ bodies, the SDK), each raising the `DocumentError` that says what is wrong:
 from __future__ import annotations
 
 from extractor.errors import DocumentError, DocumentTooLarge, EmptyDocument, UndecodableDocument
+from extractor.pipeline.visible import visible_text
 
 #: characters a document may hold when read from a file or a request (the service's default too);
 #: far past any model context, yet refused before a tokenizer spends seconds on megabytes
@@ -54,6 +56,8 @@ def check_text(text: str, name: str | None = None, *, max_chars: int | None = MA
                                   "binary data, or UTF-16 read as UTF-8, not a text document")
     if not text.strip():
         raise EmptyDocument(f"{_label(name)}the document is empty{empty_hint}")
+    if not visible_text(text).text.strip():  # refused here, before a request queues for the engine
+        raise EmptyDocument(f"{_label(name)}the document is empty (it holds only invisible characters){empty_hint}")
     return text
 
 
