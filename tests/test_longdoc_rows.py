@@ -83,9 +83,18 @@ def test_the_rows_of_a_statement_are_its_transactions_not_its_balance_lines() ->
 
 def test_the_rows_of_a_staff_report_are_its_paragraphs_headings_excepted() -> None:
     plan = _plan("staff-02-40", Person, None)
-    assert not plan.firm
     assert len(plan.rows) == 41  # 40 people and the introduction; the SECTION headings are no rows
     assert not any(r.text.strip("\f").startswith("SECTION") for r in plan.rows)
+    intro, *people = plan.rows
+    assert intro.text.startswith("This report") and not intro.firm  # not shaped like the others: may be none
+    assert all(p.firm for p in people)  # "Name Surname, 61, lives ...": one record each
+
+
+def test_paragraphs_of_no_common_shape_are_all_firm() -> None:
+    text = "Anna Berg runs the lab.\n\nThe lab in Graz has 4 people, led by Bruno Costa.\n\n(c) Chiara Rossi\n"
+    schema = task_from_model(Person).strict_schema
+    plan = find_rows(text, schema, schema, RECORDS, many=True)
+    assert plan is not None and len(plan.rows) == 3 and plan.firm
 
 
 def test_column_names_match_field_names_by_words_and_abbreviation() -> None:
@@ -185,6 +194,12 @@ def test_loose_rows_may_be_null_and_ungrounded_rows_keep_only_the_count() -> Non
     assert all({"type": "null"} in node["anyOf"] for node in loose["prefixItems"])
     plain = constrain_rows(task.strict_schema, "line_items", rows, grounded=False)["properties"]["line_items"]
     assert plain["minItems"] == plain["maxItems"] == 2 and "prefixItems" not in plain
+    rows[1] = RowText("Saw  1  30.00", optional=True)
+    mixed = constrain_rows(task.strict_schema, "line_items", rows)["properties"]["line_items"]["prefixItems"]
+    assert {"type": "null"} not in mixed[0].get("anyOf", []) and {"type": "null"} in mixed[1]["anyOf"]
+    plain = constrain_rows(task.strict_schema, "line_items", rows, grounded=False)["properties"]["line_items"]
+    assert (plain["minItems"], plain["maxItems"]) == (1, 2) and plain["items"] == task.strict_schema[
+        "properties"]["line_items"]["items"]  # no null: a model offered null answers null
 
 
 def test_a_model_that_stops_short_still_gives_every_row() -> None:
@@ -209,6 +224,7 @@ def test_many_records_one_per_paragraph() -> None:
     requests = [r for r in engine.requests if RECORDS in r.schema["properties"]]
     node = requests[0].schema["properties"][RECORDS]
     assert node["minItems"] == len(node["prefixItems"]) and {"type": "null"} in node["prefixItems"][0]["anyOf"]
+    assert all({"type": "null"} not in n.get("anyOf", []) for n in node["prefixItems"][1:])  # a person each
 
 
 def test_a_list_of_50_rows_that_fits_the_context_is_still_read_by_rows() -> None:

@@ -15,8 +15,9 @@ short, nor skip a row, nor add one. With `grounded`, item k can only be read fro
   text, a number the cell's amounts, a date the cell's dates, an enum the values the cell names.
   A cell offering nothing for its field leaves the field as the row grounds it.
 
-`nullable`: an item may be `null` instead (a paragraph that names no record); the caller drops
-the nulls. Without `grounded`, only the count is held (`minItems` / `maxItems`).
+`nullable` (every row) or `RowText.optional` (that row): the item may be `null` instead (a
+paragraph that names no record); the caller drops the nulls. Without `grounded`, only the count
+is held: at least one item per firm row, at most one per row, none `null`.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ __all__ = ["RowText", "constrain_rows"]
 
 @dataclass(frozen=True)
 class RowText:
-    """A row's text and, by field name, the cell printed under that field's column."""
+    """A row's text, by field name the cell printed under that field's column, and whether the
+    row may hold no item (`optional`: its item may be `null`)."""
 
     text: str
     cells: Mapping[str, str] = field(default_factory=dict)
+    optional: bool = False
 
 
 def _rename_refs(node: Any, renames: Mapping[str, str]) -> Any:
@@ -144,13 +147,16 @@ def constrain_rows(schema: Mapping[str, Any], field_name: str, rows: Sequence[Ro
     """A copy of `schema` whose array `field_name` has one item per row (see the module's doc)."""
     out: dict[str, Any] = copy.deepcopy(dict(schema))
     array = resolve_ref(out["properties"][field_name], out)
-    item = array.get("items", {})
+    item: Any = array.get("items", {})
     n = len(rows)
+    if isinstance(item, Mapping):
+        branches = [b for b in item.get("anyOf", ()) if isinstance(b, Mapping) and b.get("type") != "null"]
+        if len(branches) == 1 and len(item.get("anyOf", ())) == 2:  # a nullable item: null where a row allows it
+            item = branches[0]
     if not grounded or not isinstance(item, Mapping):
-        node: dict[str, Any] = {**array, "minItems": n, "maxItems": n}
-        if nullable and isinstance(item, Mapping):
-            node["items"] = {"anyOf": [item, {"type": "null"}]}
-        out["properties"][field_name] = node
+        # only the count: at least one item per row that must hold one, at most one per row, none null
+        firm = 0 if nullable else sum(not r.optional for r in rows)
+        out["properties"][field_name] = {**array, "items": item, "minItems": firm, "maxItems": n}
         return out
     defs: dict[str, Any] = out.setdefault("$defs", {})
     inline = copy.deepcopy(dict(resolve_ref(item, out)))
@@ -159,7 +165,7 @@ def constrain_rows(schema: Mapping[str, Any], field_name: str, rows: Sequence[Ro
     for k, row in enumerate(rows):
         row_node, row_defs = _row_item(inline, base, out, row, f"Row{k}")
         defs.update(row_defs)
-        prefix.append({"anyOf": [row_node, {"type": "null"}]} if nullable else row_node)
+        prefix.append({"anyOf": [row_node, {"type": "null"}]} if nullable or row.optional else row_node)
     out["properties"][field_name] = {"type": "array", "prefixItems": prefix, "items": False, "minItems": n, "maxItems": n}
     kept = _reachable({k: v for k, v in out.items() if k != "$defs"}, defs)
     out["$defs"] = {name: d for name, d in defs.items() if name in kept}

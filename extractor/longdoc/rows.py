@@ -20,8 +20,11 @@ Which lines are rows (`find_rows`):
   *firm*: it is one item. Where one of them prints no text (its description is on another line),
   the list has no row plan.
 - a list of records without required numbers, asked for as many records (`many`): the document's
-  paragraphs (blocks between blank lines), headings excepted, where it has at least two. Each is
-  *loose*: one record or none.
+  paragraphs (blocks between blank lines), headings excepted, where it has at least two. Where
+  most of them share a shape (the classes of their first words: `Mei Schmidt, 61, lives` is
+  capitalised, capitalised, comma, number, comma, lowercase), those are firm and the others
+  *loose*: one record or none (an introduction that names no one). Where no shape is shared,
+  every paragraph is firm: a small model offered `null` answers `null` to every row.
 
 A row under a table header gets its cells by column (`Row.cells`): the header's column names
 are matched to the item's field names (`Description` -> description, `Unit price` -> unit_price,
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,18 +64,24 @@ class Row:
     header: Line | None = None
     #: field name -> the cell printed under its column
     cells: Mapping[str, str] = field(default_factory=dict)
+    #: the row is one item (else one item or none)
+    firm: bool = True
 
     def as_text(self) -> RowText:
-        return RowText(self.text, self.cells)
+        return RowText(self.text, self.cells, optional=not self.firm)
 
 
 @dataclass(frozen=True)
 class RowPlan:
-    """The rows of list `field`; `firm`: each row is one item (else one item or none)."""
+    """The rows of list `field`."""
 
     field: str
     rows: tuple[Row, ...]
-    firm: bool
+
+    @property
+    def firm(self) -> bool:
+        """Every row is one item."""
+        return all(r.firm for r in self.rows)
 
 
 def list_item(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -183,6 +193,20 @@ def _paragraphs(lines: list[Line]) -> list[tuple[int, int]]:
     return out
 
 
+_TOKEN = re.compile(r"[^\W\d_]+|\d+|[^\w\s]")
+#: a paragraph's shape: the classes of its first few tokens
+SHAPE_TOKENS = 6
+
+
+def _shape(text: str) -> tuple[str, ...]:
+    """`Mei Schmidt, 61, lives in` -> ('A', 'A', ',', '9', ',', 'a'): capitalised and lowercase
+    words, numbers, punctuation as itself."""
+    out = []
+    for token in _TOKEN.findall(text)[:SHAPE_TOKENS]:
+        out.append("9" if token.isdigit() else "A" if token[0].isupper() else "a" if token[0].isalpha() else token)
+    return tuple(out)
+
+
 def find_rows(document: str, item: Mapping[str, Any], root: Mapping[str, Any], field_name: str, *,
               many: bool) -> RowPlan | None:
     """The rows of list `field_name` whose items are `item` (see the module's doc), or None."""
@@ -192,20 +216,24 @@ def find_rows(document: str, item: Mapping[str, Any], root: Mapping[str, Any], f
     headers = table_headers(lines)
     k = required_numbers(item, root)
     fields = list(item.get("properties", {}))
+    loose: set[int] = set()
     if k:
         found = _item_rows(lines, k)
         if found is None:
             return None
-        spans, firm = [(i, i) for i in found], True
+        spans = [(i, i) for i in found]
     elif many:
-        spans, firm = _paragraphs(lines), False
+        spans = _paragraphs(lines)
         if len(spans) < 2:
             return None
+        shapes = [_shape(document[lines[a].start:lines[b].end]) for a, b in spans]
+        common, count = Counter(shapes).most_common(1)[0]
+        loose = {k for k, shape in enumerate(shapes) if count * 2 >= len(shapes) and count >= 2 and shape != common}
     else:
         return None
     mappings: dict[int, dict[int, str]] = {}
     rows = []
-    for first, last in spans:
+    for n, (first, last) in enumerate(spans):
         start, end = lines[first].start, lines[last].end
         text = document[start:end].rstrip("\r\n")
         h = headers[first] if first == last else None
@@ -214,8 +242,8 @@ def find_rows(document: str, item: Mapping[str, Any], root: Mapping[str, Any], f
         if header is not None and h is not None:
             mapping = mappings.setdefault(h, column_fields(header.text, fields))
             cells = row_cells(header.text, lines[first].text, mapping)
-        rows.append(Row(start, end, text, header, cells))
-    return RowPlan(field_name, tuple(rows), firm)
+        rows.append(Row(start, end, text, header, cells, n not in loose))
+    return RowPlan(field_name, tuple(rows))
 
 
 def _header_segment(header: Line) -> tuple[int, int]:

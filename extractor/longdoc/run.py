@@ -248,7 +248,7 @@ class LongRun:
             return None, None
         grounded = self.options.grounded_for(self.task)
         schema = constrain_rows(job.task.strict_schema, self.plan.field, [r.as_text() for r in job.rows],
-                                grounded=grounded, nullable=not self.plan.firm)
+                                grounded=grounded)
         return schema, "rows" if grounded else "rows:count"
 
     # -- extraction -----------------------------------------------------------------------
@@ -339,11 +339,10 @@ class LongRun:
         whose piece never answered (a loose row answered null is answered)."""
         assert self.plan is not None
         answered: set[tuple[int, int]] = set()
-        if not self.plan.firm:
-            read = {index for _, index in self.records}
-            for job in self.jobs:
-                if job.role == "rows" and job.index in read:
-                    answered.update((r.start, r.end) for r in job.rows)
+        read = {index for _, index in self.records}
+        for job in self.jobs:
+            if job.role == "rows" and job.index in read:
+                answered.update((r.start, r.end) for r in job.rows if not r.firm)
         anchors = sorted(i.anchor.start for i in merged.items.get(self.plan.field, []) if i.anchor is not None)
         out = []
         for row in self.plan.rows:
