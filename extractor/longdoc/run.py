@@ -276,7 +276,7 @@ class LongRun:
 
     def _engine_job(self, job: _Job) -> Job:
         schema, status = self._schema(job)
-        return Job(job.task, job.piece.text, job.feedback, schema, status)
+        return Job(job.task, job.piece.text, job.feedback, schema, status, patient=True)
 
     async def _run_jobs(self, jobs: list[_Job], together: bool) -> AsyncIterator[_Job]:
         """Extract `jobs`: in one engine call per round (`together`), or each on its own,

@@ -66,13 +66,17 @@ class Job:
     """One document of `extract_together`: its task, its text, errors to feed back before the
     first attempt, and the schema the engine is to enforce (`schema`, built by the caller, e.g.
     one item per known row: `extractor.grounding.rows`; `status` is its `meta.grounded_decoding`).
-    Without `schema`, or where it does not compile in time, the options decide as for any document."""
+    Without `schema`, or where it does not compile, the options decide as for any document.
+    `patient`: the grammar's compile is waited for (bounded by the engine's own compile limit,
+    not by the `compile_timeout_s` budget of one interactive document): a piece of a long
+    document, whose grammars compile one after another, is worth its grammar."""
 
     task: Task[Any]
     document: str
     feedback: list[str] | None = None
     schema: Mapping[str, Any] | None = None
     status: str | None = None
+    patient: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,24 +109,36 @@ def _judge(task: Task[Any], result: GenerationResult, document: str, system: str
     return _Judged(outcome, spans, changed=changed or None)
 
 
-async def _grounded_constraint(engine: Engine, task: Task[Any], document: str) -> DocumentConstraint:
+async def _compile_failure(engine: Engine, schema: Mapping[str, Any], patient: bool = False) -> str | None:
+    """Why an engine that compiles grammars in-process did not get `schema`'s grammar ready
+    ("compile_timeout", "compile_error"), or None where it did (or compiles nothing ahead): within
+    the budget (`compile_timeout_s`), or `patient`ly, bounded only by the engine's own compile
+    limit. The compile is shielded: past the budget it still lands in the engine's cache."""
+    prepare = getattr(engine, "prepare", None)
+    if prepare is None:
+        return None
+    timeout = None if patient else default_builder().budget.compile_timeout_s
+    try:
+        await asyncio.wait_for(asyncio.shield(prepare(schema)), timeout)
+    except (TimeoutError, GrammarTimeout):
+        return "compile_timeout"
+    except SchemaRejected:
+        return "compile_error"
+    return None
+
+
+async def _grounded_constraint(engine: Engine, task: Task[Any], document: str,
+                               patient: bool = False) -> DocumentConstraint:
     """The document's constraint, its grammar ready in an engine that compiles in-process; a
     fallback to the task's schema past the budget (see `extractor.grounding.constraint`)."""
     builder = default_builder()
     constraint = await builder.constraint(task.strict_schema, document)
     if constraint.full and task.field_candidates is not None:
         constraint = replace(constraint, schema=offer_candidates(constraint.schema, task.field_candidates(document)))
-    prepare = getattr(engine, "prepare", None)
-    if not constraint.full or prepare is None:
+    if not constraint.full:
         return constraint
-    try:
-        # shielded: a compile that outlives the budget still lands in the engine's cache
-        await asyncio.wait_for(asyncio.shield(prepare(constraint.schema)), builder.budget.compile_timeout_s)
-    except TimeoutError:
-        return fallback(task.strict_schema, "compile_timeout")
-    except SchemaRejected:
-        return fallback(task.strict_schema, "compile_error")
-    return constraint
+    failure = await _compile_failure(engine, constraint.schema, patient)
+    return constraint if failure is None else fallback(task.strict_schema, failure)
 
 
 @dataclass
@@ -233,34 +249,22 @@ class _Attempts:
                                         attempts=len(self.seen), errors=self.seen)
 
 
-async def _compiled(engine: Engine, schema: Mapping[str, Any]) -> bool:
-    """Whether an engine that compiles grammars in-process got `schema`'s ready in time (one that
-    does not: True)."""
-    prepare = getattr(engine, "prepare", None)
-    if prepare is None:
-        return True
-    try:
-        await asyncio.wait_for(asyncio.shield(prepare(schema)), default_builder().budget.compile_timeout_s)
-    except (TimeoutError, SchemaRejected):
-        return False
-    return True
-
-
 async def _begin(engine: Engine, task: Task[Any], document: str, options: ExtractOptions,
                  feedback: list[str] | None = None, adapter: AdapterRef | None = None,
-                 given: Mapping[str, Any] | None = None, given_status: str | None = None) -> _Attempts:
+                 given: Mapping[str, Any] | None = None, given_status: str | None = None,
+                 patient: bool = False) -> _Attempts:
     """A document checked and ready for its first attempt: with the `given` schema where it
-    compiles in time, else grounded decoding's constraint built (off the event loop, within its
-    budget) where the options ask for it."""
+    compiles, else grounded decoding's constraint built (off the event loop, within its budget)
+    where the options ask for it; `patient`: its grammar's compile is waited for (see `Job`)."""
     if not document.strip():
         raise EmptyDocument("the document is empty")
     check_unicode(document)  # a lone surrogate: no tokenizer takes it
     schema: Mapping[str, Any] = task.strict_schema
     grounded: str | None = None
-    if given is not None and await _compiled(engine, given):
+    if given is not None and await _compile_failure(engine, given, patient) is None:
         return _Attempts(task, document, options, engine, feedback, adapter, given, given_status)
     if options.grounded_for(task):
-        constraint = await _grounded_constraint(engine, task, document)
+        constraint = await _grounded_constraint(engine, task, document, patient)
         schema, grounded = constraint.schema, constraint.status
         if not constraint.full:
             options = options.model_copy(update={"require_grounded": True})  # grounded after the fact
@@ -288,7 +292,7 @@ async def extract_together(engine: Engine, jobs: Sequence[Job], options: Extract
     chunks of a long document batch together on any engine). A job's failure is its
     `ExtractionFailed` in its place; an engine failure raises."""
     states = list(await asyncio.gather(*(_begin(engine, j.task, j.document, options, j.feedback, adapter, j.schema,
-                                                j.status) for j in jobs)))
+                                                j.status, j.patient) for j in jobs)))
     while active := [s for s in states if s.outcome is None]:
         await _round(engine, active)
     return [s.outcome for s in states if s.outcome is not None]
