@@ -49,7 +49,8 @@ from extractor.longdoc.split import Excerpt, Line, is_heading, is_table_row, spl
 
 _CELL_GAP = re.compile(r"\t| \| |\s{2,}")
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
-#: at most this many rows go to one chunk (each row is a part of the chunk's grammar)
+#: at most this many rows go to one chunk (each row is a part of the chunk's grammar); a document
+#: whose list has more is read in pieces even where it would fit the context
 MAX_ROWS_PER_CHUNK = 40
 
 
@@ -257,10 +258,11 @@ def _table(row: Row) -> str | None:
     return row.header.text.strip("\f \t") if row.header is not None else None
 
 
-def row_chunks(document: str, rows: list[Row], max_chars: int, first_index: int = 0) -> list[tuple[Excerpt, list[Row]]]:
+def row_chunks(document: str, rows: list[Row], max_chars: int, first_index: int = 0,
+               max_rows: int = MAX_ROWS_PER_CHUNK) -> list[tuple[Excerpt, list[Row]]]:
     """Consecutive rows of one table in excerpts of at most about `max_chars` (and at most
-    `MAX_ROWS_PER_CHUNK` rows), each with its table's header line in front; a table's rows are
-    spread evenly over as few chunks as that takes."""
+    `max_rows` rows), each with its table's header line in front; a table's rows are spread
+    evenly over as few chunks as that takes."""
     tables: list[list[Row]] = []
     for row in rows:
         if tables and _table(row) == _table(tables[-1][0]):
@@ -271,7 +273,7 @@ def row_chunks(document: str, rows: list[Row], max_chars: int, first_index: int 
     for table in tables:
         sizes = [r.end - r.start for r in table]
         total = sum(sizes)
-        count = max(-(-total // max(1, max_chars)), -(-len(table) // MAX_ROWS_PER_CHUNK))
+        count = max(-(-total // max(1, max_chars)), -(-len(table) // max(1, max_rows)))
         groups: list[list[Row]] = [[] for _ in range(count)]
         done = 0
         for k, (row, length) in enumerate(zip(table, sizes, strict=True)):

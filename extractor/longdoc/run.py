@@ -70,6 +70,11 @@ from extractor.pipeline.validate import Invalid, Valid, validate_output
 
 #: by rows, at most this many passes after the first re-run the rows still unread
 MAX_RERUNS = 3
+#: rows read per engine request. One: a small model reads one row (with its table's header line)
+#: as it reads a short document, and every row of the document decodes at once, in one batch, so
+#: a 50-row invoice takes as many decoding steps as its longest item instead of all its items
+#: one after another (SmolLM2-135M on the CPU: bench/results/eval_long_local.json)
+ROWS_PER_REQUEST = 1
 #: a document longer than this many default chunks is chunked even where it would fit the context
 LONG_CHUNKS = 3
 _PATH = re.compile(r"^\$\.([A-Za-z_][\w-]*)(\[\d+\])?")
@@ -219,7 +224,7 @@ class LongRun:
                                                                     self.task.strict_schema)
         per_item = item_tokens(item or {})
         jobs = []
-        for excerpt, group in row_chunks(self.document, rows, self.budget.chunk_chars, first_index):
+        for excerpt, group in row_chunks(self.document, rows, self.budget.chunk_chars, first_index, ROWS_PER_REQUEST):
             row_chars = sum(r.end - r.start for r in group)
             max_tokens = rows_max_tokens(self.budget, row_chars, len(group), per_item, self.head_tokens,
                                          context_length(self.engine))
