@@ -227,6 +227,30 @@ def test_many_records_one_per_paragraph() -> None:
     assert all({"type": "null"} not in n.get("anyOf", []) for n in node["prefixItems"][1:])  # a person each
 
 
+def _eager(request: GenerationRequest) -> str:
+    """`lazy`, but reads a record into the introduction too (as SmolLM2-135M did)."""
+    text = chunk_text(request)
+    if text.startswith("This report"):
+        return json.dumps({RECORDS: [{"name": "This report", "age": 20, "city": None, "email": None}]})
+    return lazy(request)
+
+
+def test_a_paragraph_of_another_shape_is_settled_by_the_count_the_document_prints() -> None:
+    doc = DOCS["staff-01-30"]  # "This report introduces 30 employees": 30 paragraphs of one shape, and that one
+    async def stream(text: str) -> list[dict[str, Any]]:
+        return [e async for e in Extractor(ScriptedEngine(_eager)).astream("person", text, many=True,
+                                                                            grounded_decoding=True)]
+
+    result = Extractor(ScriptedEngine(_eager)).run("person", doc["text"], many=True, grounded_decoding=True)
+    assert [p.model_dump() for p in result.data] == doc["label"]
+    assert result.meta.long["loose_rows"] == 1 and result.meta.long["loose_left_out"] == 1
+    events = asyncio.run(stream(doc["text"]))
+    assert [e["data"] for e in events if e["event"] == "record"] == doc["label"]  # never sent, then taken back
+    uncounted = doc["text"].replace("introduces 30 employees", "introduces our employees")
+    kept = Extractor(ScriptedEngine(_eager)).run("person", uncounted, many=True, grounded_decoding=True)
+    assert kept.data[0].name == "This report" and len(kept.data) == 31  # no count to settle it: kept
+
+
 def test_a_list_of_50_rows_that_fits_the_context_is_still_read_by_rows() -> None:
     doc = DOCS["invoice-00-50"]
     engine = _BudgetEngine(lazy, context=32_768)

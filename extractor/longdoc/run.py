@@ -56,7 +56,7 @@ from extractor.longdoc.budget import (
     prompt_tokens,
     rows_max_tokens,
 )
-from extractor.longdoc.completeness import check_list
+from extractor.longdoc.completeness import check_list, printed_counts
 from extractor.longdoc.merge import ChunkRecord, Item, Merged, chunk_record, merge_records
 from extractor.longdoc.rows import MAX_ROWS_PER_CHUNK, Row, RowPlan, find_rows, header_view, list_item, row_chunks
 from extractor.longdoc.split import Chunk, Piece, split_document
@@ -196,6 +196,7 @@ class LongRun:
         self.failed_chunks: list[int] = []
         self.retried_chunks: list[int] = []
         self.rerun_rows = 0
+        self.loose_left_out = 0
         self.regrown: list[int] = []
         self.passes_run = 0
         #: what was streamed: list field -> anchor -> value
@@ -358,9 +359,26 @@ class LongRun:
         return out
 
     # -- merging ---------------------------------------------------------------------------
+    def _loose_piece(self, index: int) -> bool:
+        """Whether piece `index` reads only loose rows (rows that may hold no item)."""
+        job = next((j for j in self.jobs if j.index == index), None)
+        return job is not None and job.role == "rows" and not any(r.firm for r in job.rows)
+
     def merge(self) -> Merged:
-        return merge_records(list(self.records.values()), self.merge_schema, self.task.merge_rules, self.document,
-                             self.locked, self.lists)
+        """The records merged. Where loose rows were read (paragraphs of another shape than the
+        rest) and the items of the firm rows alone are as many as the document says it lists
+        ("introduces 20 employees"), the loose rows' items are left out: the count settles them."""
+        records = list(self.records.values())
+        loose = [r for r in records if self._loose_piece(r.chunk.index)]
+        if loose and self.plan is not None:
+            firm = merge_records([r for r in records if r not in loose], self.merge_schema, self.task.merge_rules,
+                                 self.document, self.locked, self.lists)
+            if len(firm.items.get(self.plan.field, [])) in printed_counts(self.document):
+                self.loose_left_out = sum(len(r.data.get(self.plan.field) or []) for r in loose)
+                return firm
+        self.loose_left_out = 0
+        return merge_records(records, self.merge_schema, self.task.merge_rules, self.document, self.locked,
+                             self.lists)
 
     def _completeness(self, merged: Merged) -> list[dict[str, Any]]:
         record = None if self.many else merged.data
@@ -424,6 +442,8 @@ class LongRun:
             for item in items:
                 if item.key is None or item.key in sent:
                     continue
+                if unfinished and self._loose_piece(item.chunk):
+                    continue  # a loose row's item is settled by the count once every row is read
                 if item.anchor is not None and item.anchor.start < frontier:
                     sent[item.key] = item.value
                     out.append((name, item))
@@ -548,6 +568,8 @@ class LongRun:
         if self.plan is not None:
             long["rows"] = len(self.plan.rows)
             long["rerun_rows"] = self.rerun_rows
+            long["loose_rows"] = sum(not r.firm for r in self.plan.rows)
+            long["loose_left_out"] = self.loose_left_out
         meta = Meta(schema=self.task.name, version=self.task.version, engine=self.engine.name,
                     model=self.engine.model, attempts=self.attempts, errors=self.errors,
                     prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
