@@ -64,11 +64,12 @@ def score(doc: dict[str, Any], data: Any) -> dict[str, Any]:
     wanted, found = Counter(_key(i) for i in want), Counter(_key(i) for i in got if isinstance(i, dict))
     hits = sum((wanted & found).values())
     return {"items": len(want), "extracted": sum(found.values()), "matched": hits,
-            "recall": hits / max(1, len(want)), "precision": hits / max(1, sum(found.values())), "header": header}
+            "recall": hits / max(1, len(want)), "precision": hits / max(1, sum(found.values())), "header": header,
+            "_missed": [list(k) for k in (wanted - found).elements()], "_extra": [list(k) for k in (found - wanted).elements()]}
 
 
 async def run(extractor: Extractor, docs: list[dict[str, Any]], options: dict[str, Any],
-              stream: bool = False) -> list[dict[str, Any]]:
+              stream: bool = False, dump: Path | None = None) -> list[dict[str, Any]]:
     schemas: dict[str, Any] = {"statement": Statement}  # not registered by default (no dev set)
 
     async def one(doc: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +101,11 @@ async def run(extractor: Extractor, docs: list[dict[str, Any]], options: dict[st
         if stream:
             out["first_event_s"] = round(first_event, 3) if first_event is not None else None
         print(json.dumps({k: out[k] for k in ("id", "valid", "recall", "precision", "seconds")}), file=sys.stderr)
+        if dump is not None:  # what was missed and what was extra, for reading (never under bench/results)
+            with dump.open("a") as f:
+                f.write(json.dumps({"id": doc["id"], "missed": out["_missed"], "extra": out["_extra"],
+                                    "header": out["header"], "error": error}) + "\n")
+        del out["_missed"], out["_extra"]
         return out
 
     return list(await asyncio.gather(*(one(d) for d in docs)))
@@ -155,6 +161,7 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true",
                         help="through Extractor.astream: also the time to the first streamed event of each document")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--dump", type=Path, help="append each document's missed and extra items here (JSONL)")
     args = parser.parse_args()
     docs = list(documents())
     if args.ids:
@@ -167,7 +174,7 @@ def main() -> None:
         options["grounded_decoding"] = args.grounded_decoding
     started = time.perf_counter()
     with Extractor(args.engine, **parse_options(args.engine_option)) as extractor:
-        rows = asyncio.run(run(extractor, docs, options, stream=args.stream))
+        rows = asyncio.run(run(extractor, docs, options, stream=args.stream, dump=args.dump))
         model = extractor.engine.model
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"eval_long_{args.engine.replace('-', '_')}{'_stream' if args.stream else ''}"

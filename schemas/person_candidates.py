@@ -372,9 +372,13 @@ def person_candidates(text: str) -> dict[str, list[object]]:
     # a value is a name or a place, not both: the best name is never a city, and places found as
     # places (`moro em Porto Alegre`) are no names
     top_name = ranked.values["name"][0] if ranked.values["name"] else None
-    for field, keep in (("city", lambda c: c != top_name and not _YEAR_LIKE.match(str(c))),
-                        ("name", lambda n: n == top_name or n not in ranked.values["city"])):
-        pairs = [(v, t) for v, t in zip(ranked.values[field], ranked.tiers[field], strict=True) if keep(v)]
+    def keep(field: str, value: object) -> bool:
+        if field == "city":
+            return value != top_name and not _YEAR_LIKE.match(str(value))
+        return value == top_name or value not in ranked.values["city"]
+
+    for field in ("city", "name"):
+        pairs = [(v, t) for v, t in zip(ranked.values[field], ranked.tiers[field], strict=True) if keep(field, v)]
         ranked.values[field], ranked.tiers[field] = [v for v, _ in pairs], [t for _, t in pairs]
     out: dict[str, list[object]] = {}
     for field in FIELDS:

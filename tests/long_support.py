@@ -42,9 +42,15 @@ def read_people(text: str) -> dict[str, Any]:
                         for m in PERSON.finditer(text)]}
 
 
+def answer(request: GenerationRequest, record: dict[str, Any]) -> str:
+    """`record` with only the fields `request` asks for, as JSON."""
+    asked = request.schema.get("properties", {})
+    return json.dumps({k: v for k, v in record.items() if k in asked})
+
+
 def reader(request: GenerationRequest) -> str:
-    """The answer a perfect model would give to the chunk in `request`."""
+    """The answer a perfect model would give to the chunk in `request` (the fields it asks for)."""
     text = chunk_text(request)
     if "records" in request.schema.get("properties", {}):
         return json.dumps(read_people(text))
-    return json.dumps(read_invoice(text))
+    return answer(request, read_invoice(text))

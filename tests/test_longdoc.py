@@ -23,7 +23,7 @@ from extractor.longdoc.merge import merge_records
 from extractor.longdoc.split import split_document
 from fixtures.long.generate import documents
 from schemas.invoice import LineItem
-from tests.long_support import chunk_text, read_invoice, read_people, reader
+from tests.long_support import ITEM, answer, chunk_text, read_invoice, read_people, reader
 from tests.service_support import BASE, make_app
 
 DOCS = {d["id"]: d for d in documents()}
@@ -231,29 +231,38 @@ def test_a_failed_merge_retries_only_the_chunks_its_errors_point_at() -> None:
 
 # -- recall passes and completeness --------------------------------------------------------------
 
-def _forgetful(request: GenerationRequest) -> str:
-    """Reads a chunk but drops every third item of it (a model that loses some)."""
-    record = read_invoice(chunk_text(request))
-    record["line_items"] = [item for k, item in enumerate(record["line_items"]) if k % 3 != 2]
-    return json.dumps(record)
+def _rows_of(request: GenerationRequest) -> list[str]:
+    return [line for line in chunk_text(request).splitlines() if ITEM.match(line)]
 
 
-def test_later_passes_add_only_new_spans() -> None:
+def _skips_once(seen: set[str]) -> Any:
+    def read(request: GenerationRequest) -> str:
+        """Reads a chunk but skips the rows of items starting with B, C or G the first time it
+        sees them (a piece that lost some)."""
+        record = read_invoice(chunk_text(request))
+        rows = _rows_of(request)
+        kept = [item for item, row in zip(record["line_items"], rows, strict=True)
+                if row[0] not in "BCG" or row in seen]
+        seen.update(rows)
+        return answer(request, {**record, "line_items": kept})
+    return read
+
+
+def test_rows_left_unread_are_rerun_alone_and_add_only_new_spans() -> None:
     doc = DOCS["invoice-04-110"]
-    text = doc["text"].replace("Number of items: 110\n", "")  # no printed count: only `passes` adds a pass
-    engine = ScriptedEngine(_forgetful)
-    result = Extractor(engine).run("invoice", text, chunk_tokens=300, grounded_decoding=False, passes=4, spans=True)
-    assert result.meta.long["passes"] == 4
+    engine = CountingEngine(_skips_once(set()))
+    result = Extractor(engine).run("invoice", doc["text"], chunk_tokens=300, grounded_decoding=False, spans=True)
+    long = result.meta.long
+    assert long["plan"] == "rows" and long["rows"] == 110 and long["passes"] == 2
     assert _items(result.data) == doc["label"]["line_items"]
-    _check_item_spans(text, result)
-
-
-def test_a_list_short_of_the_printed_count_gets_a_recall_pass() -> None:
-    doc = DOCS["invoice-04-110"]  # prints "Number of items: 110"
-    result = Extractor(ScriptedEngine(_forgetful)).run("invoice", doc["text"], chunk_tokens=300,
-                                                       grounded_decoding=False)
-    assert result.meta.long["passes"] == 2  # not asked for: the count said items were missing
-    assert _items(result.data) == doc["label"]["line_items"]
+    _check_item_spans(doc["text"], result)
+    first, second = engine.requests[:engine.calls[0]], engine.requests[engine.calls[0]:]
+    firsts = [row for r in first for row in _rows_of(r)]
+    skipped = [row for k, row in enumerate(firsts) if row[0] in "BCG" and row not in firsts[:k]]  # twins: read
+    rerun = [row for r in second for row in _rows_of(r)]
+    assert rerun == skipped  # only those, in document order
+    assert long["rerun_rows"] == len(rerun) > 0 and len(engine.calls) == 2
+    assert long["completeness"][0]["unread_rows"] == 0 and long["completeness"][0]["complete"]
 
 
 def test_a_list_still_short_is_never_returned_silently() -> None:
@@ -262,14 +271,40 @@ def test_a_list_still_short_is_never_returned_silently() -> None:
     def blind(request: GenerationRequest) -> str:  # never sees the cork items
         record = read_invoice(chunk_text(request))
         record["line_items"] = [i for i in record["line_items"] if not i["description"].startswith("Cork")]
-        return json.dumps(record)
+        return answer(request, record)
 
+    engine = CountingEngine(blind)
     with pytest.raises(ExtractionFailed) as info:
-        Extractor(ScriptedEngine(blind)).run("invoice", doc["text"], chunk_tokens=300, grounded_decoding=False)
+        Extractor(engine).run("invoice", doc["text"], chunk_tokens=300, grounded_decoding=False)
     partial = info.value.partial  # type: ignore[attr-defined]
     missing = [i for i in doc["label"]["line_items"] if i["description"].startswith("Cork")]
     assert missing and len(partial["line_items"]) == 110 - len(missing)
     assert "add up" in str(info.value)
+    # one re-run of the unread rows (the next would read nothing new), then the header view is
+    # asked again with the errors
+    rerun = engine.requests[engine.calls[0]:engine.calls[0] + engine.calls[1]]
+    assert [row for r in rerun for row in _rows_of(r)] == [
+        row for r in engine.requests[:engine.calls[0]] for row in _rows_of(r) if row.startswith("Cork")]
+    assert len(engine.calls) == 3 and engine.calls[2] == 1
+
+
+def test_a_list_short_of_the_printed_count_gets_a_recall_pass_when_read_by_size() -> None:
+    """Without rows to plan (a list of strings), chunks by size: a list short of the count the
+    document prints gets one more pass over what is still unread."""
+    schema = {"type": "object", "properties": {"names": {"type": "array", "items": {"type": "string"}}},
+              "required": ["names"]}
+    task = task_from_json_schema(schema, name="names")
+    names = [f"Name{i:02d}" for i in range(40)]
+    text = "Number of entries: 40\n" + "".join(f"entry {n} here\n" for n in names)
+
+    def forgetful(request: GenerationRequest) -> str:
+        found = re.findall(r"entry (Name\d\d) here", chunk_text(request))
+        return json.dumps({"names": [n for k, n in enumerate(found) if k % 3 != 2]})
+
+    result = Extractor(ScriptedEngine(forgetful)).run(task, text, chunk_tokens=80)
+    assert result.meta.long["plan"] == "chunks" and result.meta.long["passes"] == 2
+    assert len(result.data["names"]) > len(names) * 2 // 3 + 2  # the pass added names
+    assert set(result.data["names"]) <= set(names)
 
 
 def test_a_cut_output_is_rerun_with_a_larger_budget() -> None:
@@ -277,7 +312,7 @@ def test_a_cut_output_is_rerun_with_a_larger_budget() -> None:
 
     def cut_once(request: GenerationRequest) -> str | GenerationResult:
         text = reader(request)
-        if request.max_tokens < 10_000 and len(engine.requests) == 2:
+        if len(engine.requests) == 2:
             return GenerationResult(text=text[: len(text) // 2], finish_reason="length", prompt_tokens=1,
                                     completion_tokens=request.max_tokens)
         return text
@@ -285,9 +320,9 @@ def test_a_cut_output_is_rerun_with_a_larger_budget() -> None:
     engine = ScriptedEngine(cut_once)
     result = Extractor(engine).run("invoice", doc["text"], chunk_tokens=300, grounded_decoding=False)
     assert _items(result.data) == doc["label"]["line_items"]
-    assert len(result.meta.long["regrown_chunks"]) == 1
-    grown = [r.max_tokens for r in engine.requests]
-    assert max(grown) == 2 * min(grown)
+    assert result.meta.long["regrown_chunks"] == [1]
+    cut, again = engine.requests[1], engine.requests[-1]
+    assert again.messages == cut.messages and again.max_tokens == 2 * cut.max_tokens
 
 
 # -- batching and streaming ----------------------------------------------------------------------

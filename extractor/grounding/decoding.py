@@ -65,8 +65,8 @@ from typing import Any
 
 from extractor.contracts.schema_walk import def_name, is_free_text, resolve_ref, type_names
 
-__all__ = ["bound_lists", "candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document", "has_free_text", "offers",
-           "span_pattern", "span_schema"]
+__all__ = ["amount_count", "bound_lists", "candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document",
+           "has_free_text", "number_enum", "offers", "prints_money", "prints_text", "required_numbers", "span_pattern", "span_schema"]
 
 MAX_WORDS = 12
 MAX_CANDIDATES = 4000
@@ -269,6 +269,13 @@ def _within(node: Mapping[str, Any], value: float) -> bool:
     return not ("exclusiveMaximum" in node and value >= node["exclusiveMaximum"])
 
 
+def number_enum(node: Mapping[str, Any], numbers: Iterable[float]) -> list[int | float]:
+    """The values of `numbers` a number or integer node can take (within its bounds; an integer
+    node only whole ones); empty for a node that is no number."""
+    kind = _numeric(node)
+    return _number_enum(node, kind, numbers) if kind else []
+
+
 def _number_enum(node: Mapping[str, Any], kind: str, numbers: Iterable[float]) -> list[int | float]:
     out: list[int | float] = []
     for value in numbers:
@@ -303,6 +310,26 @@ def _item_parts(document: str, k: int) -> list[str]:
              if len(_NUMBER.findall(amounts := _amounts_only(part))) >= k]
     money = [part for part, amounts in parts if _MONEY.search(amounts)]
     return money or [part for part, _ in parts]
+
+
+def amount_count(text: str) -> int:
+    """How many amounts `text` prints (dates, times, identifiers and list numbering are none)."""
+    return len(_NUMBER.findall(_amounts_only(text)))
+
+
+def prints_money(text: str) -> bool:
+    """Whether `text` prints an amount as money (two decimals, a currency sign or code)."""
+    return _MONEY.search(_amounts_only(text)) is not None
+
+
+def prints_text(text: str) -> bool:
+    """Whether `text` prints a letter outside its dates and identifiers (an item line's description)."""
+    return _LETTER.search(_amounts_only(text)) is not None
+
+
+def required_numbers(node: Mapping[str, Any], root: Mapping[str, Any]) -> int:
+    """How many required fields of an object schema are numbers (through `$ref`s)."""
+    return _required_numbers(node, root)
 
 
 def _required_numbers(node: Mapping[str, Any], root: Mapping[str, Any]) -> int:

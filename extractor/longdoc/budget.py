@@ -9,8 +9,9 @@ about 2 characters a token on SmolLM2's tokenizer).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from extractor.engines.base import Engine, Message, TokenBudget
 
@@ -79,3 +80,19 @@ def chunk_budget(engine: Engine, head: Sequence[Message], document: str, *, task
     max_tokens = max(min(task_max_tokens, (context - head_tokens - tokens) // LENGTH_GROWTH),
                      int(tokens * OUTPUT_PER_INPUT) + OUTPUT_SLACK)
     return ChunkBudget(tokens, max_tokens, chars_per_token(engine, document))
+
+
+def item_tokens(item: Mapping[str, Any]) -> int:
+    """The tokens an item's JSON spends besides its values (keys, quotes, braces), estimated."""
+    keys = item.get("properties", {})
+    return int((sum(len(k) + 6 for k in keys) + 4) / CHARS_PER_TOKEN) + 1
+
+
+def rows_max_tokens(budget: ChunkBudget, row_chars: int, rows: int, per_item: int, head_tokens: int,
+                    context: int) -> int:
+    """The output budget of a chunk of `rows` rows (`row_chars` characters): each item as long
+    as its row plus its keys, a quarter more, and slack; never more than the context holds with
+    the chunk and the regrowth of a cut output (`LENGTH_GROWTH`)."""
+    wanted = int((row_chars / budget.chars_per_token + rows * per_item) * 1.25) + OUTPUT_SLACK
+    room = (context - head_tokens - int(row_chars / budget.chars_per_token)) // LENGTH_GROWTH
+    return max(OUTPUT_SLACK, min(wanted, room))

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from extractor.errors import MergeConflict
 from extractor.grounding.fieldpath import field_path, leaves
 from extractor.grounding.spans import Span, ground_record
-from extractor.longdoc.split import Chunk
+from extractor.longdoc.split import Piece
 
 DEFAULT_RULE = "first"
 
@@ -39,17 +39,29 @@ DEFAULT_RULE = "first"
 class ChunkRecord:
     """One chunk's validated record (JSON) and its values' spans in the whole document."""
 
-    chunk: Chunk
+    chunk: Piece
     data: dict[str, Any]
     spans: dict[str, list[Span]]
     #: the extraction pass that produced it (1 = the first)
     pass_no: int = 1
 
 
-def chunk_record(chunk: Chunk, data: dict[str, Any], pass_no: int = 1) -> ChunkRecord:
-    """Ground `data` in the chunk's text; spans are mapped to document offsets."""
-    spans = {path: [Span(chunk.to_document(s.start), chunk.to_document(s.end - 1) + 1, s.match) for s in found]
-             for path, found in ground_record(data, chunk.text).items()}
+def chunk_record(chunk: Piece, data: dict[str, Any], pass_no: int = 1,
+                 rows: tuple[str, Sequence[tuple[int, str]]] | None = None) -> ChunkRecord:
+    """Ground `data` in the chunk's text; spans are mapped to document offsets. `rows`: (list
+    field, (document offset, text) of each row the chunk's list was read from, one item per
+    row): where the list has one item per row, item k is grounded in row k alone."""
+    spans: dict[str, list[Span]] = {}
+    by_row = rows is not None and isinstance(data.get(rows[0]), list) and len(data[rows[0]]) == len(rows[1])
+    rest = {k: v for k, v in data.items() if not (by_row and rows is not None and k == rows[0])}
+    for path, found in ground_record(rest, chunk.text).items():
+        spans[path] = [Span(chunk.to_document(s.start), chunk.to_document(s.end - 1) + 1, s.match) for s in found]
+    if by_row and rows is not None:
+        name, texts = rows
+        for k, (item, (at, text)) in enumerate(zip(data[name], texts, strict=True)):
+            for path, found in ground_record(item, text).items():
+                key = f"{name}[{k}]" + (f".{path}" if path and not path.startswith("[") else path)
+                spans[key] = [Span(at + s.start, at + s.end, s.match) for s in found]
     return ChunkRecord(chunk, data, spans, pass_no)
 
 
@@ -112,6 +124,8 @@ def place_items(record: ChunkRecord, name: str) -> list[Item]:
     out: list[Item] = []
     last_pos = chunk.start
     for i, value in enumerate(values):
+        if value is None:  # a row read as holding no record (`records_task(nullable=True)`)
+            continue
         spans = _sub_spans(record.spans, f"{name}[{i}]")
         key = _key_path(value, spans) if isinstance(value, dict | list) else ("" if spans.get("") else None)
         anchor = None
@@ -226,15 +240,17 @@ def merge_field(name: str, records: Iterable[ChunkRecord], rule: str, document: 
 
 
 def merge_records(records: list[ChunkRecord], schema: Mapping[str, Any], rules: Mapping[str, str], document: str,
-                  locked: Mapping[str, Mapping[tuple[int, int], Any]] | None = None) -> Merged:
-    """The chunks' records as one record of the schema's top-level fields (see the module docstring)."""
+                  locked: Mapping[str, Mapping[tuple[int, int], Any]] | None = None,
+                  lists: Collection[str] | None = None) -> Merged:
+    """The chunks' records as one record of the schema's top-level fields (see the module
+    docstring); `lists` names the list fields (default: those of type array)."""
     records = sorted(records, key=lambda r: (r.pass_no, r.chunk.index))
     data: dict[str, Any] = {}
     spans: dict[str, list[Span]] = {}
     sources: dict[str, list[int]] = {}
     merged = Merged(data, spans, sources)
     for name, node in schema.get("properties", {}).items():
-        if node.get("type") == "array":
+        if (name in lists) if lists is not None else node.get("type") == "array":
             items = merge_items(records, name, (locked or {}).get(name))
             merged.items[name] = items
             data[name] = [i.value for i in items]

@@ -7,12 +7,18 @@ lines, so a value that sits across a cut is whole in the next chunk. A chunk tha
 table gets the table's header line (its column names) in front, so the model still reads the
 columns. Every chunk keeps its offsets: `Chunk.to_document` maps a character of the chunk's text
 to the same character of the whole document, header included.
+
+An `Excerpt` is any selection of the document's characters read as one text (the rows of a
+table with their header line, the document without its rows: `extractor.longdoc.rows`); it
+maps its characters back the same way. Both are `Piece`s, which is all the merge needs.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 #: break strength before a line (higher cuts first)
 PAGE, HEADING, PARAGRAPH, ROW, LINE = 4, 3, 2, 1, 0
@@ -66,6 +72,80 @@ class Chunk:
         return self.start <= position < self.end
 
 
+class Piece(Protocol):
+    """What the merge needs of a piece of the document that was extracted on its own."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def to_document(self, offset: int) -> int: ...
+
+    def covers(self, position: int) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Excerpt:
+    """Segments `[a, b)` of the document, in document order, read as one text."""
+
+    index: int
+    document: str = field(repr=False, compare=False)
+    segments: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        if not self.segments or any(a >= b for a, b in self.segments) or any(
+                b1 > a2 for (_, b1), (a2, _) in zip(self.segments, self.segments[1:], strict=False)):
+            raise ValueError("an excerpt is non-empty, ordered, non-overlapping segments")
+
+    @property
+    def start(self) -> int:
+        return self.segments[0][0]
+
+    @property
+    def end(self) -> int:
+        return self.segments[-1][1]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.document[a:b] for a, b in self.segments)
+
+    @property
+    def _offsets(self) -> list[int]:
+        """Where each segment starts in `text`."""
+        out, at = [], 0
+        for a, b in self.segments:
+            out.append(at)
+            at += b - a
+        return out
+
+    def to_document(self, offset: int) -> int:
+        """The document offset of character `offset` of `text`."""
+        offsets = self._offsets
+        k = max(0, bisect.bisect_right(offsets, offset) - 1)
+        a, b = self.segments[k]
+        return min(a + offset - offsets[k], b - 1)
+
+    def covers(self, position: int) -> bool:
+        return any(a <= position < b for a, b in self.segments)
+
+    def slice(self, start: int, end: int, index: int) -> Excerpt:
+        """Characters `[start, end)` of `text` as an excerpt of the document."""
+        out: list[tuple[int, int]] = []
+        for (a, b), at in zip(self.segments, self._offsets, strict=True):
+            lo, hi = max(start, at), min(end, at + b - a)
+            if lo < hi:
+                out.append((a + lo - at, a + hi - at))
+        return Excerpt(index, self.document, tuple(out))
+
+
 def cells(line: str) -> list[str]:
     return [c for c in (p.strip() for p in _CELLS.split(line.strip().strip("|"))) if c]
 
@@ -88,6 +168,19 @@ def is_table_header(lines: list[Line], i: int) -> bool:
             continue
         return is_table_row(nxt.text) and any(ch.isdigit() for ch in nxt.text)
     return False
+
+
+def table_headers(lines: list[Line]) -> list[int | None]:
+    """Per line, the index of the table header line in force there (None: no table)."""
+    headers: list[int | None] = []
+    current: int | None = None
+    for i, line in enumerate(lines):
+        if is_table_header(lines, i):
+            current = i
+        elif not line.blank and not is_table_row(line.text) and is_heading(line.text):
+            current = None
+        headers.append(current)
+    return headers
 
 
 def split_lines(text: str, max_chars: int) -> list[Line]:
@@ -129,14 +222,7 @@ def split_document(text: str, max_chars: int, overlap_chars: int | None = None) 
     lines = split_lines(text, max_chars)
     if not lines:
         return []
-    headers: list[int | None] = []  # per line: the table header line in force there
-    current: int | None = None
-    for i, line in enumerate(lines):
-        if is_table_header(lines, i):
-            current = i
-        elif not line.blank and not is_table_row(line.text) and is_heading(line.text):
-            current = None
-        headers.append(current)
+    headers = table_headers(lines)
     chunks: list[Chunk] = []
     first = 0
     while first < len(lines):

@@ -3,8 +3,13 @@
 - `part_task`: one record over a long document. Each chunk may show only some of the record (the
   vendor on the first page, the total on the last), so every top-level field becomes nullable and
   a top-level list may be empty; the record's own validators run on the merged record, not here.
+- `rows_task`: one list field only, over a chunk of that list's rows (`extractor.longdoc.rows`).
+- `header_task`: every field but the lists whose rows were taken out, over the document without
+  those rows; as required as the task says (`part=True`: nullable, where the document without
+  its rows is still cut in several pieces).
 - `records_task`: many records (`many=True`): `{"records": [record, ...]}`, each record validated
-  by the task's own model (validators included) inside the chunk's retry loop.
+  by the task's own model (validators included) inside the chunk's retry loop; `nullable`: a
+  record may be `null` (a paragraph that names none), which the merge drops.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from extractor.contracts.contract import Example, Task, task_from_model
 
 RECORDS = "records"
 
+ROWS_NOTE = ("The document is rows of a table (or passages) of a longer document, under the table's header line. "
+             "Give one item per row, in the order they are printed.")
+HEADER_NOTE = "The document is a longer document without its {lists}: give its other fields."
 PART_NOTE = ("The document is one part of a longer document. Give only what this part shows: null for a field "
              "it does not show, and only the list items printed in this part.")
 
@@ -46,6 +54,66 @@ def part_schema(strict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _reachable_defs(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    names: set[str] = set()
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] not in names:
+                names.add(ref[8:])
+                stack.append(defs.get(ref[8:], {}))
+            stack.extend(v for k, v in node.items() if k != "$ref")
+    return {name: d for name, d in defs.items() if name in names}
+
+
+def project(strict: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    """`strict` with only the top-level `fields`, required as they were."""
+    props = strict.get("properties", {})
+    out: dict[str, Any] = {"type": "object", "properties": {}, "required": [f for f in strict.get("required", [])
+                                                                          if f in fields],
+                           "additionalProperties": False}
+    for name in fields:
+        out["properties"][name] = copy.deepcopy(props[name])
+    defs = _reachable_defs(out, copy.deepcopy(strict.get("$defs", {})))
+    if defs:
+        out["$defs"] = defs
+    return out
+
+
+def rows_task(task: Task[Any], field: str, max_tokens: int) -> Task[BaseModel]:
+    """The task of a chunk of list `field`'s rows (see the module docstring)."""
+    schema = project(task.strict_schema, [field])
+    node = schema["properties"][field]
+    arrays = [b for b in node.get("anyOf", ()) if isinstance(b, dict) and b.get("type") == "array"]
+    if node.get("type") != "array" and len(arrays) == 1:
+        schema["properties"][field] = node = {**arrays[0], **({"description": node["description"]}
+                                                                if "description" in node else {})}
+    node.pop("minItems", None)
+    examples = tuple(Example(ex.document, {field: ex.record[field]}) for ex in task.examples
+                     if isinstance(ex.record.get(field), list))
+    return Task(name=task.name, version=task.version, instructions=f"{task.instructions}\n{ROWS_NOTE}",
+                strict_schema=schema, max_tokens=max_tokens, model=None, examples=examples,
+                grounded_decoding=task.grounded_decoding)
+
+
+def header_task(task: Task[Any], lists: list[str], max_tokens: int, part: bool = False) -> Task[BaseModel]:
+    """The task of the document without the rows of `lists` (see the module docstring)."""
+    fields = [f for f in task.strict_schema.get("properties", {}) if f not in lists]
+    schema = project(task.strict_schema, fields)
+    if part:
+        schema = part_schema(schema)
+    note = PART_NOTE if part else HEADER_NOTE.format(lists=" and ".join(f"{f} rows" for f in lists))
+    examples = tuple(Example(ex.document, {k: v for k, v in ex.record.items() if k not in lists})
+                     for ex in task.examples)
+    return Task(name=task.name, version=task.version, instructions=f"{task.instructions}\n{note}",
+                strict_schema=schema, max_tokens=max_tokens, model=None, examples=examples,
+                grounded_decoding=task.grounded_decoding, field_candidates=task.field_candidates)
+
+
 def part_task(task: Task[Any], max_tokens: int) -> Task[BaseModel]:
     """The task of one chunk of a single record (see the module docstring)."""
     return Task(name=task.name, version=task.version, instructions=f"{task.instructions}\n{PART_NOTE}",
@@ -53,21 +121,27 @@ def part_task(task: Task[Any], max_tokens: int) -> Task[BaseModel]:
                 examples=task.examples, grounded_decoding=task.grounded_decoding)
 
 
-def records_task(task: Task[Any], max_tokens: int) -> Task[Any]:
+def records_task(task: Task[Any], max_tokens: int, nullable: bool = False) -> Task[Any]:
     """The task of a chunk of many records (see the module docstring)."""
-    instructions = (f"List every record the document holds, each as the instructions below describe, in the order "
-                    f"they are printed; an empty list if there is none.\n{task.instructions}")
+    if nullable:
+        instructions = (f"Give one record per passage of the document, in the order they are printed, each as the "
+                        f"instructions below describe; null for a passage that holds none.\n{task.instructions}")
+    else:
+        instructions = (f"List every record the document holds, each as the instructions below describe, in the "
+                        f"order they are printed; an empty list if there is none.\n{task.instructions}")
     examples = tuple(Example(ex.document, {RECORDS: [ex.record]}) for ex in task.examples)
     if task.model is not None:
+        item: Any = task.model | None if nullable else task.model
         wrapper: type[BaseModel] = create_model(
             f"{task.model.__name__}Records",
-            records=(list[task.model], Field(description=f"every {task.name} record of the document")))  # type: ignore[name-defined]
+            records=(list[item], Field(description=f"every {task.name} record of the document")))
         wrapped = task_from_model(wrapper)
         return replace(wrapped, name=task.name, version=task.version, instructions=instructions, examples=examples,
                        max_tokens=max_tokens, grounded_decoding=task.grounded_decoding)
     strict = copy.deepcopy(task.strict_schema)
     defs = strict.pop("$defs", None)
-    schema: dict[str, Any] = {"type": "object", "properties": {RECORDS: {"type": "array", "items": strict}},
+    items: dict[str, Any] = {"anyOf": [strict, {"type": "null"}]} if nullable else strict
+    schema: dict[str, Any] = {"type": "object", "properties": {RECORDS: {"type": "array", "items": items}},
                               "required": [RECORDS], "additionalProperties": False}
     if defs:
         schema["$defs"] = defs

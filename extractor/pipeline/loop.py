@@ -1,13 +1,17 @@
 """The extraction loop: generate, validate, feed the errors back, repeat.
 
 `extract_one` runs one document; `extract_together` runs several (the chunks of a long
-document), every round of attempts in one engine call.
+document, each a `Job`, possibly with the schema the engine is to enforce for it), every round of
+attempts in one engine call.
 
 Never returns an unvalidated value: it returns an `Extraction` whose data
 passed every gate, or raises `ExtractionFailed` with the errors of every
 attempt. An output cut at `max_tokens` is a failure; the next attempt gets
 the budget grown by `length_growth`, up to `max_tokens_cap` (both in `meta`),
-then the loop gives up on length. The first attempt
+then the loop gives up on length. A retry never asks for more than the engine's context holds
+(`TokenBudget` engines): where the conversation so far (the rejected output and the errors fed
+back) would not fit with the budget, the retry sends the document and the latest errors only,
+and the budget is cut to what is left. The first attempt
 is greedy; retries sample at `retry_temperature` with a per-attempt seed, so
 they do not walk greedy decoding's path into the same error again.
 
@@ -40,7 +44,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from extractor.contracts.contract import Task
-from extractor.engines.base import AdapterRef, Engine, GenerationRequest, GenerationResult, Message
+from extractor.engines.base import AdapterRef, Engine, GenerationRequest, GenerationResult, Message, TokenBudget
 from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout, SchemaRejected
 from extractor.grounding.candidates import offer_candidates
 from extractor.grounding.confidence import field_confidence
@@ -52,6 +56,27 @@ from extractor.pipeline.options import DEFAULT_OPTIONS, ExtractOptions
 from extractor.pipeline.prompt import build_messages, feedback_message
 from extractor.pipeline.result import Extraction, Meta
 from extractor.pipeline.validate import Invalid, validate_output, validator_changes
+
+#: a retry is cut to the context's room only while at least this many output tokens are left
+MIN_FIT_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class Job:
+    """One document of `extract_together`: its task, its text, errors to feed back before the
+    first attempt, and the schema the engine is to enforce (`schema`, built by the caller, e.g.
+    one item per known row: `extractor.grounding.rows`; `status` is its `meta.grounded_decoding`).
+    Without `schema`, or where it does not compile, the options decide as for any document.
+    `patient`: the grammar's compile is waited for (bounded by the engine's own compile limit,
+    not by the `compile_timeout_s` budget of one interactive document): a piece of a long
+    document, whose grammars compile one after another, is worth its grammar."""
+
+    task: Task[Any]
+    document: str
+    feedback: list[str] | None = None
+    schema: Mapping[str, Any] | None = None
+    status: str | None = None
+    patient: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,24 +109,36 @@ def _judge(task: Task[Any], result: GenerationResult, document: str, system: str
     return _Judged(outcome, spans, changed=changed or None)
 
 
-async def _grounded_constraint(engine: Engine, task: Task[Any], document: str) -> DocumentConstraint:
+async def _compile_failure(engine: Engine, schema: Mapping[str, Any], patient: bool = False) -> str | None:
+    """Why an engine that compiles grammars in-process did not get `schema`'s grammar ready
+    ("compile_timeout", "compile_error"), or None where it did (or compiles nothing ahead): within
+    the budget (`compile_timeout_s`), or `patient`ly, bounded only by the engine's own compile
+    limit. The compile is shielded: past the budget it still lands in the engine's cache."""
+    prepare = getattr(engine, "prepare", None)
+    if prepare is None:
+        return None
+    timeout = None if patient else default_builder().budget.compile_timeout_s
+    try:
+        await asyncio.wait_for(asyncio.shield(prepare(schema)), timeout)
+    except (TimeoutError, GrammarTimeout):
+        return "compile_timeout"
+    except SchemaRejected:
+        return "compile_error"
+    return None
+
+
+async def _grounded_constraint(engine: Engine, task: Task[Any], document: str,
+                               patient: bool = False) -> DocumentConstraint:
     """The document's constraint, its grammar ready in an engine that compiles in-process; a
     fallback to the task's schema past the budget (see `extractor.grounding.constraint`)."""
     builder = default_builder()
     constraint = await builder.constraint(task.strict_schema, document)
     if constraint.full and task.field_candidates is not None:
         constraint = replace(constraint, schema=offer_candidates(constraint.schema, task.field_candidates(document)))
-    prepare = getattr(engine, "prepare", None)
-    if not constraint.full or prepare is None:
+    if not constraint.full:
         return constraint
-    try:
-        # shielded: a compile that outlives the budget still lands in the engine's cache
-        await asyncio.wait_for(asyncio.shield(prepare(constraint.schema)), builder.budget.compile_timeout_s)
-    except TimeoutError:
-        return fallback(task.strict_schema, "compile_timeout")
-    except SchemaRejected:
-        return fallback(task.strict_schema, "compile_error")
-    return constraint
+    failure = await _compile_failure(engine, constraint.schema, patient)
+    return constraint if failure is None else fallback(task.strict_schema, failure)
 
 
 @dataclass
@@ -135,10 +172,27 @@ class _Attempts:
         self.prompt_tokens = self.completion_tokens = 0
         self.outcome: Extraction[Any] | ExtractionFailed | None = None
 
+    def _fit(self) -> None:
+        """A retry that would not fit the engine's context: the conversation so far is dropped
+        (the document and the latest errors stay), then the budget cut to what is left."""
+        engine = self.engine
+        if self.attempt <= 1 or not isinstance(engine, TokenBudget):
+            return
+        used = engine.count_prompt_tokens(self.messages)
+        if used + self.max_tokens <= engine.context_length:
+            return
+        base = len(build_messages(self.task, self.document))
+        if len(self.messages) > base + 1:
+            self.messages = [*self.messages[:base], self.messages[-1]]  # the latest feedback only
+            used = engine.count_prompt_tokens(self.messages)
+        if used + self.max_tokens > engine.context_length and engine.context_length - used >= MIN_FIT_TOKENS:
+            self.max_tokens = engine.context_length - used
+
     def request(self) -> GenerationRequest:
         # any retry samples a little: greedy decoding would walk the same path again
         # (into the same validation error, or the same loop up to max_tokens)
         self.attempt += 1
+        self._fit()
         options = self.options
         assert self.schema is not None
         return GenerationRequest(messages=tuple(self.messages), schema=self.schema, max_tokens=self.max_tokens,
@@ -196,16 +250,21 @@ class _Attempts:
 
 
 async def _begin(engine: Engine, task: Task[Any], document: str, options: ExtractOptions,
-                 feedback: list[str] | None = None, adapter: AdapterRef | None = None) -> _Attempts:
-    """A document checked and ready for its first attempt, grounded decoding's constraint built
-    (off the event loop, within its budget) where the options ask for it."""
+                 feedback: list[str] | None = None, adapter: AdapterRef | None = None,
+                 given: Mapping[str, Any] | None = None, given_status: str | None = None,
+                 patient: bool = False) -> _Attempts:
+    """A document checked and ready for its first attempt: with the `given` schema where it
+    compiles, else grounded decoding's constraint built (off the event loop, within its budget)
+    where the options ask for it; `patient`: its grammar's compile is waited for (see `Job`)."""
     if not document.strip():
         raise EmptyDocument("the document is empty")
     check_unicode(document)  # a lone surrogate: no tokenizer takes it
     schema: Mapping[str, Any] = task.strict_schema
     grounded: str | None = None
+    if given is not None and await _compile_failure(engine, given, patient) is None:
+        return _Attempts(task, document, options, engine, feedback, adapter, given, given_status)
     if options.grounded_for(task):
-        constraint = await _grounded_constraint(engine, task, document)
+        constraint = await _grounded_constraint(engine, task, document, patient)
         schema, grounded = constraint.schema, constraint.status
         if not constraint.full:
             options = options.model_copy(update={"require_grounded": True})  # grounded after the fact
@@ -227,14 +286,13 @@ async def _round(engine: Engine, states: Sequence[_Attempts]) -> None:
         return
 
 
-async def extract_together(engine: Engine, jobs: Sequence[tuple[Task[Any], str, list[str] | None]],
-                           options: ExtractOptions = DEFAULT_OPTIONS,
+async def extract_together(engine: Engine, jobs: Sequence[Job], options: ExtractOptions = DEFAULT_OPTIONS,
                            adapter: AdapterRef | None = None) -> list[Extraction[Any] | ExtractionFailed]:
-    """Several (task, document, feedback) jobs through the retry loop, every round of attempts
-    in ONE engine call (the chunks of a long document batch together on any engine). A job's
-    failure is its `ExtractionFailed` in its place; an engine failure raises."""
-    states = list(await asyncio.gather(*(_begin(engine, task, document, options, feedback, adapter)
-                                         for task, document, feedback in jobs)))
+    """Several jobs through the retry loop, every round of attempts in ONE engine call (the
+    chunks of a long document batch together on any engine). A job's failure is its
+    `ExtractionFailed` in its place; an engine failure raises."""
+    states = list(await asyncio.gather(*(_begin(engine, j.task, j.document, options, j.feedback, adapter, j.schema,
+                                                j.status, j.patient) for j in jobs)))
     while active := [s for s in states if s.outcome is None]:
         await _round(engine, active)
     return [s.outcome for s in states if s.outcome is not None]
