@@ -66,7 +66,9 @@ def test_training_writes_what_vllm_loads_and_the_manifest(adapter: Path) -> None
 
 
 def test_local_engine_applies_the_adapter_per_schema(adapter: Path, docs: list[dict[str, Any]]) -> None:
-    with Extractor("local", adapter=str(adapter), max_retries=0) as ex:
+    # plain decoding: these tests are about the adapter's weights (grounded decoding falls back when its
+    # grammar misses the compile budget on a busy box, and the two runs compared must decode alike)
+    with Extractor("local", adapter=str(adapter), max_retries=0, grounded_decoding=False) as ex:
         tuned = [ex.run("person", d["text"]) for d in docs]
         base = [ex.run("receipt", "KEDAI ALI\nNO 5 JALAN MAWAR\n12/05/2018\nTOTAL 18.90")]  # no adapter: base model
     assert all(r.meta.adapter == "person" for r in tuned)
@@ -74,9 +76,9 @@ def test_local_engine_applies_the_adapter_per_schema(adapter: Path, docs: list[d
 
 
 def test_merged_model_gives_the_records_of_the_adapter(adapter: Path, merged: Path, docs: list[dict[str, Any]]) -> None:
-    with Extractor("local", adapter=str(adapter), max_retries=0) as ex:
+    with Extractor("local", adapter=str(adapter), max_retries=0, grounded_decoding=False) as ex:
         per_request = [ex.run("person", d["text"]).data_dict() for d in docs]
-    with Extractor("local", model_dir=str(merged), max_retries=0) as ex:
+    with Extractor("local", model_dir=str(merged), max_retries=0, grounded_decoding=False) as ex:
         folded = [ex.run("person", d["text"]).data_dict() for d in docs]
     assert folded == per_request
 
