@@ -43,11 +43,11 @@ def texts() -> list[str]:
 
 
 def _records(engine_options: dict[str, Any], adapter: Path | None, texts: list[str]) -> tuple[list[Any], list[Any]]:
-    # plain decoding: the records compared are the weights' (a grounded call that falls back past its compile
-    # budget on a busy box would decode differently from one that did not)
+    # person decodes plainly: the records compared are the weights' (a grounded call that falls back past its
+    # compile budget on a busy box would decode differently from one that did not)
     with Extractor("vllm", adapter=str(adapter) if adapter else None, max_retries=0, max_model_len=2048,
-                   grounded_decoding=False, **engine_options) as ex:
-        person = [ex.run("person", t) for t in texts]
+                   **engine_options) as ex:
+        person = [ex.run("person", t, grounded_decoding=False) for t in texts]
         base = [ex.run("job_posting", "Senior Rust developer, remote, full-time, at Acme.")]
     return person, base
 
