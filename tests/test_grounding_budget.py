@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -88,8 +89,11 @@ def test_another_request_finishes_while_a_slow_constraint_is_built(gate: Gate, p
         assert done.data.city == "Lisbon" and done.meta.grounded_decoding == "full"
 
     asyncio.run(go())
-    schemas = {r.messages[-1]["content"].count("Lisbon"): r.schema for r in engine.requests}
-    assert all(SPAN_DEF in schema["$defs"] for schema in schemas.values())
+    cities = {r.messages[-1]["content"].count("Lisbon"): r.schema["properties"]["city"] for r in engine.requests}
+    assert cities == {1: {**PERSON["properties"]["city"], "anyOf": [{"type": "string", "enum": ["Lisbon"]},
+                                                                     {"type": "null"}]},
+                      0: {**PERSON["properties"]["city"], "anyOf": [{"type": "string", "enum": ["Porto"]},
+                                                                    {"type": "null"}]}}
 
 
 def test_past_the_time_budget_the_call_decodes_plain_and_checks_grounding(gate: Gate,
@@ -183,3 +187,60 @@ def test_a_document_of_more_spans_than_the_cap_falls_back_instead_of_leaving_fie
     doc = "\n".join(" ".join(f"w{line}x{i}" for i in range(6)) for line in range(1500))
     built = build_constraint(PERSON, doc, ConstraintBudget(max_document_chars=len(doc)))
     assert built.status == "fallback:too_many_spans"
+
+
+def test_a_grammar_past_its_compile_budget_is_taken_back_by_the_retry_once_ready() -> None:
+    """CI on a busy box: the grounded grammar's first compile missed `compile_timeout_s`, the
+    model (decoding the task's schema) copied a city from the prompt's examples, and every retry
+    decoded ungrounded again. Now the compile goes on, and the retry waits for it once more and
+    decodes grounded: the error is fed back, and the second request carries the grounded schema."""
+    release = asyncio.Event()
+
+    class SlowFirstCompile(ScriptedEngine):
+        compiles = 0
+
+        async def prepare(self, schema: Mapping[str, Any]) -> None:
+            self.compiles += 1
+            if self.compiles == 1:
+                await release.wait()  # past the budget; the compile goes on (shielded)
+
+    def model(request: GenerationRequest) -> str:
+        release.set()  # by the time the first output is judged the compile has landed
+        city = "Lisbon" if request.schema != PERSON else "Torshavn"  # ungrounded: an example's city
+        return json.dumps({"name": "Alice Smith", "age": 34, "city": city, "email": None})
+
+    engine = SlowFirstCompile(model)
+    with contextmanager(use)(ConstraintBuilder(budget=ConstraintBudget(compile_timeout_s=0.05))):
+        result = Extractor(engine, grounded_decoding=True, max_retries=1).run(Person, SLOW)
+    first, second = engine.requests
+    assert first.schema == PERSON and second.schema != PERSON
+    assert result.data.city == "Lisbon" and result.meta.grounded_decoding == "full" and result.meta.attempts == 2
+    assert result.meta.errors == [["$.city: 'Torshavn' does not occur in the document; "
+                                   "copy the value exactly as the document writes it"]]
+
+
+def test_a_grammar_still_not_ready_at_the_retry_leaves_the_retry_ungrounded_and_checked() -> None:
+    class NeverReady(ScriptedEngine):
+        async def prepare(self, schema: Mapping[str, Any]) -> None:
+            await asyncio.sleep(60)
+
+    engine = NeverReady(["{\"name\":\"Alice Smith\",\"age\":34,\"city\":\"Torshavn\",\"email\":null}",
+                         json.dumps(ANSWERS[SLOW])])
+    with contextmanager(use)(ConstraintBuilder(budget=ConstraintBudget(compile_timeout_s=0.05))):
+        result = Extractor(engine, grounded_decoding=True, max_retries=1).run(Person, SLOW)
+    assert [r.schema for r in engine.requests] == [PERSON, PERSON]
+    assert result.meta.grounded_decoding == "fallback:compile_timeout" and result.meta.attempts == 2
+
+
+def test_fields_the_candidates_settle_stay_grounded_when_the_documents_spans_are_too_large() -> None:
+    """A prompt injection's long paragraphs made the person's per-document schema too large (all
+    of its spans offered to name, city and e-mail): it fell back to the task's schema, and SmolLM2
+    copied a city from the prompt's examples. The candidates settle every person field, so the
+    spans are never offered to them and the document decodes grounded."""
+    words = " ".join(f"word{i} other{i}, thing{i}." for i in range(60))
+    doc = f"Alice Smith is 34 years old and lives in Lisbon.\n\n{words}"
+    assert build_constraint(PERSON, doc, ConstraintBudget()).status == "fallback:too_large"
+    engine = ScriptedEngine(lambda r: json.dumps(ANSWERS[SLOW]))
+    result = Extractor(engine, grounded_decoding=True, max_retries=0).run(Person, doc)
+    assert result.meta.grounded_decoding == "full"
+    assert engine.requests[0].schema["properties"]["city"]["anyOf"][0]["enum"] == ["Lisbon"]

@@ -38,7 +38,10 @@ def test_the_document_cannot_change_the_schema_the_prompt_or_the_budget() -> Non
     Extractor(engine).run(Person, INJECTION)
     benign = build_messages(PERSON, BENIGN)
     (request,) = engine.requests
-    assert request.schema == PERSON.strict_schema  # the grammar comes from the task, whatever the document says
+    # the grammar comes from the task (its values narrowed to what the document prints), whatever the document says
+    assert request.schema["properties"].keys() == PERSON.strict_schema["properties"].keys()
+    assert request.schema["required"] == PERSON.strict_schema["required"]
+    assert request.schema["additionalProperties"] is False
     assert request.max_tokens == PERSON.max_tokens
     messages = list(request.messages)
     assert messages[:-1] == benign[:-1]  # the system prompt and few-shot turns are the task's own
@@ -162,4 +165,9 @@ def test_the_local_model_on_an_injection_document_gives_a_validated_record(local
     assert echoed_fields(record.model_dump(mode="json"), prompt, BENIGN) == []
     for value in (record.name, record.city):
         assert "ignore previous" not in value.lower() and "system prompt" not in value.lower()
-    assert all(r.schema == PERSON.strict_schema for r in seen)
+    for request in seen:  # the task's grammar, narrowed to this document's values, never the document's schema
+        assert request.schema["required"] == PERSON.strict_schema["required"]
+        assert request.schema["additionalProperties"] is False
+        assert request.schema["properties"].keys() == PERSON.strict_schema["properties"].keys()
+    assert record.name == "Alice Smith" and record.city == "Lisbon"  # grounded: the injection's paragraphs
+    # made the document's spans too large a grammar; the contract's candidates settle every field

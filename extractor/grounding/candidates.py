@@ -13,6 +13,11 @@ values (an e-mail address the text prints). `[None]` alone says the field is abs
 Integer fields take integer candidates (an age). The values need not be verbatim spans (a rule may
 re-punctuate an OCR line the way the labels write it); validation still checks the task's own
 strict schema.
+
+`set_aside` is how the pipeline uses it: the fields the candidates settle are set aside (as
+`null`) before the document's spans are offered to the rest, then put back as their enums
+(`put_back`), so a document whose spans would make a field's grammar too large (a prompt
+injection's paragraphs) still decodes grounded when the candidates settle that field.
 """
 
 from __future__ import annotations
@@ -73,3 +78,26 @@ def offer_candidates(schema: Mapping[str, Any], candidates: Mapping[str, Sequenc
         null = _nullable(node) and any(v is None for v in values)
         props[name] = {**kept, "anyOf": [enum, {"type": "null"}]} if null else {**kept, **enum}
     return out
+
+
+def set_aside(schema: Mapping[str, Any], candidates: Mapping[str, Sequence[object]]
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(`schema` with the properties `candidates` settle (`offer_candidates` changes them) made
+    `{"type": "null"}`, those properties' offered nodes): grounded decoding builds the rest of the
+    schema from the document's spans, then `put_back` puts the offered nodes in again."""
+    offered = offer_candidates(schema, candidates)
+    props = schema.get("properties")
+    if not isinstance(props, Mapping):
+        return dict(schema), {}
+    settled = {name: node for name, node in offered["properties"].items() if node != props.get(name)}
+    if not settled:
+        return dict(schema), {}
+    aside = {name: ({"type": "null"} if name in settled else node) for name, node in props.items()}
+    return {**schema, "properties": aside}, settled
+
+
+def put_back(schema: Mapping[str, Any], settled: Mapping[str, Any]) -> dict[str, Any]:
+    """`schema` (built from `set_aside`'s) with the settled properties' offered nodes in again."""
+    if not settled:
+        return dict(schema)
+    return {**schema, "properties": {**schema["properties"], **settled}}

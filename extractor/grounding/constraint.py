@@ -42,8 +42,8 @@ from typing import Any
 
 from extractor.grounding.decoding import SPAN_DEF, bound_lists, constrain_to_document, has_free_text
 
-__all__ = ["DEFAULT_BUDGET", "ConstraintBudget", "ConstraintBuilder", "DocumentConstraint", "build_constraint",
-           "default_builder"]
+__all__ = ["DEFAULT_BUDGET", "SIZE_REASONS", "ConstraintBudget", "ConstraintBuilder", "DocumentConstraint",
+           "bounded_fallback", "build_constraint", "default_builder"]
 
 FULL = "full"
 
@@ -82,6 +82,10 @@ class DocumentConstraint:
 
 def fallback(schema: Mapping[str, Any], reason: str) -> DocumentConstraint:
     return DocumentConstraint(schema, f"fallback:{reason}")
+
+
+#: the fallbacks for size, whose schema has its lists bounded (`bounded_fallback`)
+SIZE_REASONS = frozenset({"document_too_long", "too_many_spans", "too_large"})
 
 
 def bounded_fallback(schema: Mapping[str, Any], document: str, reason: str) -> DocumentConstraint:

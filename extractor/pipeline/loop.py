@@ -26,7 +26,10 @@ That schema is built off the event loop within a budget and its grammar compiled
 request reaches the engine (`Engine.prepare`, within `compile_timeout_s`); past either budget
 the call decodes with the task's schema and checks its values against the document
 (`require_grounded`) instead, and `meta.grounded_decoding` says which it was
-(`extractor.grounding.constraint`). The fields a contract has candidate rules for
+(`extractor.grounding.constraint`). The compile goes on past its budget: a retry of such a
+document waits for it once more (again within `compile_timeout_s`) and, once it is ready,
+decodes grounded again (`meta.grounded_decoding` "full"), so that a busy moment costs an
+attempt, not the document. The fields a contract has candidate rules for
 (`Contract.field_candidates`, e.g. the receipt's) are offered only those candidates
 (`extractor.grounding.candidates`). A value a validator dropped or changed is reported in
 `meta.changed` with what the model wrote.
@@ -46,9 +49,9 @@ from pydantic import BaseModel
 from extractor.contracts.contract import Task
 from extractor.engines.base import AdapterRef, Engine, GenerationRequest, GenerationResult, Message, TokenBudget
 from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout, SchemaRejected
-from extractor.grounding.candidates import offer_candidates
+from extractor.grounding.candidates import put_back, set_aside
 from extractor.grounding.confidence import field_confidence
-from extractor.grounding.constraint import DocumentConstraint, default_builder, fallback
+from extractor.grounding.constraint import SIZE_REASONS, DocumentConstraint, bounded_fallback, default_builder, fallback
 from extractor.grounding.spans import Span, ground_record, ungrounded_errors
 from extractor.pipeline.documents import check_unicode
 from extractor.pipeline.injection import echo_errors
@@ -128,17 +131,27 @@ async def _compile_failure(engine: Engine, schema: Mapping[str, Any], patient: b
 
 
 async def _grounded_constraint(engine: Engine, task: Task[Any], document: str,
-                               patient: bool = False) -> DocumentConstraint:
+                               patient: bool = False) -> tuple[DocumentConstraint, Mapping[str, Any] | None]:
     """The document's constraint, its grammar ready in an engine that compiles in-process; a
-    fallback to the task's schema past the budget (see `extractor.grounding.constraint`)."""
+    fallback to the task's schema past the budget (see `extractor.grounding.constraint`), with
+    the grounded schema whose compile is still going on (for a retry) where that was the reason."""
     builder = default_builder()
-    constraint = await builder.constraint(task.strict_schema, document)
-    if constraint.full and task.field_candidates is not None:
-        constraint = replace(constraint, schema=offer_candidates(constraint.schema, task.field_candidates(document)))
+    strict = task.strict_schema
+    base, settled = (set_aside(strict, task.field_candidates(document)) if task.field_candidates is not None
+                     else (strict, {}))
+    constraint = await builder.constraint(base if settled else strict, document)
     if not constraint.full:
-        return constraint
+        if settled:  # the task's own schema again (its lists bounded where the reason was size)
+            reason = constraint.status.removeprefix("fallback:")
+            constraint = (await asyncio.to_thread(bounded_fallback, strict, document, reason)
+                          if reason in SIZE_REASONS else fallback(strict, reason))
+        return constraint, None
+    if settled:
+        constraint = replace(constraint, schema=put_back(constraint.schema, settled))
     failure = await _compile_failure(engine, constraint.schema, patient)
-    return constraint if failure is None else fallback(task.strict_schema, failure)
+    if failure is None:
+        return constraint, None
+    return fallback(task.strict_schema, failure), (constraint.schema if failure == "compile_timeout" else None)
 
 
 @dataclass
@@ -158,6 +171,8 @@ class _Attempts:
     schema: Mapping[str, Any] | None = None
     #: meta.grounded_decoding: "full", "fallback:<reason>", or None (plain decoding)
     grounded: str | None = None
+    #: the grounded schema whose grammar missed the compile budget: a retry takes it once ready
+    pending: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.start = time.perf_counter()
@@ -171,6 +186,7 @@ class _Attempts:
         self.attempt = 0
         self.prompt_tokens = self.completion_tokens = 0
         self.outcome: Extraction[Any] | ExtractionFailed | None = None
+        self.unchecked_options = self.options  # before a fallback asked for require_grounded
 
     def _fit(self) -> None:
         """A retry that would not fit the engine's context: the conversation so far is dropped
@@ -207,9 +223,18 @@ class _Attempts:
         the task's own grammar that timed out."""
         if self.schema is self.task.strict_schema:
             return False
+        self.pending = self.schema if self.grounded == "full" else None
         self.schema, self.grounded, self.attempt = self.task.strict_schema, "fallback:compile_timeout", self.attempt - 1
         self.options = self.options.model_copy(update={"require_grounded": True})
         return True
+
+    async def reground(self) -> None:
+        """Before a retry: the grounded grammar that missed its compile budget, waited for once
+        more within the budget; ready, the retry decodes grounded again."""
+        pending, self.pending = self.pending, None
+        if pending is None or not self.seen or await _compile_failure(self.engine, pending) is not None:
+            return
+        self.schema, self.grounded, self.options = pending, "full", self.unchecked_options
 
     def take(self, result: GenerationResult) -> None:
         """Judge one engine result; sets `outcome` when the document is done."""
@@ -263,17 +288,23 @@ async def _begin(engine: Engine, task: Task[Any], document: str, options: Extrac
     grounded: str | None = None
     if given is not None and await _compile_failure(engine, given, patient) is None:
         return _Attempts(task, document, options, engine, feedback, adapter, given, given_status)
+    pending = None
     if options.grounded_for(task):
-        constraint = await _grounded_constraint(engine, task, document, patient)
+        constraint, pending = await _grounded_constraint(engine, task, document, patient)
         schema, grounded = constraint.schema, constraint.status
         if not constraint.full:
-            options = options.model_copy(update={"require_grounded": True})  # grounded after the fact
+            state = _Attempts(task, document, options, engine, feedback, adapter, schema, grounded, pending)
+            state.options = options.model_copy(update={"require_grounded": True})  # grounded after the fact
+            return state
     return _Attempts(task, document, options, engine, feedback, adapter, schema, grounded)
 
 
 async def _round(engine: Engine, states: Sequence[_Attempts]) -> None:
     """One engine call for the next attempt of every state; a per-document grammar that does not
-    compile in time falls back to the task's grammar (`_Attempts.ungrounded`) and the round is run again."""
+    compile in time falls back to the task's grammar (`_Attempts.ungrounded`) and the round is run
+    again; a retry takes such a grammar back once it is ready (`_Attempts.reground`)."""
+    if retried := [s for s in states if s.pending is not None and s.seen]:
+        await asyncio.gather(*(s.reground() for s in retried))
     while True:
         try:
             results = await engine.generate([s.request() for s in states])
