@@ -11,7 +11,7 @@ import pytest
 from extractor import Extractor
 from extractor.contracts.contract import task_from_model
 from extractor.engines.base import GenerationRequest, GenerationResult
-from extractor.grounding.candidates import offer_candidates
+from extractor.grounding.candidates import offer_candidates, put_back, set_aside
 from extractor.grounding.decoding import (
     SPAN_DEF,
     candidate_dates,
@@ -224,12 +224,16 @@ def test_the_engine_gets_the_document_schema_only_when_asked() -> None:
     Extractor(grounded, grounded_decoding=True).run(Person, text)
     person = task_from_model(Person)  # grounded, then narrowed to the contract's candidates
     assert person.field_candidates is not None
-    assert grounded.requests[0].schema == offer_candidates(constrain_to_document(person.strict_schema, text),
-                                                           person.field_candidates(text))
+    # the fields the candidates settle set aside, the rest offered the document's spans, then put back
+    base, settled = set_aside(person.strict_schema, person.field_candidates(text))
+    assert settled.keys() == {"name", "age", "city", "email"}
+    assert grounded.requests[0].schema == put_back(constrain_to_document(base, text), settled)
+    assert grounded.requests[0].schema["properties"] == offer_candidates(
+        person.strict_schema, person.field_candidates(text))["properties"]
 
     per_call = RecordingEngine(answer)
     Extractor(per_call).run(Person, text, grounded_decoding=True)
-    assert SPAN_DEF in per_call.requests[0].schema["$defs"]
+    assert per_call.requests[0].schema == grounded.requests[0].schema
 
 
 @pytest.mark.parametrize("doc", ["a" * 150_000, "7" * 150_000, "x-" * 75_000, "1%" * 75_000])

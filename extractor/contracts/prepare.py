@@ -71,7 +71,7 @@ class Limits(CompilerLimits):
     #: times one `$ref` may be entered again inside itself before the recursive branch is cut
     max_recursion: int = 3
     #: nesting of objects/arrays an unconstrained value (`{}`, `true`, open objects) may have
-    max_any_depth: int = 3
+    max_any_depth: int = 10
     #: bytes of the prepared (inlined) schema; recursion is unrolled less deeply to fit
     max_prepared_bytes: int = 2 * 1024 * 1024
     #: data nesting the prepared schema may reach when `$ref`s and recursion are inlined
@@ -463,7 +463,7 @@ class _Preparer:
             return result
         if isinstance(result, dict) and not _is_any(result) and len(json.dumps(_to_validation_schema(result))) > 200:
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.rsplit(".", 1)[-1])[:60] or "def"
-            while name in self.defs_out or name == "any_json":
+            while name in self.defs_out or name.startswith("any_json"):
                 name += "_"
             self.defs_out[name] = result
             result = {"$ref": f"#/$defs/{name}"}
@@ -1015,12 +1015,31 @@ def _is_any(n: Any) -> bool:
 
 
 def _bounded_any(levels: int) -> dict[str, Any]:
+    """Any JSON value nested at most `levels` levels, inline (its size doubles per level: for
+    small bounds; `_any_defs` for the shared definition)."""
     scalars: list[dict[str, Any]] = [{"type": "null"}, {"type": "boolean"}, {"type": "number"}, {"type": "string"}]
     if levels <= 0:
         return {"type": ["null", "boolean", "number", "string"]}
     inner = _bounded_any(levels - 1)
     return {"anyOf": [*scalars, {"type": "array", "items": inner},
                       {"type": "object", "additionalProperties": inner}]}
+
+
+def _any_defs(levels: int) -> dict[str, dict[str, Any]]:
+    """`any_json` (any JSON value nested at most `levels` levels) as one definition per level, each
+    referring to the next (`any_json_1` ...): its size grows with the bound, not twice per level.
+    Real documents nest deeper than 3 under open objects (a Kubernetes manifest's
+    `spec.template.metadata.labels`)."""
+    defs: dict[str, dict[str, Any]] = {}
+    for level in range(levels + 1):
+        name = "any_json" if level == 0 else f"any_json_{level}"
+        if level == levels:
+            defs[name] = {"type": ["null", "boolean", "number", "string"]}
+            continue
+        inner = {"$ref": f"#/$defs/any_json_{level + 1}"}
+        defs[name] = {"anyOf": [{"type": "null"}, {"type": "boolean"}, {"type": "number"}, {"type": "string"},
+                                {"type": "array", "items": inner}, {"type": "object", "additionalProperties": inner}]}
+    return defs
 
 
 def _constrains(n: dict[str, Any]) -> bool:
@@ -1271,7 +1290,7 @@ def prepare_schema(raw: Any, *, strict: bool = False, limits: Limits = DEFAULT_L
     schema: dict[str, Any] = _to_validation_schema(prepared)
     defs: dict[str, Any] = {name: _to_validation_schema(d) for name, d in preparer.defs_out.items()}
     if preparer.uses_any:
-        defs["any_json"] = _bounded_any(limits.max_any_depth)
+        defs.update(_any_defs(limits.max_any_depth))
     notes = list(preparer.notes)
     if preparer.cut_recursion:
         notes.append(f"recursive $refs unrolled to depth {preparer.max_recursion}; deeper values are not generated")
