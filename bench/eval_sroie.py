@@ -44,11 +44,11 @@ FIELDS = ("company", "date", "address", "total")
 MODES = ("candidates", "spans", "top1")
 
 
+from bench.shared_data import shared_data  # noqa: E402
+
+
 def default_data() -> Path:
-    for base in (ROOT / "shared" / "data", ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data"):
-        if (base / "sroie-dev.jsonl").exists():
-            return base / "sroie-dev.jsonl"
-    return ROOT.parent / "shared" / "data" / "sroie-dev.jsonl"
+    return shared_data("sroie-dev.jsonl")
 
 
 def _first_only(task: Task[Any]) -> Task[Any]:

@@ -33,20 +33,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.person_records import person_records  # noqa: E402
+from bench.shared_data import shared_data  # noqa: E402
 from extractor import Extractor, default_registry  # noqa: E402
 from extractor.eval.report import build_report  # noqa: E402
 from extractor.eval.run import DocumentOutcome, EvalRun, LabeledDocument, label_errors  # noqa: E402
 from extractor.pipeline.many import Document  # noqa: E402
 
-SROIE = ROOT.parent.parent / "shared" / "data" / "sroie-dev.jsonl"  # worktrees: /work/wt/x -> /work/shared
+SROIE = shared_data("sroie-dev.jsonl")
 SERVED = "SmolLM2-135M-Instruct"
 WARM_UP = 16
 
 
 def receipts(limit: int | None) -> list[LabeledDocument]:
     path = Path(os.environ.get("SROIE_DEV", SROIE))
-    if not path.exists():
-        path = ROOT / "shared" / "data" / "sroie-dev.jsonl"  # a checkout with shared/ inside
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [LabeledDocument(str(r["id"]), r["text"], r["expected"]) for r in rows[:limit]]
 

@@ -39,7 +39,9 @@ from extractor.grounding.constraint import DEFAULT_BUDGET, ConstraintBudget, bui
 from schemas import Invoice, Receipt  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-SHARED = ROOT.parent.parent / "shared" / "data"  # worktrees: /work/wt/x -> /work/shared
+from bench.shared_data import shared_data  # noqa: E402
+
+SHARED = shared_data("sroie-dev.jsonl").parent
 LENGTHS = (1_000, 5_000, 20_000, 200_000)
 TASKS = {"invoice": task_from_model(Invoice), "receipt": task_from_model(Receipt)}
 WORDS = ("paper printer toner cable service support monthly licence widget bolt coffee tea rice chicken noodle "

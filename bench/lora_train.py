@@ -43,6 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.shared_data import shared_data  # noqa: E402
 from extractor import Extractor  # noqa: E402
 from extractor.adapters.examples import read_training_set, split_documents, target_record  # noqa: E402
 from extractor.adapters.train import TrainConfig, train_adapter  # noqa: E402
@@ -50,10 +51,7 @@ from extractor.contracts.registry import default_registry  # noqa: E402
 from extractor.eval.report import build_report  # noqa: E402
 from extractor.eval.run import LabeledDocument, aevaluate, read_dataset  # noqa: E402
 
-#: ../shared/data (next to the repository, as the data's README asks), else shared/ inside it (a GPU box's copy)
-SROIE = next((p for p in (ROOT.parent / "shared" / "data" / "sroie-dev.jsonl", ROOT / "shared" / "data" / "sroie-dev.jsonl",
-                          Path("/work/shared/data/sroie-dev.jsonl")) if p.exists()),
-             ROOT.parent / "shared" / "data" / "sroie-dev.jsonl")
+SROIE = shared_data("sroie-dev.jsonl")
 RECEIPT_FIELDS = ("company", "date", "address", "total")
 SYNTHETIC = ("person", "invoice", "job_posting")
 SERVED = "SmolLM2-135M-Instruct"

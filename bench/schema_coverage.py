@@ -31,7 +31,11 @@ from extractor.contracts.prepare import PreparedSchema, SchemaRefused, prepare_s
 from extractor.engines.grammar_backends import BACKENDS, BackendName, BackendRefused, Compiled, GrammarBackends
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent.parent / "shared" / "data" / "jsonschemabench-dev.jsonl"
+if str(ROOT) not in sys.path:  # the bench package, run as a script
+    sys.path.insert(0, str(ROOT))
+from bench.shared_data import shared_data  # noqa: E402
+
+DATA = shared_data("jsonschemabench-dev.jsonl")
 OUT = ROOT / "bench" / "results" / "schema_coverage.json"
 
 #: keywords whose errors a grammar never has to explain (their sub-errors are not the grammar's)

@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import random
+import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -32,7 +33,11 @@ from extractor.errors import ExtractorError, SchemaRejected
 from extractor.pipeline.validate import original_errors
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent.parent / "shared" / "data" / "jsonschemabench-dev.jsonl"
+if str(ROOT) not in sys.path:  # the bench package, run as a script
+    sys.path.insert(0, str(ROOT))
+from bench.shared_data import shared_data  # noqa: E402
+
+DATA = shared_data("jsonschemabench-dev.jsonl")
 RESULTS = ROOT / "bench" / "results"
 DOCUMENT = "Write one realistic example record that follows the schema."
 
@@ -62,6 +67,14 @@ def build_tasks(rows: list[dict[str, Any]], budget_s: float) -> dict[str, tuple[
 async def run_all(extractor: Extractor, rows: list[dict[str, Any]], tasks: dict[str, tuple[Task[Any] | None, str]],
                   concurrency: int) -> list[dict[str, Any]]:
     gate = asyncio.Semaphore(concurrency)
+    done: list[dict[str, Any]] = []
+
+    def report(item: dict[str, Any]) -> dict[str, Any]:  # progress on stderr: a long run shows where it is
+        done.append(item)
+        valid = sum(it["valid"] for it in done)
+        print(f"[{len(done)}/{len(rows)}] {item['id']}: {'valid' if item['valid'] else 'NOT valid'} "
+              f"({valid} valid so far)", file=sys.stderr, flush=True)
+        return item
 
     async def one(row: dict[str, Any]) -> dict[str, Any]:
         task, mode = tasks[row["id"]]
@@ -81,7 +94,10 @@ async def run_all(extractor: Extractor, rows: list[dict[str, Any]], tasks: dict[
                     seconds=round(time.perf_counter() - start, 2), errors=errors[:2])
         return item
 
-    return list(await asyncio.gather(*(one(r) for r in rows)))
+    async def reported(row: dict[str, Any]) -> dict[str, Any]:
+        return report(await one(row))
+
+    return list(await asyncio.gather(*(reported(r) for r in rows)))
 
 
 def summarize(items: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
