@@ -9,7 +9,8 @@ against the original schema afterwards), and the results say how many did.
 
 CPU sample:  python bench/schema_e2e.py --engine local --sample 100 --seed 0
 GPU (all):   python bench/schema_e2e.py --engine vllm --engine-option model=$SMOLLM2_DIR --out DIR
-Writes DIR/schema_e2e_{engine}.json (summary, per group, per-schema outcome without records).
+Writes DIR/schema_e2e_{engine}.json (summary, per group, per-schema outcome without records), and
+each outcome as it completes to DIR/schema_e2e_{engine}.partial.jsonl (what a stopped run keeps).
 """
 
 from __future__ import annotations
@@ -65,12 +66,18 @@ def build_tasks(rows: list[dict[str, Any]], budget_s: float) -> dict[str, tuple[
 
 
 async def run_all(extractor: Extractor, rows: list[dict[str, Any]], tasks: dict[str, tuple[Task[Any] | None, str]],
-                  concurrency: int) -> list[dict[str, Any]]:
+                  concurrency: int, partial: Path) -> list[dict[str, Any]]:
+    """Every schema's outcome; each is also appended to `partial` (JSON lines) as it completes,
+    so a run stopped early keeps what it measured."""
     gate = asyncio.Semaphore(concurrency)
     done: list[dict[str, Any]] = []
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("", encoding="utf-8")
 
     def report(item: dict[str, Any]) -> dict[str, Any]:  # progress on stderr: a long run shows where it is
         done.append(item)
+        with partial.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")
         valid = sum(it["valid"] for it in done)
         print(f"[{len(done)}/{len(rows)}] {item['id']}: {'valid' if item['valid'] else 'NOT valid'} "
               f"({valid} valid so far)", file=sys.stderr, flush=True)
@@ -147,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     extractor = Extractor(args.engine, max_retries=args.max_retries, max_tokens_cap=args.max_tokens_cap,
                           **parse_options(args.engine_option))
     try:
-        items = asyncio.run(run_all(extractor, rows, tasks, args.concurrency))
+        items = asyncio.run(run_all(extractor, rows, tasks, args.concurrency,
+                                    args.out / f"schema_e2e_{args.engine}.partial.jsonl"))
     finally:
         close = getattr(extractor.engine, "close", None)
         if callable(close):
