@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator, Mapping
@@ -244,3 +245,25 @@ def test_fields_the_candidates_settle_stay_grounded_when_the_documents_spans_are
     result = Extractor(engine, grounded_decoding=True, max_retries=0).run(Person, doc)
     assert result.meta.grounded_decoding == "full"
     assert engine.requests[0].schema["properties"]["city"]["anyOf"][0]["enum"] == ["Lisbon"]
+
+
+def test_the_candidate_rules_never_read_a_document_past_the_size_budget() -> None:
+    """Setting the settled fields aside ran the person rules (regexes over the whole text) on a
+    10 MB document on the event loop before the size check: minutes. Past `max_document_chars`
+    the rules are not run at all."""
+    read: list[int] = []
+    person = task_from_model(Person)
+    rules = person.field_candidates
+    assert rules is not None
+
+    def counting(document: str) -> dict[str, list[Any]]:
+        read.append(len(document))
+        return rules(document)
+
+    task = dataclasses.replace(person, field_candidates=counting)
+    engine = ScriptedEngine(lambda r: json.dumps(ANSWERS[OTHER]))
+    long_doc = OTHER + " filler" * 1000
+    result = Extractor(engine, grounded_decoding=True, max_retries=0, chunking="off").run(task, long_doc)
+    assert result.meta.grounded_decoding == "fallback:document_too_long" and read == []
+    Extractor(engine, grounded_decoding=True, max_retries=0).run(task, OTHER)
+    assert read == [len(OTHER)]

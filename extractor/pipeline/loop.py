@@ -137,8 +137,10 @@ async def _grounded_constraint(engine: Engine, task: Task[Any], document: str,
     the grounded schema whose compile is still going on (for a retry) where that was the reason."""
     builder = default_builder()
     strict = task.strict_schema
-    base, settled = (set_aside(strict, task.field_candidates(document)) if task.field_candidates is not None
-                     else (strict, {}))
+    # the candidate rules read only documents the builder takes (a longer one falls back unread:
+    # the rules are regexes over the whole text, and megabytes would hold the event loop)
+    rules = task.field_candidates if len(document) <= builder.budget.max_document_chars else None
+    base, settled = set_aside(strict, rules(document)) if rules is not None else (strict, {})
     constraint = await builder.constraint(base if settled else strict, document)
     if not constraint.full:
         if settled:  # the task's own schema again (its lists bounded where the reason was size)
