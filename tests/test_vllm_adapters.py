@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from extractor.adapters.examples import read_training_set
 from extractor.adapters.merge import merge_adapter
 from extractor.adapters.train import TrainConfig, train_adapter
 from extractor.contracts.registry import default_registry
+from extractor.grounding.constraint import ConstraintBudget, ConstraintBuilder, set_default_builder
 from tests.conftest import FIXTURES
 
 MODEL_DIR = os.environ.get("EXTRACTOR_VLLM_MODEL_DIR", "")
@@ -42,13 +44,29 @@ def texts() -> list[str]:
     return [json.loads(line)["text"] for line in DEV.read_text(encoding="utf-8").splitlines()[4:8]]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def patient_grounding() -> Iterator[None]:
+    """Both sides decode grounded (each schema's default), their grammars waited for: a call that fell
+    back past the compile budget on a busy box would decode differently from one that did not. Plain
+    decoding is no fairer a comparison: the 2-step adapter leaves near-ties that LoRA applied per request
+    and LoRA folded into the weights round differently (plainly decoded, one city came out Bilbao, the
+    other Torshavn, an example's)."""
+    previous = set_default_builder(ConstraintBuilder(budget=ConstraintBudget(build_timeout_s=120,
+                                                                              compile_timeout_s=600)))
+    try:
+        yield
+    finally:
+        builder = set_default_builder(previous)
+        if builder is not None:
+            builder.close()
+
+
 def _records(engine_options: dict[str, Any], adapter: Path | None, texts: list[str]) -> tuple[list[Any], list[Any]]:
-    # person decodes plainly: the records compared are the weights' (a grounded call that falls back past its
-    # compile budget on a busy box would decode differently from one that did not)
     with Extractor("vllm", adapter=str(adapter) if adapter else None, max_retries=0, max_model_len=2048,
                    **engine_options) as ex:
-        person = [ex.run("person", t, grounded_decoding=False) for t in texts]
+        person = [ex.run("person", t) for t in texts]
         base = [ex.run("job_posting", "Senior Rust developer, remote, full-time, at Acme.")]
+    assert all(r.meta.grounded_decoding == "full" for r in person)
     return person, base
 
 
