@@ -131,6 +131,32 @@ def summarize(items: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
     }
 
 
+def _meta(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    return {"benchmark": "schema_e2e", "engine": args.engine, "model": model, "grammar_backend": "xgrammar",
+            "sample": args.sample, "seed": args.seed, "max_retries": args.max_retries,
+            "max_tokens_cap": args.max_tokens_cap, "compile_budget_s": args.compile_budget,
+            "concurrency": args.concurrency, "document": DOCUMENT}
+
+
+def _write(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"schema_e2e_{args.engine}.json"
+    path.write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    print(json.dumps({k: v for k, v in summary.items() if k != "items"}, indent=1))
+
+
+def summarize_partial(args: argparse.Namespace) -> None:
+    """The summary of the schemas a stopped run completed (its `.partial.jsonl`), saying how many
+    of the planned ones that is: the figure is over the completed ones only, which are the faster."""
+    partial = args.out / f"schema_e2e_{args.engine}.partial.jsonl"
+    items = [json.loads(line) for line in partial.read_text(encoding="utf-8").splitlines() if line.strip()]
+    planned = len(load(args.data, args.sample, args.seed, args.limit))
+    model = "SmolLM2-135M-Instruct" if args.engine == "local" else args.engine
+    summary = summarize(items, {**_meta(args, model), "stopped_early": True, "completed": len(items),
+                                "planned": planned})
+    _write(args, summary)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--engine", default="local", choices=engine_names())
@@ -144,7 +170,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-budget", type=float, default=5.0, help="seconds xgrammar may take per schema")
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--from-partial", action="store_true",
+                        help="write the summary of a stopped run's .partial.jsonl (same arguments), running nothing")
     args = parser.parse_args(argv)
+    if args.from_partial:
+        summarize_partial(args)
+        return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
@@ -160,16 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         close = getattr(extractor.engine, "close", None)
         if callable(close):
             close()
-    meta = {"benchmark": "schema_e2e", "engine": args.engine, "model": extractor.engine.model,
-            "grammar_backend": "xgrammar", "sample": args.sample, "seed": args.seed, "max_retries": args.max_retries,
-            "max_tokens_cap": args.max_tokens_cap, "compile_budget_s": args.compile_budget,
-            "prepare_and_check_s": round(prepared_s, 1), "seconds": round(time.perf_counter() - started, 1),
-            "document": DOCUMENT}
-    summary = summarize(items, meta)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"schema_e2e_{args.engine}.json"
-    path.write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
-    print(json.dumps({k: v for k, v in summary.items() if k != "items"}, indent=1))
+    meta = {**_meta(args, extractor.engine.model), "prepare_and_check_s": round(prepared_s, 1),
+            "seconds": round(time.perf_counter() - started, 1)}
+    _write(args, summarize(items, meta))
 
 
 if __name__ == "__main__":
