@@ -50,6 +50,24 @@ def def_name(ref: str) -> str:
     return ref.rsplit("/", 1)[-1]
 
 
+def reachable_defs(node: Any, defs: Mapping[str, Any]) -> set[str]:
+    """The names of the `$defs` entries `node` refers to (`#/$defs/Name`), directly or through
+    other entries of `defs`."""
+    seen: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, list):
+            stack.extend(n)
+        elif isinstance(n, Mapping):
+            ref = n.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/") and (name := def_name(ref)) not in seen:
+                seen.add(name)
+                stack.append(defs.get(name, {}))
+            stack.extend(v for k, v in n.items() if k != "$ref")
+    return seen
+
+
 def type_names(node: Mapping[str, Any]) -> tuple[str, ...]:
     """The node's `type` as a tuple (`"string"` -> `("string",)`; absent -> `()`)."""
     kinds = node.get("type")

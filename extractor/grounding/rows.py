@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extractor.contracts.schema_walk import def_name, is_free_text, resolve_ref
+from extractor.contracts.schema_walk import def_name, is_free_text, reachable_defs, resolve_ref
 from extractor.grounding.decoding import (
     candidate_dates,
     candidate_numbers,
@@ -63,22 +63,6 @@ def _rename_refs(node: Any, renames: Mapping[str, str]) -> Any:
         else:
             out[key] = _rename_refs(value, renames)
     return out
-
-
-def _reachable(node: Any, defs: Mapping[str, Any]) -> set[str]:
-    seen: set[str] = set()
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, list):
-            stack.extend(n)
-        elif isinstance(n, dict):
-            ref = n.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/") and (name := def_name(ref)) not in seen:
-                seen.add(name)
-                stack.append(defs.get(name, {}))
-            stack.extend(v for k, v in n.items() if k != "$ref")
-    return seen
 
 
 def _non_null(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -136,7 +120,7 @@ def _row_item(item: Mapping[str, Any], defs: Mapping[str, Any], root: Mapping[st
         if variants:
             unique = list({json.dumps(v, sort_keys=True): v for v in variants}.values())
             node = unique[0] if len(unique) == 1 else {"anyOf": unique}
-    used = _reachable(node, row_defs)
+    used = reachable_defs(node, row_defs)
     renames = {name: f"{tag}{name}" for name in used}
     node = _rename_refs(node, renames)
     return node, {renames[name]: _rename_refs(row_defs[name], renames) for name in used if name in row_defs}
@@ -167,7 +151,7 @@ def constrain_rows(schema: Mapping[str, Any], field_name: str, rows: Sequence[Ro
         defs.update(row_defs)
         prefix.append({"anyOf": [row_node, {"type": "null"}]} if nullable or row.optional else row_node)
     out["properties"][field_name] = {"type": "array", "prefixItems": prefix, "items": False, "minItems": n, "maxItems": n}
-    kept = _reachable({k: v for k, v in out.items() if k != "$defs"}, defs)
+    kept = reachable_defs({k: v for k, v in out.items() if k != "$defs"}, defs)
     out["$defs"] = {name: d for name, d in defs.items() if name in kept}
     if not out["$defs"]:
         del out["$defs"]

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, Field, create_model
 
 from extractor.contracts.contract import Example, Task, task_from_model
+from extractor.contracts.schema_walk import reachable_defs
 
 RECORDS = "records"
 
@@ -54,22 +55,6 @@ def part_schema(strict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _reachable_defs(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    names: set[str] = set()
-    stack: list[Any] = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] not in names:
-                names.add(ref[8:])
-                stack.append(defs.get(ref[8:], {}))
-            stack.extend(v for k, v in node.items() if k != "$ref")
-    return {name: d for name, d in defs.items() if name in names}
-
-
 def project(strict: dict[str, Any], fields: list[str]) -> dict[str, Any]:
     """`strict` with only the top-level `fields`, required as they were."""
     props = strict.get("properties", {})
@@ -78,7 +63,9 @@ def project(strict: dict[str, Any], fields: list[str]) -> dict[str, Any]:
                            "additionalProperties": False}
     for name in fields:
         out["properties"][name] = copy.deepcopy(props[name])
-    defs = _reachable_defs(out, copy.deepcopy(strict.get("$defs", {})))
+    all_defs = copy.deepcopy(strict.get("$defs", {}))
+    used = reachable_defs(out, all_defs)
+    defs = {name: d for name, d in all_defs.items() if name in used}
     if defs:
         out["$defs"] = defs
     return out
