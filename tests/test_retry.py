@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from extractor import EmptyDocument, ExtractionFailed, Extractor, GenerationResult, ScriptedEngine, task_from_model
+from extractor import EmptyDocument, ExtractionFailed, Extractor, GenerationResult, ScriptedEngine, task_from_json_schema, task_from_model
 from extractor.pipeline.loop import extract_one
 from extractor.pipeline.options import ExtractOptions
 from schemas import Invoice, Person
@@ -89,8 +89,44 @@ def test_a_cut_output_grows_the_budget_up_to_the_cap_then_gives_up() -> None:
     cap = task.max_tokens * 4
     engine = ScriptedEngine([cut, cut, cut, GOOD])
     with pytest.raises(ExtractionFailed, match="cut off"):
-        asyncio.run(extract_one(engine, task, DOC, ExtractOptions(max_retries=6, max_tokens_cap=cap)))
+        asyncio.run(extract_one(engine, task, DOC, ExtractOptions(max_retries=6, max_tokens_cap=cap,
+                                                                  bound_on_cut=False)))
     assert [r.max_tokens for r in engine.requests] == [task.max_tokens, 2 * task.max_tokens, cap]
+
+
+TAGS_SCHEMA = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
+               "required": ["tags"], "additionalProperties": False}
+
+
+def test_cut_at_the_cap_retries_once_under_bounded_repetitions() -> None:
+    task = task_from_json_schema(TAGS_SCHEMA, name="tags")
+    looping = GenerationResult(text='{"tags":["a","a","a","a","a","a"', finish_reason="length", prompt_tokens=10,
+                               completion_tokens=64)
+    engine = ScriptedEngine([looping, '{"tags":["a","b"]}'])
+    options = ExtractOptions(max_retries=2, max_tokens_cap=task.max_tokens)  # the first budget is the cap
+    result = asyncio.run(extract_one(engine, task, "tags: a, b", options))
+    assert result.data == {"tags": ["a", "b"]}
+    assert result.meta.bounded == {"maxItems": 1, "maxLength": 1}
+    assert result.meta.to_dict()["bounded"] == {"maxItems": 1, "maxLength": 1}
+    first, second = (r.schema for r in engine.requests)
+    assert "maxItems" not in first["properties"]["tags"]
+    assert second["properties"]["tags"]["maxItems"] == 4
+    assert second["properties"]["tags"]["items"]["maxLength"] == 256
+    assert engine.requests[1].max_tokens == engine.requests[0].max_tokens
+
+
+def test_cut_again_under_bounds_gives_up_and_no_bound_without_an_attempt_left() -> None:
+    task = task_from_json_schema(TAGS_SCHEMA, name="tags")
+    cut = GenerationResult(text='{"tags":["a"', finish_reason="length", prompt_tokens=10, completion_tokens=64)
+    engine = ScriptedEngine([cut, cut, '{"tags":["a"]}'])
+    with pytest.raises(ExtractionFailed, match="cut off"):
+        asyncio.run(extract_one(engine, task, "tags: a", ExtractOptions(max_retries=4, max_tokens_cap=task.max_tokens)))
+    assert len(engine.requests) == 2
+    engine = ScriptedEngine([cut, '{"tags":["a"]}'])
+    with pytest.raises(ExtractionFailed, match="cut off"):
+        asyncio.run(extract_one(engine, task, "tags: a", ExtractOptions(max_retries=0, max_tokens_cap=task.max_tokens)))
+    assert len(engine.requests) == 1
+    assert "bounded" not in Extractor(ScriptedEngine(['{"tags":["a"]}'])).run(task, "tags: a").meta.to_dict()
 
 
 def test_the_budget_and_its_cap_are_in_meta() -> None:

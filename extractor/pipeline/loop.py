@@ -7,7 +7,9 @@ attempts in one engine call.
 Never returns an unvalidated value: it returns an `Extraction` whose data
 passed every gate, or raises `ExtractionFailed` with the errors of every
 attempt. An output cut at `max_tokens` is a failure; the next attempt gets
-the budget grown by `length_growth`, up to `max_tokens_cap` (both in `meta`),
+the budget grown by `length_growth`, up to `max_tokens_cap` (both in `meta`);
+still cut at the cap (a small model looping on one item, key or phrase), one more attempt runs
+under the schema with its open repetitions bounded (`extractor.contracts.bounds`, `meta.bounded`),
 then the loop gives up on length. A retry never asks for more than the engine's context holds
 (`TokenBudget` engines): where the conversation so far (the rejected output and the errors fed
 back) would not fit with the budget, the retry sends the document and the latest errors only,
@@ -46,6 +48,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from extractor.contracts.bounds import bound_repetitions
 from extractor.contracts.contract import Task
 from extractor.engines.base import AdapterRef, Engine, GenerationRequest, GenerationResult, Message, TokenBudget
 from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout, SchemaRejected
@@ -189,6 +192,7 @@ class _Attempts:
         self.prompt_tokens = self.completion_tokens = 0
         self.outcome: Extraction[Any] | ExtractionFailed | None = None
         self.unchecked_options = self.options  # before a fallback asked for require_grounded
+        self.bounded: dict[str, int] | None = None  # meta.bounded, once `_bound` took over
 
     def _fit(self) -> None:
         """A retry that would not fit the engine's context: the conversation so far is dropped
@@ -223,7 +227,7 @@ class _Attempts:
         compile in time; the task's grammar, compiled once for every document, takes over for the
         attempt again, and values are checked against the document afterwards. False when it was
         the task's own grammar that timed out."""
-        if self.schema is self.task.strict_schema:
+        if self.schema is self.task.strict_schema or self.bounded is not None:
             return False
         self.pending = self.schema if self.grounded == "full" else None
         self.schema, self.grounded, self.attempt = self.task.strict_schema, "fallback:compile_timeout", self.attempt - 1
@@ -247,11 +251,14 @@ class _Attempts:
         if isinstance(judged.outcome, Invalid):
             self.seen.append(judged.outcome.errors)
             if judged.cut:
-                # a cut output is retried with a larger budget, up to the cap (reported in meta)
+                # a cut output is retried with a larger budget, up to the cap (reported in meta); at
+                # the cap, once, with the schema's open repetitions bounded (a looping model)
                 if self.max_tokens >= options.max_tokens_cap or options.length_growth == 1:
-                    self._give_up()
-                    return
-                self.max_tokens = min(self.max_tokens * options.length_growth, options.max_tokens_cap)
+                    if not self._bound():
+                        self._give_up()
+                        return
+                else:
+                    self.max_tokens = min(self.max_tokens * options.length_growth, options.max_tokens_cap)
             else:
                 self.messages = [*self.messages, {"role": "assistant", "content": result.text},
                                  feedback_message(judged.outcome.errors)]
@@ -267,8 +274,21 @@ class _Attempts:
                     latency_ms=(time.perf_counter() - self.start) * 1000,
                     spans=judged.spans if options.spans else None, confidence=confidence,
                     grounded_decoding=self.grounded, adapter=self.adapter.name if self.adapter is not None else None,
-                    changed=judged.changed, max_tokens=self.max_tokens, max_tokens_cap=options.max_tokens_cap)
+                    changed=judged.changed, max_tokens=self.max_tokens, max_tokens_cap=options.max_tokens_cap,
+                    bounded=self.bounded)
         self.outcome = Extraction(data=judged.outcome.value, meta=meta)
+
+    def _bound(self) -> bool:
+        """After an output cut at the cap: the next attempt under the schema with its open
+        repetitions bounded, if the options allow it, an attempt is left and it was not bounded yet."""
+        if (not self.options.bound_on_cut or self.bounded is not None or self.schema is None
+                or self.attempt >= self.options.max_attempts):
+            return False
+        schema, added = bound_repetitions(self.schema)
+        if not added:
+            return False
+        self.schema, self.bounded, self.pending = schema, added, None
+        return True
 
     def _give_up(self) -> None:
         last = "; ".join(self.seen[-1]) if self.seen else "no attempt made"

@@ -73,6 +73,10 @@ class ExtractOptions(BaseModel):
     #: the largest budget an output cut at max_tokens is retried with (growing by `length_growth`
     #: each time; reported in `meta.max_tokens_cap`)
     max_tokens_cap: int = Field(default=4096, ge=1)
+    #: an output still cut at `max_tokens_cap` (a small model looping: the same item, key or phrase)
+    #: gets one more attempt under the schema with its open repetitions bounded
+    #: (`extractor.contracts.bounds`; what was bounded is in `meta.bounded`)
+    bound_on_cut: bool = True
     #: temperature of the attempts after a validation failure: greedy decoding would repeat the
     #: same mistake, a little sampling explores alternatives
     retry_temperature: float = Field(default=0.7, ge=0.0)

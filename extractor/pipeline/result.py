@@ -41,13 +41,17 @@ class Meta:
     #: the token budget of the attempt that succeeded, and the most a cut output is retried with
     max_tokens: int = 0
     max_tokens_cap: int = 0
+    #: keyword -> how many upper bounds were added: the record was decoded after an output cut at
+    #: the cap, under the schema with its open repetitions bounded (`extractor.contracts.bounds`)
+    bounded: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `meta`; `spans`, `confidence`, `grounded_decoding`, `adapter` and `long`
-        only when they apply, `changed` only when a validator dropped or changed a value."""
+        only when they apply, `changed` only when a validator dropped or changed a value, `bounded`
+        only when the record was decoded under bounded repetitions."""
         out = asdict(self)
         spans, confidence, adapter, long = out.pop("spans"), out.pop("confidence"), out.pop("adapter"), out.pop("long")
-        changed = out.pop("changed")
+        changed, bounded = out.pop("changed"), out.pop("bounded")
         if out["grounded_decoding"] is None:
             del out["grounded_decoding"]
         out["tokens"] = {"prompt": out.pop("prompt_tokens"), "completion": out.pop("completion_tokens")}
@@ -62,6 +66,8 @@ class Meta:
             out["long"] = long
         if changed:
             out["changed"] = changed
+        if bounded:
+            out["bounded"] = bounded
         return out
 
 

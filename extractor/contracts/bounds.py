@@ -1,0 +1,114 @@
+"""Bounded repetition: a grammar schema whose open-ended repetitions get a small upper bound.
+
+A small model under a large schema can loop: the same array item, the same key of an open object or
+the same phrase in a string, again and again until `max_tokens` cuts it. The retry loop then has
+nothing to return. `bound_repetitions` is its last resort: the same schema with an upper bound
+added wherever the schema sets none, so the grammar closes the loop:
+
+- an array without `maxItems`: at most `max(minItems, items)` items;
+- an object that takes keys beyond its `properties` (`additionalProperties` other than false, or
+  `patternProperties`) without `maxProperties`: at most `max(minProperties, required + extra_keys)`;
+- a free string (no `enum`, `const`, `pattern` or `format`) without `maxLength`: at most
+  `max(minLength, chars)` characters.
+
+Bounds are only added, never loosened or removed, and each is at least the schema's own minimum, so
+every value the bounded schema admits is admitted by the original too: a record decoded under it
+still validates against the user's schema. What was bounded is returned with the schema, for `meta`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["Bounds", "DEFAULT_BOUNDS", "bound_repetitions"]
+
+#: keywords whose values are sub-schemas (a dict) or lists / dicts of sub-schemas
+_SUBSCHEMA: Final = ("items", "additionalProperties", "not", "if", "then", "else", "contains",
+                     "propertyNames", "unevaluatedItems", "unevaluatedProperties")
+_SUBSCHEMA_LISTS: Final = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS: Final = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+#: a string with one of these is a code or a shape the grammar already bounds
+_NOT_FREE: Final = ("enum", "const", "pattern", "format")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The bounds added where a schema sets none."""
+
+    items: int = 4
+    extra_keys: int = 4
+    chars: int = 256
+
+
+DEFAULT_BOUNDS: Final = Bounds()
+
+
+def _types(node: Mapping[str, Any]) -> set[str]:
+    t = node.get("type")
+    if isinstance(t, str):
+        return {t}
+    if isinstance(t, list):
+        return {x for x in t if isinstance(x, str)}
+    return set()
+
+
+def _is_array(node: Mapping[str, Any]) -> bool:
+    return "array" in _types(node) or (not _types(node) and ("items" in node or "prefixItems" in node))
+
+
+def _is_open_object(node: Mapping[str, Any]) -> bool:
+    if "object" not in _types(node) and not (not _types(node) and "properties" in node):
+        return False
+    return node.get("additionalProperties", True) is not False or bool(node.get("patternProperties"))
+
+
+def _is_free_string(node: Mapping[str, Any]) -> bool:
+    return "string" in _types(node) and not any(k in node for k in _NOT_FREE)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _bound(node: dict[str, Any], bounds: Bounds, added: dict[str, int]) -> None:
+    if _is_array(node) and "maxItems" not in node:
+        node["maxItems"] = max(_int(node.get("minItems")), bounds.items)
+        added["maxItems"] = added.get("maxItems", 0) + 1
+    if _is_open_object(node) and "maxProperties" not in node:
+        required = node.get("required")
+        n_required = len(required) if isinstance(required, list) else 0
+        node["maxProperties"] = max(_int(node.get("minProperties")), n_required + bounds.extra_keys)
+        added["maxProperties"] = added.get("maxProperties", 0) + 1
+    if _is_free_string(node) and "maxLength" not in node:
+        node["maxLength"] = max(_int(node.get("minLength")), bounds.chars)
+        added["maxLength"] = added.get("maxLength", 0) + 1
+
+
+def _walk(node: Any, bounds: Bounds, added: dict[str, int]) -> None:
+    if not isinstance(node, dict):
+        return
+    _bound(node, bounds, added)
+    for key in _SUBSCHEMA:
+        _walk(node.get(key), bounds, added)
+    for key in _SUBSCHEMA_LISTS:
+        value = node.get(key)
+        if isinstance(value, list):
+            for sub in value:
+                _walk(sub, bounds, added)
+    for key in _SUBSCHEMA_MAPS:
+        value = node.get(key)
+        if isinstance(value, dict):
+            for sub in value.values():
+                _walk(sub, bounds, added)
+
+
+def bound_repetitions(schema: Mapping[str, Any], bounds: Bounds = DEFAULT_BOUNDS) -> tuple[dict[str, Any], dict[str, int]]:
+    """A copy of the grammar `schema` with an upper bound wherever a repetition has none, and how
+    many bounds of each keyword were added (empty: the schema was bounded already)."""
+    out = copy.deepcopy(dict(schema))
+    added: dict[str, int] = {}
+    _walk(out, bounds, added)
+    return out, added

@@ -1,0 +1,60 @@
+"""Bounded repetitions (extractor/contracts/bounds.py): bounds only added, never below a minimum,
+and every value the bounded schema admits is admitted by the original."""
+
+from __future__ import annotations
+
+import jsonschema
+
+from extractor.contracts.bounds import Bounds, bound_repetitions
+from extractor.contracts.contract import task_from_json_schema
+
+
+def test_open_repetitions_get_a_bound_at_least_their_minimum() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "array", "items": {"type": "string"}, "minItems": 6},
+            "b": {"type": "array", "items": {"type": "integer"}, "maxItems": 40},
+            "code": {"type": "string", "pattern": "^[A-Z]+$"},
+            "day": {"type": "string", "format": "date"},
+            "kind": {"type": "string", "enum": ["x", "y"]},
+            "note": {"type": ["string", "null"], "minLength": 300},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}, "required": []},
+        },
+        "required": ["a"],
+        "additionalProperties": False,
+        "$defs": {"any": {"anyOf": [{"type": "array", "items": {"$ref": "#/$defs/any"}},
+                                    {"type": "object", "additionalProperties": True}]}},
+    }
+    out, added = bound_repetitions(schema, Bounds(items=4, extra_keys=2, chars=100))
+    props = out["properties"]
+    assert props["a"]["maxItems"] == 6 and props["a"]["items"]["maxLength"] == 100
+    assert props["b"]["maxItems"] == 40  # its own bound stays
+    assert "maxLength" not in props["code"] and "maxLength" not in props["day"] and "maxLength" not in props["kind"]
+    assert props["note"]["maxLength"] == 300
+    assert props["labels"]["maxProperties"] == 2
+    assert "maxProperties" not in out  # a closed object takes no extra keys
+    branches = out["$defs"]["any"]["anyOf"]
+    assert branches[0]["maxItems"] == 4 and branches[1]["maxProperties"] == 2
+    assert added == {"maxItems": 2, "maxLength": 3, "maxProperties": 2}
+    assert "maxItems" not in schema["properties"]["a"]  # the input is left alone
+
+
+def test_a_bounded_schema_is_a_subset_of_the_original() -> None:
+    raw = {"type": "object", "properties": {"xs": {"type": "array", "items": {"type": "string"}}},
+           "additionalProperties": {"type": "integer"}}
+    task = task_from_json_schema(raw, name="open")
+    bounded, added = bound_repetitions(task.strict_schema)
+    assert added
+    for value in ({"xs": ["a"] * 4, "n": 1}, {"xs": ["a" * 256]}, {}):
+        jsonschema.validate(value, bounded)
+        jsonschema.validate(value, raw)
+    for value in ({"xs": ["a"] * 5}, {"xs": ["a" * 257]}):
+        assert not jsonschema.Draft202012Validator(bounded).is_valid(value)
+        jsonschema.validate(value, raw)
+
+
+def test_an_already_bounded_schema_adds_nothing() -> None:
+    schema = {"type": "object", "properties": {"k": {"type": "string", "enum": ["a"]},
+                                               "n": {"type": "integer"}}, "additionalProperties": False}
+    assert bound_repetitions(schema)[1] == {}
