@@ -3,6 +3,7 @@
 # Run on the GPU box after the bundle is installed (source /tmp/gpu-env.sh); every step writes
 # under $OUT/<step>/ and the results are packed into $OUT/<step>.tar (the device returns few files).
 #   bash bench/gpu_session.sh lora | person | grounded | quality | person-quality | schemas
+#   bash bench/gpu_session.sh w1 | w2     (each one device call: quality + schemas; grounded + the service)
 set -uo pipefail
 step=${1:?step}
 : "${OUT:?OUT}" "${SMOLLM2_DIR:?SMOLLM2_DIR}"
@@ -22,6 +23,12 @@ case $step in
             run 150 python3 bench/eval_person_examples.py --engine vllm --engine-option model="$SMOLLM2_DIR" \
               --variants shipped nulls --out "$dir" ;;
   schemas)  run 300 python3 bench/schema_e2e.py --engine vllm --engine-option model="$SMOLLM2_DIR" --data "$SCHEMA_DEV" --out "$dir" ;;
+  w1)       # issues 13 and 12: the real receipts, then all 565 real-world schemas end to end
+            run 170 python3 bench/eval_sroie.py --engine vllm --engine-option model="$SMOLLM2_DIR" --data "$SROIE_DEV" --out "$dir"
+            run 340 python3 bench/schema_e2e.py --engine vllm --engine-option model="$SMOLLM2_DIR" --data "$SCHEMA_DEV" --out "$dir" ;;
+  w2)       # issue 15: grounded against plain decoding, then the service with its defaults at 256 in flight
+            run 270 python3 bench/gpu_grounded.py --model "$SMOLLM2_DIR" --out "$dir"
+            run 280 python3 bench/gpu_person.py all --model "$SMOLLM2_DIR" --out "$dir" --phases http,lean,service ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
 tar cf "$OUT/$step.tar" -C "$OUT" "$step" && rm -rf "$dir"
