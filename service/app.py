@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     if engine is not None and settings.max_inflight is None:  # an engine object: its class's serving defaults
         settings = settings.merged(max_inflight=type(engine).capacity(settings.engine_options).inflight, workers=1)
     settings = settings.resolved()
-    assert settings.max_inflight is not None
+    assert settings.max_inflight is not None and settings.max_per_client is not None
     registry = registry if registry is not None else default_registry()
     for module in settings.schemas:
         registry.load_module(module)

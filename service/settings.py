@@ -11,6 +11,8 @@
     EXTRACTOR_MAX_INFLIGHT      requests extracting at once, batched into the engine. Default: the
                                 engine's: 32 for local, 256 for vllm and vllm-http (what vLLM batches)
     EXTRACTOR_MAX_WAITING       requests queued behind them before 429 (128)
+    EXTRACTOR_MAX_PER_CLIENT    requests in flight per client address before 429 (default: in flight
+                                plus waiting, what one process holds)
     EXTRACTOR_DEADLINE_S        per-request deadline, queue wait included (60); a request may ask for less
     EXTRACTOR_MAX_BODY_BYTES    request body limit (10 MiB)
     EXTRACTOR_MAX_DOCUMENT_CHARS  document text limit after decoding or PDF extraction (200000)
@@ -78,12 +80,14 @@ class Settings:
     batch_max_engine_errors: int = 5
     #: connections: a request head must arrive within header_timeout_s, its body within body_timeout_s;
     #: at most max_connections at once (more get 503), idle ones closed after keep_alive_s; at most
-    #: max_per_client requests in flight per client address (more get 429)
+    #: max_per_client requests in flight per client address (more get 429); None: what one process
+    #: holds, max_inflight + max_waiting, so that one pipeline at full speed (256 in flight from one
+    #: address) is never refused while the queue has room, and no client holds more than that
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 2048
     keep_alive_s: int = 5
-    max_per_client: int = 64
+    max_per_client: int | None = None
     #: PDF uploads: read by this many child processes at most at once, within these limits
     pdf_workers: int = 2
     pdf_max_pages: int = 500
@@ -127,13 +131,17 @@ class Settings:
 
     def resolved(self) -> Settings:
         """These settings with the engine's serving defaults where none was chosen."""
-        if self.workers is not None and self.max_inflight is not None:
-            return self
-        from extractor.engines import engine_class
+        settings = self
+        if self.workers is None or self.max_inflight is None:
+            from extractor.engines import engine_class
 
-        capacity = engine_class(self.engine).capacity(self.engine_options)
-        return replace(self, workers=self.workers or capacity.processes,
-                       max_inflight=self.max_inflight or capacity.inflight)
+            capacity = engine_class(self.engine).capacity(self.engine_options)
+            settings = replace(self, workers=self.workers or capacity.processes,
+                               max_inflight=self.max_inflight or capacity.inflight)
+        if settings.max_per_client is None:
+            assert settings.max_inflight is not None
+            settings = replace(settings, max_per_client=settings.max_inflight + settings.max_waiting)
+        return settings
 
     def merged(self, **overrides: Any) -> Settings:
         """These settings with every override that is not None (flags over the environment)."""
@@ -142,7 +150,7 @@ class Settings:
 
 def _parse(name: str, raw: str) -> Any:
     default = Settings.__dataclass_fields__[name].default
-    if name in ("workers", "max_inflight"):
+    if name in ("workers", "max_inflight", "max_per_client"):
         return int(raw)
     if name == "engine_options":
         value = json.loads(raw)

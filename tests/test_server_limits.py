@@ -184,3 +184,15 @@ def test_the_limits_are_settings(name: str) -> None:
     from service import Settings
 
     assert getattr(Settings.from_env({f"EXTRACTOR_{name.upper()}": "7"}), name) == 7
+
+
+def test_by_default_one_client_may_fill_what_a_process_holds() -> None:
+    """A pipeline at full speed (256 in flight from one address, vllm-http's default in flight) is
+    never refused for being one client: the default per-client bound is in flight plus waiting."""
+    from service import Settings
+
+    settings = Settings(engine="vllm-http").resolved()
+    assert settings.max_inflight == 256
+    assert settings.max_per_client == 256 + settings.max_waiting
+    assert Settings(engine="vllm-http", max_inflight=8, max_waiting=2).resolved().max_per_client == 10
+    assert Settings(engine="vllm-http", max_per_client=5).resolved().max_per_client == 5
