@@ -267,3 +267,32 @@ def test_the_candidate_rules_never_read_a_document_past_the_size_budget() -> Non
     assert result.meta.grounded_decoding == "fallback:document_too_long" and read == []
     Extractor(engine, grounded_decoding=True, max_retries=0).run(task, OTHER)
     assert read == [len(OTHER)]
+
+
+def test_the_build_budget_counts_from_the_start_of_the_build_not_the_queue() -> None:
+    """40 documents at once behind one build thread, each build 50 ms, a 0.2 s build budget: the
+    last waits about 2 s in the queue, but no build is slow, so none falls back; a build that is
+    slow itself does, and so does one that waits longer than `build_queue_s` to start."""
+    import time
+
+    def steady(schema: Mapping[str, Any], document: str, budget: ConstraintBudget) -> DocumentConstraint:
+        time.sleep(0.5 if "slow" in document else 0.05)
+        return build_constraint(schema, document, budget)
+
+    builder = ConstraintBuilder(steady, budget=ConstraintBudget(build_timeout_s=0.2), workers=1)
+
+    async def all_of(docs: list[str], on: ConstraintBuilder = builder) -> list[DocumentConstraint]:
+        return list(await asyncio.gather(*(on.constraint(PERSON, d) for d in docs)))
+
+    try:
+        docs = [f"Person {i} is {20 + i} and lives in Lisbon." for i in range(40)]
+        assert {c.status for c in asyncio.run(all_of(docs))} == {"full"}
+        assert asyncio.run(all_of(["A slow one, 30, of Porto."]))[0].status == "fallback:build_timeout"
+    finally:
+        builder.close()
+    queued = ConstraintBuilder(steady, budget=ConstraintBudget(build_timeout_s=0.2, build_queue_s=0.3), workers=1)
+    try:
+        statuses = [c.status for c in asyncio.run(all_of([f"Person {i}, {30 + i}, of Faro." for i in range(20)], queued))]
+        assert statuses[0] == "full" and statuses[-1] == "fallback:build_timeout"
+    finally:
+        queued.close()

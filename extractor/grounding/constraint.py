@@ -14,8 +14,10 @@ status `"fallback:<reason>"` where building it would cost more than its `Constra
 (these three keep one thing of the constraint: every list's `maxItems`, `bound_lists`, which
 leaves the schema as small as the task's but the output bounded: the one-line invoice of 400
 amounts of issue 17 ran to `max_tokens` on SmolLM2 and past every deadline without it)
-- `fallback:build_timeout`: building it took longer than `build_timeout_s` (the build goes on in
-  the background and lands in the cache; the call does not wait for it);
+- `fallback:build_timeout`: building it took longer than `build_timeout_s`, counted from when the
+  build started, not while it waited behind other documents' builds (256 documents at once are a
+  queue, not slow documents), or it waited more than `build_queue_s` to start (the build goes on
+  in the background and lands in the cache; the call does not wait for it);
 - `fallback:build_error`: building it raised.
 
 (`fallback:compile_timeout` and `fallback:compile_error` are the pipeline's, for an engine that
@@ -34,6 +36,7 @@ import asyncio
 import hashlib
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,8 +62,10 @@ class ConstraintBudget:
     #: 0.1 s per KB on one CPU thread (bench/grounding_cost.py); the dev and sroie-dev documents'
     #: schemas are at most 21 KB, a 5,000-character receipt's 44 KB (14 s on a loaded 2-core box)
     max_schema_bytes: int = 24 * 1024
-    #: the longest a call waits for the per-document schema to be built
+    #: the longest a call waits for the per-document schema to be built, from the build's start
     build_timeout_s: float = 1.0
+    #: the longest a call waits for its build to start, behind other documents' builds
+    build_queue_s: float = 30.0
     #: the longest a call waits for an in-process engine to compile its grammar (`Engine.prepare`)
     compile_timeout_s: float = 5.0
 
@@ -130,31 +135,45 @@ class ConstraintBuilder:
         self.max_entries = max_entries
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grounding-build")
         self._builds: OrderedDict[str, Future[DocumentConstraint]] = OrderedDict()
+        #: when each queued build started (time.monotonic()), by key; absent: still waiting
+        self._started: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def _submit(self, schema: Mapping[str, Any], document: str) -> Future[DocumentConstraint]:
+    def _submit(self, schema: Mapping[str, Any], document: str) -> tuple[str, Future[DocumentConstraint]]:
         key = _key(schema, document)
         with self._lock:
             found = self._builds.get(key)
             if found is not None:
                 self._builds.move_to_end(key)
-                return found
-            future = self._pool.submit(self._guarded, schema, document)
+                return key, found
+            future = self._pool.submit(self._guarded, key, schema, document)
             self._builds[key] = future
             while len(self._builds) > self.max_entries:
                 self._builds.popitem(last=False)
-            return future
+            return key, future
 
-    def _guarded(self, schema: Mapping[str, Any], document: str) -> DocumentConstraint:
+    def _guarded(self, key: str, schema: Mapping[str, Any], document: str) -> DocumentConstraint:
+        self._started[key] = time.monotonic()
         try:
             return self._build(schema, document, self.budget)
         except Exception:
             return fallback(schema, "build_error")
+        finally:
+            self._started.pop(key, None)
+
+    def _wait_left(self, key: str, queued_at: float) -> float:
+        """Seconds a call may still wait for the build of `key`: `build_timeout_s` from the build's
+        start, or `build_queue_s` from the call while the build waits for a thread."""
+        started = self._started.get(key)
+        if started is None:
+            return queued_at + self.budget.build_queue_s - time.monotonic()
+        return started + self.budget.build_timeout_s - time.monotonic()
 
     async def constraint(self, schema: Mapping[str, Any], document: str) -> DocumentConstraint:
         """The constraint of `document` under `schema`, or a fallback to `schema` (its lists bounded
         where the fallback is for size) past the budget."""
-        future = self._submit(schema, document)
+        queued_at = time.monotonic()
+        key, future = self._submit(schema, document)
         if not future.done():
             loop = asyncio.get_running_loop()
             ready = loop.create_future()
@@ -170,10 +189,14 @@ class ConstraintBuilder:
                     pass
 
             future.add_done_callback(wake)
-            try:
-                await asyncio.wait_for(ready, self.budget.build_timeout_s)
-            except TimeoutError:
-                return fallback(schema, "build_timeout")
+            while not ready.done():
+                left = self._wait_left(key, queued_at)
+                if left <= 0:
+                    return fallback(schema, "build_timeout")
+                try:  # at most until the build starts (or its own budget ends), then again
+                    await asyncio.wait_for(asyncio.shield(ready), min(left, self.budget.build_timeout_s))
+                except TimeoutError:
+                    continue
         built = future.result()
         if built.full or built.schema != schema:
             return built  # the per-document schema, or the task's with its lists bounded
