@@ -296,3 +296,28 @@ def test_the_build_budget_counts_from_the_start_of_the_build_not_the_queue() -> 
         assert statuses[0] == "full" and statuses[-1] == "fallback:build_timeout"
     finally:
         queued.close()
+
+
+def test_the_compile_budget_does_not_count_the_compilers_start_up() -> None:
+    """The first document of a run (dev set person.jsonl, p000): the grammar child was still
+    starting (seconds: xgrammar and the tokenizer) when its compile budget ran out, so it decoded
+    with the task's schema and copied an example's age. The budget now starts once the engine's
+    compiler is up (`Engine.compiler_ready`)."""
+
+    class SlowStart(ScriptedEngine):
+        def __init__(self, outputs: Any) -> None:
+            super().__init__(outputs)
+            self.up = asyncio.Event()
+
+        async def compiler_ready(self) -> None:
+            await asyncio.sleep(0.3)  # the child's start-up, longer than the budget
+            self.up.set()
+
+        async def prepare(self, schema: Mapping[str, Any]) -> None:
+            await self.up.wait()  # a compile waits for the child, then is quick
+
+    engine = SlowStart([json.dumps(ANSWERS[SLOW])])
+    with contextmanager(use)(ConstraintBuilder(budget=ConstraintBudget(compile_timeout_s=0.1))):
+        result = Extractor(engine, grounded_decoding=True, max_retries=0).run(Person, SLOW)
+    assert result.meta.grounded_decoding == "full"
+    assert engine.requests[0].schema != PERSON

@@ -115,6 +115,12 @@ class Engine(Protocol):
         Optional; raise `SchemaRejected` for a schema the engine cannot compile."""
         return None
 
+    async def compiler_ready(self) -> None:
+        """Return once the engine's grammar compiler has started (a child process that imports
+        xgrammar and loads a tokenizer: seconds), so that a compile budget measures the schema's
+        compile, not the engine's start-up. Optional."""
+        return None
+
     async def aclose(self) -> None:
         """Release the engine's resources; later calls may fail. Idempotent."""
         return None

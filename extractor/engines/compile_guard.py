@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarCheck, GrammarProcess
+from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarCheck, GrammarProcess, wait_event
 from extractor.errors import GrammarTimeout, SchemaRejected
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class CompileGuard:
         #: compiles run, refusals included
         self.compiles = 0
         self._closed = False
+        self.warmed = threading.Event()
         threading.Thread(target=self._warm, name="compile-guard-start", daemon=True).start()
 
     @classmethod
@@ -110,6 +111,11 @@ class CompileGuard:
             log.warning("compile guard: the grammar compiler process did not start: %s", exc)
         finally:
             self._idle.put(process)
+            self.warmed.set()
+
+    async def ready(self) -> None:
+        """Return once the first child has started (or failed to: the next check says why)."""
+        await wait_event(self.warmed)
 
     def _take(self) -> GrammarProcess:
         """An idle child, a new one while the pool has room, else wait for one."""

@@ -15,6 +15,7 @@ per distinct schema: compiled grammars are cached (`grammar_cache.py`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import multiprocessing as mp
@@ -31,6 +32,14 @@ from extractor.errors import EngineUnavailable, GrammarTimeout, SchemaRejected
 #: seconds one grammar may take to compile, unless the engine or command says otherwise
 DEFAULT_COMPILE_TIMEOUT_S = 30.0
 _START_TIMEOUT_S = 120.0
+
+
+async def wait_event(event: threading.Event, limit_s: float = 120.0) -> None:
+    """Wait, without a thread, until another thread sets `event` (at most `limit_s`)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit_s
+    while not event.is_set() and loop.time() < end:
+        await asyncio.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,8 @@ class GrammarProcess:
         self._proc: Any = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()  # one compile at a time: the child is one process
+        #: set once the first start has ended, started or failed (`wait_started`)
+        self.start_tried = threading.Event()
 
     @property
     def _ready(self) -> bool:
@@ -97,8 +108,11 @@ class GrammarProcess:
 
     def start(self) -> None:
         """Start the child now (it takes seconds to import xgrammar) instead of on first compile."""
-        with self._lock:
-            self._started()
+        try:
+            with self._lock:
+                self._started()
+        finally:
+            self.start_tried.set()
 
     def _started(self) -> Connection:
         if self._conn is not None:

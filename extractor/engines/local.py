@@ -46,7 +46,7 @@ from extractor.engines.base import (
 )
 from extractor.engines.detok import token_pieces
 from extractor.engines.grammar_cache import GrammarCache
-from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarProcess
+from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarProcess, wait_event
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
 from extractor.engines.worker import Job, abandoned, settle
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
@@ -219,6 +219,10 @@ class LocalEngine(Engine):
         for job in jobs:
             self._queue.put(job)
         return list(await asyncio.gather(*(j.future for j in jobs)))
+
+    async def compiler_ready(self) -> None:
+        if self._grammar_process is not None:
+            await wait_event(self._grammar_process.start_tried)
 
     async def prepare(self, schema: Mapping[str, Any]) -> None:
         """Compile `schema`'s grammar into the cache in a thread of its own (xgrammar lets go of

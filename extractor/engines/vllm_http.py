@@ -297,6 +297,10 @@ class VllmHttpEngine(Engine):
                 f"response_format: it answered {result.text[:80]!r}; refusing to trust its outputs")
 
     # -- generation -------------------------------------------------------------
+    async def compiler_ready(self) -> None:
+        if self.compile_guard is not None:
+            await self.compile_guard.ready()
+
     async def prepare(self, schema: Mapping[str, Any]) -> None:
         """Check that `schema` compiles within the limit (grounded decoding's per-document schemas
         come here first, within their own compile budget)."""

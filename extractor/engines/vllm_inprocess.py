@@ -269,6 +269,10 @@ class VllmEngine(Engine):
         self._worker.start()
 
     # -- public -------------------------------------------------------------
+    async def compiler_ready(self) -> None:
+        if self.compile_guard is not None:
+            await self.compile_guard.ready()
+
     async def prepare(self, schema: Mapping[str, Any]) -> None:
         """Check that `schema` compiles within the limit (grounded decoding's per-document schemas
         come here first, within their own compile budget)."""

@@ -123,6 +123,9 @@ async def _compile_failure(engine: Engine, schema: Mapping[str, Any], patient: b
     prepare = getattr(engine, "prepare", None)
     if prepare is None:
         return None
+    ready = getattr(engine, "compiler_ready", None)
+    if ready is not None:  # the compiler's start-up (seconds, once) is not this schema's compile
+        await ready()
     timeout = None if patient else default_builder().budget.compile_timeout_s
     try:
         await asyncio.wait_for(asyncio.shield(prepare(schema)), timeout)
