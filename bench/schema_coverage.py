@@ -120,6 +120,8 @@ def _path_is_enforced(schema_path: Any, validated: set[str]) -> bool:
     while i < len(parts):
         part = parts[i]
         if part in _NAME_SLOTS:
+            if part in validated:  # values under patternProperties where the backend folds them away
+                return False
             i += 2
             continue
         if isinstance(part, str) and (part in _VALIDATED_CONTEXT or (part in validated and part != "oneOf")):
