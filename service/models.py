@@ -85,6 +85,12 @@ class ResponseMeta(BaseModel):
     changed: dict[str, Any] | None = Field(
         default=None, description="field path -> what the model wrote, for each value a validator dropped (made "
                                   "null) or changed; absent when none was")
+    max_tokens: int | None = Field(default=None, description="the token budget of the attempt that succeeded")
+    max_tokens_cap: int | None = Field(default=None, description="the most an output cut at max_tokens is retried with")
+    bounded: dict[str, int] | None = Field(
+        default=None, description="keyword -> upper bounds added: after an output cut at the cap the record was "
+                                  "decoded with the schema's open repetitions bounded (arrays, open objects, free "
+                                  "strings); absent when it was not")
 
 
 class Problem(BaseModel):

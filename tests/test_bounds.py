@@ -58,3 +58,15 @@ def test_an_already_bounded_schema_adds_nothing() -> None:
     schema = {"type": "object", "properties": {"k": {"type": "string", "enum": ["a"]},
                                                "n": {"type": "integer"}}, "additionalProperties": False}
     assert bound_repetitions(schema)[1] == {}
+
+
+def test_the_service_response_keeps_what_was_bounded() -> None:
+    from service.models import response_model
+
+    task = task_from_json_schema({"type": "object", "properties": {"xs": {"type": "array"}}}, name="xs")
+    meta = {"attempts": 2, "errors": [["cut"]], "latency_ms": 1.0, "tokens": {"prompt": 1, "completion": 2},
+            "engine": "fake", "model": "m", "engine_ms": 1.0, "queue_ms": 0.0, "max_tokens": 64, "max_tokens_cap": 64,
+            "bounded": {"maxItems": 1}}
+    body = response_model(task).model_validate({"schema": "xs", "version": "1", "data": {"xs": []}, "meta": meta})
+    dumped = body.model_dump(by_alias=True, exclude_none=True)["meta"]
+    assert dumped["bounded"] == {"maxItems": 1} and dumped["max_tokens"] == 64
