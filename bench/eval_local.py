@@ -107,8 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine-option", action="append", metavar="KEY=VALUE", default=[])
     parser.add_argument("--max-retries", type=int, default=2)
     parser.add_argument("--require-grounded", action="store_true", help="refuse and retry values found nowhere (-> *_grounded)")
-    parser.add_argument("--grounded-decoding", action="store_true",
-                        help="decode strings and numbers only as values that occur in the document (-> *_gdec)")
+    parser.add_argument("--grounded-decoding", action=argparse.BooleanOptionalAction, default=None,
+                        help="decode strings and numbers only as values that occur in the document (-> *_gdec), or "
+                             "never (--no-grounded-decoding -> *_plain); default: each contract's own default")
     parser.add_argument("--schemas", nargs="+", default=SCHEMAS, choices=SCHEMAS)
     parser.add_argument("--limit", type=int, help="only the first N documents of each set")
     parser.add_argument("--concurrency", type=int, default=64)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     name = (f"eval_{args.engine}" + ("_grounded" if args.require_grounded else "")
-            + ("_gdec" if args.grounded_decoding else ""))
+            + {None: "", True: "_gdec", False: "_plain"}[args.grounded_decoding])
     extractor = Extractor(args.engine, max_retries=args.max_retries, require_grounded=args.require_grounded,
                           grounded_decoding=args.grounded_decoding,
                           **parse_options(args.engine_option))
