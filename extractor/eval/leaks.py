@@ -160,16 +160,21 @@ def _example_parts(example: Any) -> tuple[str, Mapping[str, Any]]:
     return str(example.document), example.record
 
 
-def leaks(examples: Iterable[Any], record: Mapping[str, Any] | Any, document: str) -> list[Leak]:
+def leaks(examples: Iterable[Any], record: Mapping[str, Any] | Any, document: str,
+          expected: Mapping[str, Any] | None = None) -> list[Leak]:
     """The leaves of `record` that equal a leaf of an example's record and do not occur in
     `document`, in the record's order; each leaf is reported once, with the first example
-    (and path in it) that holds the value. `record` may be a mapping or a Pydantic model."""
+    (and path in it) that holds the value. `record` may be a mapping or a Pydantic model.
+    With the document's label (`expected`), a leaf equal to the label at the same path is the
+    document's own value, not a copy: a category such as `full_time` that the document writes
+    "Full-time" and an example also has."""
     if not isinstance(record, Mapping) and hasattr(record, "model_dump"):
         record = record.model_dump()
     example_leaves = [(i, path, value) for i, ex in enumerate(examples) for path, value in _leaves(_example_parts(ex)[1])]
+    labeled = dict(_leaves(expected)) if expected is not None else {}
     out: list[Leak] = []
     for path, value in _leaves(record):
-        if occurs_in(value, document):
+        if occurs_in(value, document) or (path in labeled and same_value(value, labeled[path])):
             continue
         for i, ex_path, ex_value in example_leaves:
             if same_value(value, ex_value):

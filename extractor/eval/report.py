@@ -72,7 +72,7 @@ def build_report(run: EvalRun, tolerance: Tolerance = DEFAULT_TOLERANCE) -> dict
         exact = ok and not any(p in top for p in wrong)
         exact_docs += exact
         unlabeled = unlabeled_fields(o.expected, spec)
-        found = leaks(run.task.examples, o.predicted, o.text) if o.predicted else []
+        found = leaks(run.task.examples, o.predicted, o.text, o.expected) if o.predicted else []
         for leak in found:
             field = leak_field(leak.path)
             copied[field] = copied.get(field, 0) + 1
