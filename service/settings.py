@@ -12,7 +12,7 @@
                                 engine's: 32 for local, 256 for vllm and vllm-http (what vLLM batches)
     EXTRACTOR_MAX_WAITING       requests queued behind them before 429 (128)
     EXTRACTOR_MAX_PER_CLIENT    requests in flight per client address before 429 (default: in flight
-                                plus waiting, what one process holds)
+                                plus waiting plus one, past what one process holds)
     EXTRACTOR_DEADLINE_S        per-request deadline, queue wait included (60); a request may ask for less
     EXTRACTOR_MAX_BODY_BYTES    request body limit (10 MiB)
     EXTRACTOR_MAX_DOCUMENT_CHARS  document text limit after decoding or PDF extraction (200000)
@@ -80,9 +80,10 @@ class Settings:
     batch_max_engine_errors: int = 5
     #: connections: a request head must arrive within header_timeout_s, its body within body_timeout_s;
     #: at most max_connections at once (more get 503), idle ones closed after keep_alive_s; at most
-    #: max_per_client requests in flight per client address (more get 429); None: what one process
-    #: holds, max_inflight + max_waiting, so that one pipeline at full speed (256 in flight from one
-    #: address) is never refused while the queue has room, and no client holds more than that
+    #: max_per_client requests in flight per client address (more get 429); None: one more than a
+    #: process holds (max_inflight + max_waiting + 1), so that one pipeline at full speed (256 in
+    #: flight from one address) is never refused while the queue has room, and a full queue
+    #: answers with its own 429 (queue-full, Retry-After from its estimate) first
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 2048
@@ -140,7 +141,7 @@ class Settings:
                                max_inflight=self.max_inflight or capacity.inflight)
         if settings.max_per_client is None:
             assert settings.max_inflight is not None
-            settings = replace(settings, max_per_client=settings.max_inflight + settings.max_waiting)
+            settings = replace(settings, max_per_client=settings.max_inflight + settings.max_waiting + 1)
         return settings
 
     def merged(self, **overrides: Any) -> Settings:

@@ -193,6 +193,6 @@ def test_by_default_one_client_may_fill_what_a_process_holds() -> None:
 
     settings = Settings(engine="vllm-http").resolved()
     assert settings.max_inflight == 256
-    assert settings.max_per_client == 256 + settings.max_waiting
-    assert Settings(engine="vllm-http", max_inflight=8, max_waiting=2).resolved().max_per_client == 10
+    assert settings.max_per_client == 256 + settings.max_waiting + 1
+    assert Settings(engine="vllm-http", max_inflight=8, max_waiting=2).resolved().max_per_client == 11
     assert Settings(engine="vllm-http", max_per_client=5).resolved().max_per_client == 5
