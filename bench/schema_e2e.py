@@ -19,9 +19,9 @@ import argparse
 import asyncio
 import json
 import os
+import queue
 import random
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -57,28 +57,26 @@ def build_tasks(rows: list[dict[str, Any]], budget_s: float,
     """Each schema's task and grammar mode: `grammar`, `validate-only`, or `refused: reason`.
     The grammars are compiled by `workers` checker processes at once (a schema past the budget
     costs its budget plus a new child: one checker took longer than 540 s for the 565 schemas)."""
-    local = threading.local()
-    checkers: list[GrammarChecker] = []
-    lock = threading.Lock()
-
-    def checker() -> GrammarChecker:
-        if not hasattr(local, "checker"):
-            local.checker = GrammarChecker(timeout_s=budget_s)
-            with lock:
-                checkers.append(local.checker)
-        return local.checker
+    checkers = [GrammarChecker(timeout_s=budget_s) for _ in range(max(1, workers))]
+    idle: queue.SimpleQueue[GrammarChecker] = queue.SimpleQueue()
+    for c in checkers:
+        idle.put(c)
 
     def one(row: dict[str, Any]) -> tuple[str, tuple[Task[Any] | None, str]]:
         try:
             task = task_from_json_schema(row["schema"], name=row["id"].replace("/", "_"))
         except SchemaRejected as exc:
             return row["id"], (None, f"refused: {exc}"[:300])
-        check = checker().check(task.strict_schema)
+        checker = idle.get()
+        try:
+            check = checker.check(task.strict_schema)
+        finally:
+            idle.put(checker)
         return row["id"], ((task, "grammar") if check.ok else (validate_only(task), "validate-only"))
 
     out: dict[str, tuple[Task[Any] | None, str]] = {}
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        with ThreadPoolExecutor(max_workers=len(checkers)) as pool:
             for i, (key, value) in enumerate(pool.map(one, rows), 1):
                 out[key] = value
                 if i % 50 == 0 or i == len(rows):

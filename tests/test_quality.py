@@ -194,8 +194,6 @@ def test_the_hand_written_person_sets_are_valid_and_their_labels_are_in_the_text
 def test_a_value_equal_to_the_documents_label_is_not_a_copy() -> None:
     """job_posting's dev set: `full_time` for a posting that writes "Full-time", as the example
     does: right, and the document's own category, not copied from the example."""
-    from extractor.eval.leaks import leaks
-
     examples = [{"document": "Full-time role in Berlin.", "record": {"employment_type": "full_time", "city": "Berlin"}}]
     document = "Full-time position, Munich office."
     record = {"employment_type": "full_time", "city": "Berlin"}

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from extractor.contracts.schema_walk import NOT_FREE, type_names
+
 __all__ = ["Bounds", "DEFAULT_BOUNDS", "bound_repetitions"]
 
 #: keywords whose values are sub-schemas (a dict) or lists / dicts of sub-schemas
@@ -30,8 +32,6 @@ _SUBSCHEMA: Final = ("items", "additionalProperties", "not", "if", "then", "else
                      "propertyNames", "unevaluatedItems", "unevaluatedProperties")
 _SUBSCHEMA_LISTS: Final = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS: Final = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-#: a string with one of these is a code or a shape the grammar already bounds
-_NOT_FREE: Final = ("enum", "const", "pattern", "format")
 
 
 @dataclass(frozen=True)
@@ -46,27 +46,22 @@ class Bounds:
 DEFAULT_BOUNDS: Final = Bounds()
 
 
-def _types(node: Mapping[str, Any]) -> set[str]:
-    t = node.get("type")
-    if isinstance(t, str):
-        return {t}
-    if isinstance(t, list):
-        return {x for x in t if isinstance(x, str)}
-    return set()
-
-
 def _is_array(node: Mapping[str, Any]) -> bool:
-    return "array" in _types(node) or (not _types(node) and ("items" in node or "prefixItems" in node))
+    kinds = type_names(node)
+    return "array" in kinds or (not kinds and ("items" in node or "prefixItems" in node))
 
 
 def _is_open_object(node: Mapping[str, Any]) -> bool:
-    if "object" not in _types(node) and not (not _types(node) and "properties" in node):
+    kinds = type_names(node)
+    if "object" not in kinds and (kinds or "properties" not in node):
         return False
     return node.get("additionalProperties", True) is not False or bool(node.get("patternProperties"))
 
 
 def _is_free_string(node: Mapping[str, Any]) -> bool:
-    return "string" in _types(node) and not any(k in node for k in _NOT_FREE)
+    """A string that may take any text (in any type union): no code keyword (`NOT_FREE`) bounds it.
+    Broader than `is_free_text`, which asks for a string (or null) alone."""
+    return "string" in type_names(node) and not any(k in node for k in NOT_FREE)
 
 
 def _int(value: Any) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 #: refs followed in a chain before giving up (the compiler refuses recursive refs it cannot bound)
 MAX_REF_CHAIN = 32
 #: keywords that make a string a code, not free text
-_NOT_FREE = ("enum", "const", "format", "pattern")
+NOT_FREE = ("enum", "const", "format", "pattern")
 
 
 def pointer(root: Mapping[str, Any], ref: str) -> Mapping[str, Any]:
@@ -80,4 +80,4 @@ def is_free_text(node: Mapping[str, Any]) -> bool:
     """A string the model should copy from the document: type string (or string and null) with
     no enum, const, format or pattern."""
     kinds = type_names(node)
-    return "string" in kinds and set(kinds) <= {"string", "null"} and not any(k in node for k in _NOT_FREE)
+    return "string" in kinds and set(kinds) <= {"string", "null"} and not any(k in node for k in NOT_FREE)

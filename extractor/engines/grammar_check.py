@@ -34,7 +34,7 @@ DEFAULT_COMPILE_TIMEOUT_S = 30.0
 _START_TIMEOUT_S = 120.0
 
 
-async def wait_event(event: threading.Event, limit_s: float = 120.0) -> None:
+async def wait_event(event: threading.Event, limit_s: float = _START_TIMEOUT_S) -> None:
     """Wait, without a thread, until another thread sets `event` (at most `limit_s`)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + limit_s
@@ -99,7 +99,7 @@ class GrammarProcess:
         self._proc: Any = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()  # one compile at a time: the child is one process
-        #: set once the first start has ended, started or failed (`wait_started`)
+        #: set once the first start has ended, started or failed (`wait_event` awaits it)
         self.start_tried = threading.Event()
 
     @property
