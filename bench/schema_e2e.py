@@ -204,10 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     rows = load(args.data, args.sample, args.seed, args.limit)
-    tasks = build_tasks(rows, args.compile_budget, args.check_workers)
-    prepared_s = time.perf_counter() - started
+    # the engine starts first: vLLM forks its engine core, which must happen before anything in this
+    # process touches CUDA (the grammar checks' imports did, on the H200)
     extractor = Extractor(args.engine, max_retries=args.max_retries, max_tokens_cap=args.max_tokens_cap,
                           **parse_options(args.engine_option))
+    tasks = build_tasks(rows, args.compile_budget, args.check_workers)
+    prepared_s = time.perf_counter() - started
     try:
         items = asyncio.run(run_all(extractor, rows, tasks, args.concurrency,
                                     args.out / f"schema_e2e_{args.engine}.partial.jsonl"))
