@@ -115,6 +115,17 @@ class Engine(Protocol):
         Optional; raise `SchemaRejected` for a schema the engine cannot compile."""
         return None
 
+    def admit(self, schema: Mapping[str, Any]) -> bool:
+        """Take `schema` without preparing it, where the engine only *checks* schemas ahead (the
+        vLLM engines' compile guard) and the library derived `schema` from one that passed
+        `prepare` already: grounded decoding's per-document schemas, the task's schema with its
+        strings narrowed to the document's text, bounded in size (`ConstraintBudget`). Checking
+        each of them again in one guard child serialised every grounded document behind the
+        others. True: taken, later calls with `schema` go straight to the engine, and the caller
+        prepares the schema it was derived from before sending it; False (the default): the
+        caller prepares `schema` itself. An engine that compiles ahead (`local`) says False."""
+        return False
+
     async def compiler_ready(self) -> None:
         """Return once the engine's grammar compiler has started (a child process that imports
         xgrammar and loads a tokenizer: seconds), so that a compile budget measures the schema's

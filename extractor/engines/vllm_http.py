@@ -301,6 +301,13 @@ class VllmHttpEngine(Engine):
         if self.compile_guard is not None:
             await self.compile_guard.ready()
 
+    def admit(self, schema: Mapping[str, Any]) -> bool:
+        """A schema derived from one the guard passed goes to vLLM unchecked (`Engine.admit`);
+        vLLM compiles it in its own grammar threads, not holding up other requests."""
+        if self.compile_guard is not None:
+            self.compile_guard.admit(schema)
+        return True
+
     async def prepare(self, schema: Mapping[str, Any]) -> None:
         """Check that `schema` compiles within the limit (grounded decoding's per-document schemas
         come here first, within their own compile budget)."""

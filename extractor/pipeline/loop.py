@@ -25,7 +25,8 @@ validation error like any other: fed back, retried, and in `ExtractionFailed` if
 free-text strings and numbers can only take values that occur in the document
 (`extractor.grounding.decoding`); validation still checks against the task's own strict schema.
 That schema is built off the event loop within a budget and its grammar compiled before the
-request reaches the engine (`Engine.prepare`, within `compile_timeout_s`); past either budget
+request reaches the engine (`Engine.prepare`, within `compile_timeout_s`; an engine that only
+checks schemas, vLLM's, takes it unchecked once the task's own schema passed: `Engine.admit`); past either budget
 the call decodes with the task's schema and checks its values against the document
 (`require_grounded`) instead, and `meta.grounded_decoding` says which it was
 (`extractor.grounding.constraint`). The compile goes on past its budget: a retry of such a
@@ -71,7 +72,8 @@ MIN_FIT_TOKENS = 64
 class Job:
     """One document of `extract_together`: its task, its text, errors to feed back before the
     first attempt, and the schema the engine is to enforce (`schema`, built by the caller, e.g.
-    one item per known row: `extractor.grounding.rows`; `status` is its `meta.grounded_decoding`).
+    one item per known row: `extractor.grounding.rows`; `status` is its `meta.grounded_decoding`;
+    derived from the task's schema and bounded, like grounded decoding's: `Engine.admit`).
     Without `schema`, or where it does not compile, the options decide as for any document.
     `patient`: the grammar's compile is waited for (bounded by the engine's own compile limit,
     not by the `compile_timeout_s` budget of one interactive document): a piece of a long
@@ -115,14 +117,20 @@ def _judge(task: Task[Any], result: GenerationResult, document: str, system: str
     return _Judged(outcome, spans, changed=changed or None)
 
 
-async def _compile_failure(engine: Engine, schema: Mapping[str, Any], patient: bool = False) -> str | None:
+async def _compile_failure(engine: Engine, schema: Mapping[str, Any], patient: bool = False,
+                           base: Mapping[str, Any] | None = None) -> str | None:
     """Why an engine that compiles grammars in-process did not get `schema`'s grammar ready
     ("compile_timeout", "compile_error"), or None where it did (or compiles nothing ahead): within
     the budget (`compile_timeout_s`), or `patient`ly, bounded only by the engine's own compile
-    limit. The compile is shielded: past the budget it still lands in the engine's cache."""
+    limit. The compile is shielded: past the budget it still lands in the engine's cache.
+    `base`: the schema `schema` was derived from (grounded decoding); once `base` is ready, an
+    engine that only checks schemas takes `schema` unchecked (`Engine.admit`)."""
     prepare = getattr(engine, "prepare", None)
     if prepare is None:
         return None
+    admit = getattr(engine, "admit", None)
+    if base is not None and admit is not None and admit(schema):
+        return await _compile_failure(engine, base, patient)  # what `schema` stands on
     ready = getattr(engine, "compiler_ready", None)
     if ready is not None:  # the compiler's start-up (seconds, once) is not this schema's compile
         await ready()
@@ -156,7 +164,7 @@ async def _grounded_constraint(engine: Engine, task: Task[Any], document: str,
         return constraint, None
     if settled:
         constraint = replace(constraint, schema=put_back(constraint.schema, settled))
-    failure = await _compile_failure(engine, constraint.schema, patient)
+    failure = await _compile_failure(engine, constraint.schema, patient, base=strict)
     if failure is None:
         return constraint, None
     return fallback(task.strict_schema, failure), (constraint.schema if failure == "compile_timeout" else None)
@@ -241,7 +249,8 @@ class _Attempts:
         """Before a retry: the grounded grammar that missed its compile budget, waited for once
         more within the budget; ready, the retry decodes grounded again."""
         pending, self.pending = self.pending, None
-        if pending is None or not self.seen or await _compile_failure(self.engine, pending) is not None:
+        if pending is None or not self.seen or await _compile_failure(self.engine, pending,
+                                                                          base=self.task.strict_schema) is not None:
             return
         self.schema, self.grounded, self.options = pending, "full", self.unchecked_options
 
@@ -311,7 +320,7 @@ async def _begin(engine: Engine, task: Task[Any], document: str, options: Extrac
     check_unicode(document)  # a lone surrogate: no tokenizer takes it
     schema: Mapping[str, Any] = task.strict_schema
     grounded: str | None = None
-    if given is not None and await _compile_failure(engine, given, patient) is None:
+    if given is not None and await _compile_failure(engine, given, patient, base=task.strict_schema) is None:
         return _Attempts(task, document, options, engine, feedback, adapter, given, given_status)
     pending = None
     if options.grounded_for(task):
