@@ -134,7 +134,34 @@ def test_strict_mode_writes_every_property_and_drops_the_added_nulls() -> None:
 def test_the_validate_only_grammar_still_returns_records_valid_against_the_original() -> None:
     schema = {"type": "array", "items": {"type": "integer"}, "maxItems": 2}
     task = validate_only(task_from_json_schema(schema, name="raw"))
-    assert jsonschema.Draft202012Validator(task.strict_schema).is_valid({"value": ["x", "y", "z"]})  # loose grammar
-    engine = ScriptedEngine([json.dumps({"value": ["x", "y", "z"]}), json.dumps({"value": [1, 2]})])
+    loose = jsonschema.Draft202012Validator(task.strict_schema)
+    assert loose.is_valid({"value": [1, 2, 3]}) and not loose.is_valid({"value": ["x"]})  # the shape, not the bound
+    engine = ScriptedEngine([json.dumps({"value": [1, 2, 3]}), json.dumps({"value": [1, 2]})])
     result = Extractor(engine).run(task, DOC)
     assert result.data == [1, 2] and result.meta.attempts == 2
+    assert engine.requests[1].messages[-1]["content"].count("[1, 2, 3] is too long") == 1
+
+
+def test_the_validate_only_grammar_keeps_the_schemas_skeleton() -> None:
+    """On the H200 most validate-only answers to the real-world schemas missed a required property
+    or wrote one the schema closes out: the skeleton keeps properties, required, closed objects,
+    scalar types and small enums (a few levels deep), and leaves patterns, bounds and cycles to
+    validation."""
+    schema = {
+        "type": "object", "additionalProperties": False, "required": ["kind", "spec"],
+        "properties": {
+            "kind": {"enum": ["Pod", "Service"]},
+            "name": {"type": "string", "pattern": "^[a-z]+\\d$", "maxLength": 5},
+            "spec": {"$ref": "#/definitions/node"},
+        },
+        "definitions": {"node": {"type": "object", "required": ["id"],
+                                 "properties": {"id": {"type": "integer"}, "next": {"$ref": "#/definitions/node"}}}},
+    }
+    loose = validate_only(task_from_json_schema(schema, name="raw")).strict_schema
+    check = jsonschema.Draft202012Validator(loose)
+    assert check.is_valid({"kind": "Pod", "spec": {"id": 1, "next": {"id": 2, "next": {"anything": [1]}}}})
+    assert check.is_valid({"kind": "Pod", "name": "bbbbbbbbbb", "spec": {"id": 1}})  # pattern and bound validated later
+    for wrong in ({"spec": {"id": 1}}, {"kind": "Job", "spec": {"id": 1}}, {"kind": "Pod", "spec": {"id": "x"}},
+                  {"kind": "Pod", "spec": {"id": 1}, "extra": 1}):
+        assert not check.is_valid(wrong), wrong
+    assert len(json.dumps(loose)) < 10_000

@@ -39,14 +39,14 @@ import json
 import math
 import re
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import jsonschema
 
 from extractor.contracts.compile import Limits as CompilerLimits
-from extractor.contracts.schema_walk import def_name
+from extractor.contracts.schema_walk import def_name, resolve_ref
 from extractor.errors import SchemaRejected
 
 __all__ = [
@@ -1317,15 +1317,82 @@ def prepare_schema(raw: Any, *, strict: bool = False, limits: Limits = DEFAULT_L
                           _added_nulls=frozenset(added))
 
 
+#: the validate-only grammar's skeleton: levels of objects kept, and schema nodes at most
+SKELETON_DEPTH: Final = 3
+SKELETON_NODES: Final = 400
+_SCALARS: Final = frozenset({"string", "number", "integer", "boolean", "null"})
+
+
 def loose_schema(prepared: PreparedSchema, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """The validate-only grammar for `prepared`: any bounded JSON object (or `{"value": any}` for a
-    wrapped root). Used when no backend compiles the full grammar schema within its time budget;
-    the answer is then checked against the user's schema only after decoding."""
+    """The validate-only grammar for `prepared`: the schema's skeleton, any bounded JSON value
+    below it (or `{"value": ...}` for a wrapped root). Used when no backend compiles the full
+    grammar schema within its time budget; the answer is then checked against the user's schema
+    only after decoding, and retried with the errors fed back.
+
+    The skeleton (`_skeleton`) keeps what costs a grammar little and what a small model left free
+    got wrong on the real-world schemas (on the H200 most validate-only answers missed a required
+    property or wrote one the schema closes out): the top objects' properties, `required` and
+    closed `additionalProperties`, the types of scalars and small enums, arrays' items, to
+    `SKELETON_DEPTH` levels and `SKELETON_NODES` nodes; patterns, formats, bounds, `$ref` cycles
+    and other combinators are left to validation."""
     any_json = _bounded_any(min(limits.max_any_depth, 2))
+    budget = [SKELETON_NODES]
+    body = _skeleton(prepared.schema, prepared.schema, SKELETON_DEPTH, any_json, budget)
     if prepared.wrapped:
-        return {"type": "object", "properties": {"value": any_json}, "required": ["value"],
+        value = body.get("properties", {}).get("value", any_json) if isinstance(body, dict) else any_json
+        return {"type": "object", "properties": {"value": value}, "required": ["value"],
                 "additionalProperties": False}
-    return {"type": "object", "additionalProperties": any_json}
+    if body.get("type") != "object":
+        return {"type": "object", "additionalProperties": any_json}
+    return body
+
+
+def _skeleton(node: Any, root: Mapping[str, Any], depth: int, any_json: dict[str, Any],
+              budget: list[int]) -> dict[str, Any]:
+    """`node` cut down to its shape (see `loose_schema`); `any_json` wherever the shape is not
+    plain or the depth or node budget is spent."""
+    budget[0] -= 1
+    if budget[0] < 0 or not isinstance(node, Mapping):
+        return any_json
+    node = resolve_ref(node, root)
+    alts = node.get("anyOf") or node.get("oneOf")
+    if isinstance(alts, list):  # X or null: X's shape, nullable; any other choice is left free
+        kinds = [resolve_ref(a, root) if isinstance(a, Mapping) else a for a in alts]
+        rest = [a for a in kinds if not (isinstance(a, Mapping) and a.get("type") == "null" and len(a) == 1)]
+        if len(rest) == 1 and len(kinds) == 2:
+            inner = _skeleton(rest[0], root, depth, any_json, budget)
+            return inner if inner is any_json else {"anyOf": [inner, {"type": "null"}]}
+        return any_json
+    if "const" in node and _scalar(node["const"]):
+        return {"const": node["const"]}
+    enum = node.get("enum")
+    if isinstance(enum, list) and enum and len(enum) <= 64 and all(_scalar(v) for v in enum):
+        return {"enum": list(enum)}
+    types = node.get("type")
+    names = [types] if isinstance(types, str) else list(types) if isinstance(types, list) else []
+    if not names and isinstance(node.get("properties"), Mapping):
+        names = ["object"]
+    if names and all(isinstance(t, str) and t in _SCALARS for t in names):
+        return {"type": names[0] if len(names) == 1 else names}
+    if names == ["array"] and depth > 0:
+        items = node.get("items")
+        return {"type": "array", "items": _skeleton(items, root, depth - 1, any_json, budget)
+                if isinstance(items, Mapping) else any_json}
+    props = node.get("properties")
+    if names == ["object"] and depth > 0 and isinstance(props, Mapping) and len(props) <= 256:
+        out: dict[str, Any] = {"type": "object", "properties": {
+            str(k): _skeleton(v, root, depth - 1, any_json, budget) for k, v in props.items()}}
+        required = [r for r in node.get("required", []) if isinstance(r, str) and r in props]
+        if required:
+            out["required"] = required
+        closed = node.get("additionalProperties") is False and not node.get("patternProperties")
+        out["additionalProperties"] = False if closed else any_json
+        return out
+    return any_json
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def _is_object_root(schema: dict[str, Any]) -> bool:
