@@ -160,3 +160,51 @@ def test_first_attempt_is_greedy_and_retries_sample_with_fresh_seeds() -> None:
     assert [r.temperature for r in engine.requests] == [0.0, 0.7, 0.7]
     assert len({r.seed for r in engine.requests}) == 3
     assert all(r.repetition_penalty == 1.0 for r in engine.requests)
+
+
+def test_a_looping_output_is_bounded_at_once_instead_of_growing_to_the_cap() -> None:
+    """On vLLM SmolLM2 looped on real-world schemas (`"role_19": "Sales Manager",` ...) and each
+    retry only grew the budget: the retries ran out before the bounded attempt. A cut output that
+    ends in a loop gets the bounded schema on its next attempt, with the budget grown as well."""
+    schema = {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"],
+              "additionalProperties": {"type": "string"}}
+    task = task_from_json_schema(schema, name="roles")
+    loop = '{\n  "id": "1",\n' + "".join(f'  "role_{i}": "Sales Manager",\n' for i in range(1, 9)) + '  "ro'
+    cut = GenerationResult(text=loop, finish_reason="length", prompt_tokens=10, completion_tokens=64)
+    engine = ScriptedEngine([cut, '{"id":"1","role_1":"Sales Manager"}'])
+    result = asyncio.run(extract_one(engine, task, DOC, ExtractOptions(max_retries=1, max_tokens_cap=4096)))
+    assert result.data == {"id": "1", "role_1": "Sales Manager"} and result.meta.bounded is not None
+    first, second = engine.requests
+    assert second.schema["maxProperties"] == 5 and "maxProperties" not in first.schema
+    assert second.max_tokens == 2 * first.max_tokens
+
+
+def test_a_cut_output_that_is_no_loop_only_grows_the_budget() -> None:
+    cut = GenerationResult(text='{"name":"Alice Smith","age":3', finish_reason="length", prompt_tokens=10,
+                           completion_tokens=5)
+    engine = ScriptedEngine([cut, GOOD])
+    result = asyncio.run(extract_one(engine, task_from_model(Person), DOC))
+    assert result.meta.bounded is None and engine.requests[1].schema == engine.requests[0].schema
+
+
+def test_a_whole_record_followed_by_whitespace_to_the_budget_is_taken() -> None:
+    """vLLM's grammar allows whitespace after the record: SmolLM2 wrote the whole record, then
+    newlines until max_tokens. The record is complete and valid: it is the answer."""
+    whole = GenerationResult(text=GOOD + "\n" * 40, finish_reason="length", prompt_tokens=10, completion_tokens=64)
+    engine = ScriptedEngine([whole])
+    result = asyncio.run(extract_one(engine, task_from_model(Person), DOC))
+    assert result.meta.attempts == 1 and result.data.name == "Alice Smith"
+
+
+@pytest.mark.parametrize(("text", "loops"), [
+    ('{\n  "a": "1.0",\n  "aVersion": "1.0",\n  "aVersion": "1.0",\n  "aVersion": "1.0",\n  "aVer', True),
+    ('{"url": "https://example.com/mia-mia-mia-mia-mia-mia-mia-mia-mia-mia-mi', True),
+    ('{"summary": "' + "the testimonials in the Eastern region, and " * 5 + "the te", True),
+    ('{"items": [\n' + "".join(f'  {{"description": "Item {c}", "qty": {i}}},\n' for i, c in enumerate("ABCDEF")) + "  {", False),
+    ('{"values": [\n' + "".join(f"    {i * 7},\n" for i in range(30)) + "    ", False),
+    ('{\n  "a": {\n    "b": "1234567890",\n    "c": "1234567890"\n  },\n  "d": {\n    "b": "', False),
+])
+def test_looping_tells_a_loop_from_a_long_output(text: str, loops: bool) -> None:
+    from extractor.contracts.bounds import looping
+
+    assert looping(text) is loops

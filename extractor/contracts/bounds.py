@@ -19,6 +19,7 @@ still validates against the user's schema. What was bounded is returned with the
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -107,3 +108,29 @@ def bound_repetitions(schema: Mapping[str, Any], bounds: Bounds = DEFAULT_BOUNDS
     added: dict[str, int] = {}
     _walk(out, bounds, added)
     return out, added
+
+
+#: a key line repeated this many times in a row, or a short run of characters this many times at
+#: the end, is a loop
+_LOOP_REPEATS = 3
+_DIGITS = re.compile(r"\d+")
+_KEY_LINE = re.compile(r'^\s*"[^"]+"\s*:')
+
+
+def looping(text: str) -> bool:
+    """Whether an output cut at `max_tokens` ends in a loop, so that a larger budget would only
+    loop longer: its last key lines are one line repeated (numbers aside: `"role_18": "Sales
+    Manager",` then `"role_19"` ...), or its tail is one run of 2 to 80 characters repeated
+    (`mia-mia-mia-`, a sentence over and over). Seen on vLLM with SmolLM2 on the real-world schemas:
+    each such output grew to the cap attempt after attempt, and the retries ran out before the
+    bounded one. A list of distinct items is not a loop: its key lines differ."""
+    lines = [_DIGITS.sub("#", line.strip()) for line in text.rstrip().splitlines()[-_LOOP_REPEATS - 1:-1]]
+    if (len(lines) == _LOOP_REPEATS and len(set(lines)) == 1 and _KEY_LINE.match(lines[0])
+            and len(lines[0]) >= 8):
+        return True
+    tail = text.rstrip()[-400:]
+    for period in range(2, 81):
+        window = tail[-max(period * (_LOOP_REPEATS + 1), 24):]
+        if len(window) >= period * (_LOOP_REPEATS + 1) and window[:-period] == window[period:] and window.strip():
+            return True  # the window has this period: the run repeats, whatever its phase at the cut
+    return False

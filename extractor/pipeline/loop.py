@@ -49,7 +49,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from extractor.contracts.bounds import bound_repetitions
+from extractor.contracts.bounds import bound_repetitions, looping
 from extractor.contracts.contract import Task
 from extractor.engines.base import AdapterRef, Engine, GenerationRequest, GenerationResult, Message, TokenBudget
 from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout, SchemaRejected
@@ -99,9 +99,11 @@ def _judge(task: Task[Any], result: GenerationResult, document: str, system: str
            max_tokens: int) -> _Judged:
     """Every gate one output must pass: complete, valid, not echoing the instructions, grounded
     when that is required."""
-    if result.finish_reason == "length":
-        return _Judged(Invalid([f"output cut off at max_tokens={max_tokens} before the JSON was complete"]), cut=True)
     outcome = validate_output(task, result.text, document)
+    if result.finish_reason == "length" and isinstance(outcome, Invalid):
+        # (a record complete before the budget ran out, the rest whitespace the grammar allows
+        # after it, is taken: on vLLM SmolLM2 wrote a whole record, then newlines until the end)
+        return _Judged(Invalid([f"output cut off at max_tokens={max_tokens} before the JSON was complete"]), cut=True)
     if not isinstance(outcome, Invalid) and (echoes := echo_errors(result.text, system, document)):
         outcome = Invalid(echoes)  # a field repeats the instructions (a prompt injection): refused, retried
     if isinstance(outcome, Invalid):
@@ -264,12 +266,14 @@ class _Attempts:
             self.seen.append(judged.outcome.errors)
             if judged.cut:
                 # a cut output is retried with a larger budget, up to the cap (reported in meta); at
-                # the cap, once, with the schema's open repetitions bounded (a looping model)
-                if self.max_tokens >= options.max_tokens_cap or options.length_growth == 1:
-                    if not self._bound():
-                        self._give_up()
-                        return
-                else:
+                # the cap, or at once where the output was looping (`looping`), with the schema's
+                # open repetitions bounded
+                at_cap = self.max_tokens >= options.max_tokens_cap or options.length_growth == 1
+                bounded = (at_cap or looping(result.text)) and self._bound()
+                if at_cap and not bounded:
+                    self._give_up()
+                    return
+                if not at_cap:
                     self.max_tokens = min(self.max_tokens * options.length_growth, options.max_tokens_cap)
             else:
                 self.messages = [*self.messages, {"role": "assistant", "content": result.text},
