@@ -56,9 +56,13 @@ async def run_all(extractor: Extractor, schemas: list[str], limit: int | None, c
 
 def write_summary(out: Path, name: str, meta: dict[str, Any]) -> dict[str, Any]:
     """`out/name.json` and `.png` from every schema's full report in `out/name/` (a run of some
-    schemas only updates theirs and keeps the others')."""
+    schemas only updates theirs and keeps the others': from their full reports where this checkout
+    has them, else from the summary already written, since the full reports are not committed)."""
     reports = {s: json.loads(p.read_text()) for s in SCHEMAS if (p := out / name / f"{s}.json").exists()}
-    result = {**meta, "schemas": {schema: {"date": r["date"], **summarize(r)} for schema, r in reports.items()}}
+    summary_path = out / f"{name}.json"
+    kept = json.loads(summary_path.read_text()).get("schemas", {}) if summary_path.exists() else {}
+    fresh = {schema: {"date": r["date"], **summarize(r)} for schema, r in reports.items()}
+    result = {**meta, "schemas": {s: fresh.get(s) or kept[s] for s in SCHEMAS if s in fresh or s in kept}}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     if result["schemas"]:

@@ -14,6 +14,7 @@ currency prefix it is printed with (`RM 9.00` -> `9.00`, then `RM9.00`).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 __all__ = ["FIELDS", "receipt_candidates"]
 
@@ -236,18 +237,34 @@ def _as_printed(value: str, printed: str) -> str:
     return " ".join(m.group().split()) if m else value
 
 
-def receipt_candidates(text: str) -> dict[str, list[str]]:
+#: a line with an amount that is no item: totals, payment, tax, change, rounding, card slips' amount
+_NOT_ITEM = re.compile(r"TOTAL|JUMLAH|AMOUNT|AMT\b|\bDUE\b|PAYABLE|NETT|\bNET\b|BALANCE|CHANGE|ROUNDING|ROUND\b|"
+                       r"\bTAX|\bGST|\bSST|\bVAT|TENDER|DISCOUNT|AUTH|APPROV|\bCASH\b|VISA|MASTERCARD|CARD\s*PAYMENT|"
+                       r"CREDIT|DEBIT|\bPAID\b|PAYMENT|RECEIVED")
+_ANY_AMOUNT = re.compile(r"(?<![\d.,])\d{1,3}(?:[,.]\d{3})*[.,]\d{2,3}(?!\d|[.,/:-]\d)")
+
+
+def _item_lines(lines: list[str]) -> bool:
+    """Whether any line can be an item: one printing an amount that is not a total, payment,
+    tax or change line (a card slip prints only "AMOUNT 13.00" and "Total 13.00")."""
+    return any(_ANY_AMOUNT.search(line) and not _NOT_ITEM.search(line) for line in lines)
+
+
+def receipt_candidates(text: str) -> dict[str, Sequence[str | None]]:
     """Per field, the candidate values for that field in `text`, best first (empty where none);
     values in the case the document prints them."""
     lines = _lines(text.upper())
     printed = "\n".join(_lines(text))
     company, end = _company(lines)
-    found = {
+    found: dict[str, Sequence[str | None]] = {
         "company": company[:6],
         "address": _address(lines, end)[:8],
         "date": _dates(lines)[:4],
         "total": _total(lines)[:6],
     }
+    if not _item_lines(lines):  # a card slip: no item can be read, so none is invented
+        found["items"] = [None]
     if printed.upper() == printed:
         return found
-    return {field: list(dict.fromkeys(_as_printed(v, printed) for v in values)) for field, values in found.items()}
+    return {field: list(dict.fromkeys(None if v is None else _as_printed(v, printed) for v in values))
+            for field, values in found.items()}

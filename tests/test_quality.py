@@ -223,3 +223,19 @@ def test_a_job_adverts_salary_is_null_only_where_none_is_printed(text: str, stat
     Extractor(engine, max_retries=0).run(task, doc)
     offered = engine.requests[0].schema["properties"]["salary_range"]
     assert (offered == {**{k: v for k, v in offered.items() if k in ("description", "title")}, "type": "null"}) is not stated
+
+
+def test_a_card_slips_items_can_only_be_null_and_a_shops_receipt_keeps_its_items_open() -> None:
+    """SmolLM2 invented items for all 4 card slips of the receipt dev set ("AMOUNT 13.00" read as an
+    item). No line of a card slip can be an item; a receipt printing item lines is left alone (none
+    of the 300 SROIE receipts loses its items)."""
+    slip = ("Green Leaf Florist\nUnit 4, Market Arcade,\nWellington 6011\n\nInvoice/Receipt 313-28672\n"
+            "Sep 24, 2021 16:37:58\n****\nCARD PAYMENT\nAUTH CODE 729679\nAMOUNT                     13.50\n"
+            "Total                      13.50\n24.05.2022 19:17\nThank you")
+    shop = "Corner Books\n18 High Street\nGreeting card               3.25\nTOTAL 3.25\nCASH 10.00\nCHANGE 6.75"
+    assert receipt_candidates(slip)["items"] == [None]
+    assert "items" not in receipt_candidates(shop) and "items" not in receipt_candidates(RECEIPT_TEXT)
+    engine = ScriptedEngine(['{"company":"Green Leaf Florist","address":"Unit 4, Market Arcade, Wellington 6011",'
+                             '"date":"Sep 24, 2021","total":"13.50","items":null}'])
+    Extractor(engine).run("receipt", slip)
+    assert engine.requests[0].schema["properties"]["items"]["type"] == "null"
