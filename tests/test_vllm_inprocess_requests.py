@@ -130,3 +130,25 @@ def test_text_is_the_token_ids_decoded_once_when_the_engine_decodes() -> None:
     result = to_result(output, 2, False, lambda ids: "".join(vocab[i] for i in ids))
     assert (result.text, result.finish_reason, result.completion_tokens, result.prompt_tokens) == ('{"age":42}', "stop", 5, 2)
     assert to_result(Output([Completion("vllm text", [1], None)], [7]), 1, False).text == "vllm text"
+
+
+def test_a_schema_vllms_grammar_backend_refuses_is_a_schema_error_not_an_engine_error() -> None:
+    """On the H200, vLLM's "auto" backend refused 13 real-world schemas that our xgrammar compiled,
+    as it added the request: that is the schema's 422, not the engine's 502."""
+    from extractor.engines.vllm_inprocess import refusal
+    from extractor.errors import EngineError, SchemaRejected, http_status
+
+    def raised_in(filename: str) -> BaseException:
+        scope: dict[str, object] = {}
+        exec(compile("def fail():\n    raise ValueError('Ref recusion limit reached: 3')\n", filename, "exec"), scope)
+        try:
+            scope["fail"]()  # type: ignore[operator]
+        except ValueError as exc:
+            return exc
+        raise AssertionError("no exception")
+
+    refused = refusal(raised_in("/site/vllm/v1/structured_output/backend_guidance.py"))
+    assert isinstance(refused, SchemaRejected) and http_status(refused) == 422
+    assert "Ref recusion limit reached: 3" in str(refused)
+    other = refusal(raised_in("/site/vllm/v1/engine/processor.py"))
+    assert isinstance(other, EngineError) and not isinstance(other, SchemaRejected)
