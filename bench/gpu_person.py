@@ -406,8 +406,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_all(model: str, out: Path, phases: set[str]) -> None:
+    """Every phase asked for; what was measured is written even when a `timeout` cuts the run
+    (SIGTERM ends it through the `finally`s: the servers stopped, the results kept; on the H200
+    a cut run left `vllm serve` holding half of the GPU and wrote nothing)."""
     out.mkdir(parents=True, exist_ok=True)
     r: dict[str, dict[str, Any]] = {}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        _run_phases(model, out, phases, r)
+    finally:
+        write_results(r, out, model)
+
+
+def _run_phases(model: str, out: Path, phases: set[str], r: dict[str, dict[str, Any]]) -> None:
     if "offline" in phases:
         r["offline_raw"] = _phase("offline-raw", "--model", model)
         r["offline_ours"] = _phase("offline-ours", "--model", model)
@@ -449,7 +460,6 @@ def run_all(model: str, out: Path, phases: set[str]) -> None:
             if service is not None:
                 _stop(service)
             _stop(server)
-    write_results(r, out, model)
 
 
 def write_results(r: dict[str, dict[str, Any]], out: Path, model: str) -> None:
