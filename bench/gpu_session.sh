@@ -15,7 +15,7 @@ run() { local limit=$1; shift; echo "== $* (limit ${limit}s)"; timeout "$limit" 
 case $step in
   lora)     run 500 python3 bench/lora_train.py --model "$SMOLLM2_DIR" --data "$SROIE_DEV" --out "$dir" --adapters /tmp/lora ;;
   person)   run 330 python3 bench/gpu_person.py all --model "$SMOLLM2_DIR" --out "$dir" --phases http,lean,service
-            run 200 python3 bench/eval_long.py --engine vllm --engine-option model="$SMOLLM2_DIR" --chunk-tokens 512 --out "$dir/eval_long_vllm.json" ;;
+            run 200 python3 bench/eval_long.py --engine vllm --engine-option model="$SMOLLM2_DIR" --chunk-tokens 512 --out "$dir" ;;
   grounded) run 400 python3 bench/gpu_grounded.py --model "$SMOLLM2_DIR" --out "$dir" ;;
   quality)  # issue 13 on the GPU: the 300 real receipts with the receipt defaults
             run 200 python3 bench/eval_sroie.py --engine vllm --engine-option model="$SMOLLM2_DIR" --data "$SROIE_DEV" --out "$dir" ;;
@@ -29,7 +29,7 @@ case $step in
   w1s)      # issue 12 alone: all 565 real-world schemas end to end (the partial JSONL survives a cut)
             run 400 python3 bench/schema_e2e.py --engine vllm --engine-option model="$SMOLLM2_DIR" --data "$SCHEMA_DEV" --out "$dir" ;;
   long)     # issue 18: the 22 long documents on vLLM
-            run 300 python3 bench/eval_long.py --engine vllm --engine-option model="$SMOLLM2_DIR" --chunk-tokens 512 --out "$dir/eval_long_vllm.json" ;;
+            run 300 python3 bench/eval_long.py --engine vllm --engine-option model="$SMOLLM2_DIR" --chunk-tokens 512 --out "$dir" ;;
   w2)       # issue 15: grounded against plain decoding, then the service with its defaults at 256 in flight
             run 270 python3 bench/gpu_grounded.py --model "$SMOLLM2_DIR" --out "$dir"
             run 280 python3 bench/gpu_person.py all --model "$SMOLLM2_DIR" --out "$dir" --phases http,lean,service ;;
