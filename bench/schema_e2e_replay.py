@@ -25,14 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.schema_e2e import DOCUMENT  # noqa: E402
 from bench.shared_data import shared_data  # noqa: E402
 from extractor import Extractor  # noqa: E402
 from extractor.contracts.contract import task_from_json_schema, validate_only  # noqa: E402
 from extractor.engines.registry import engine_names, parse_options  # noqa: E402
 from extractor.errors import ExtractorError  # noqa: E402
 from extractor.pipeline.validate import original_errors  # noqa: E402
-
-DOCUMENT = "Write one realistic example record that follows the schema."
 
 
 def failures(run: Path, cut_limit: int | None, loose_limit: int | None) -> dict[str, list[str]]:

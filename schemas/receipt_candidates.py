@@ -241,10 +241,12 @@ def _as_printed(value: str, printed: str) -> str:
 _NOT_ITEM = re.compile(r"TOTAL|JUMLAH|AMOUNT|AMT\b|\bDUE\b|PAYABLE|NETT|\bNET\b|BALANCE|CHANGE|ROUNDING|ROUND\b|"
                        r"\bTAX|\bGST|\bSST|\bVAT|TENDER|DISCOUNT|AUTH|APPROV|\bCASH\b|VISA|MASTERCARD|CARD\s*PAYMENT|"
                        r"CREDIT|DEBIT|\bPAID\b|PAYMENT|RECEIVED")
+#: any amount, not only `_AMOUNT`'s two-decimal ringgit: a slip's "13.50", an Indonesian "4.000";
+#: a date such as "24.05.2022" is none
 _ANY_AMOUNT = re.compile(r"(?<![\d.,])\d{1,3}(?:[,.]\d{3})*[.,]\d{2,3}(?!\d|[.,/:-]\d)")
 
 
-def _item_lines(lines: list[str]) -> bool:
+def _prints_items(lines: list[str]) -> bool:
     """Whether any line can be an item: one printing an amount that is not a total, payment,
     tax or change line (a card slip prints only "AMOUNT 13.00" and "Total 13.00")."""
     return any(_ANY_AMOUNT.search(line) and not _NOT_ITEM.search(line) for line in lines)
@@ -262,7 +264,7 @@ def receipt_candidates(text: str) -> dict[str, Sequence[str | None]]:
         "date": _dates(lines)[:4],
         "total": _total(lines)[:6],
     }
-    if not _item_lines(lines):  # a card slip: no item can be read, so none is invented
+    if not _prints_items(lines):  # a card slip: no item can be read, so none is invented
         found["items"] = [None]
     if printed.upper() == printed:
         return found

@@ -124,11 +124,12 @@ def looping(text: str) -> bool:
     (`mia-mia-mia-`, a sentence over and over). Seen on vLLM with SmolLM2 on the real-world schemas:
     each such output grew to the cap attempt after attempt, and the retries ran out before the
     bounded one. A list of distinct items is not a loop: its key lines differ."""
-    lines = [_DIGITS.sub("#", line.strip()) for line in text.rstrip().splitlines()[-_LOOP_REPEATS - 1:-1]]
+    text = text.rstrip()
+    lines = [_DIGITS.sub("#", line.strip()) for line in text.splitlines()[-_LOOP_REPEATS - 1:-1]]
     if (len(lines) == _LOOP_REPEATS and len(set(lines)) == 1 and _KEY_LINE.match(lines[0])
             and len(lines[0]) >= 8):
         return True
-    tail = text.rstrip()[-400:]
+    tail = text[-400:]
     for period in range(2, 81):
         window = tail[-max(period * (_LOOP_REPEATS + 1), 24):]
         if len(window) >= period * (_LOOP_REPEATS + 1) and window[:-period] == window[period:] and window.strip():

@@ -46,7 +46,7 @@ from typing import Any, Final
 import jsonschema
 
 from extractor.contracts.compile import Limits as CompilerLimits
-from extractor.contracts.schema_walk import def_name, resolve_ref
+from extractor.contracts.schema_walk import def_name, resolve_ref, type_names
 from extractor.errors import SchemaRejected
 
 __all__ = [
@@ -1368,11 +1368,10 @@ def _skeleton(node: Any, root: Mapping[str, Any], depth: int, any_json: dict[str
     enum = node.get("enum")
     if isinstance(enum, list) and enum and len(enum) <= 64 and all(_scalar(v) for v in enum):
         return {"enum": list(enum)}
-    types = node.get("type")
-    names = [types] if isinstance(types, str) else list(types) if isinstance(types, list) else []
+    names = list(type_names(node))
     if not names and isinstance(node.get("properties"), Mapping):
         names = ["object"]
-    if names and all(isinstance(t, str) and t in _SCALARS for t in names):
+    if names and all(t in _SCALARS for t in names):
         return {"type": names[0] if len(names) == 1 else names}
     if names == ["array"] and depth > 0:
         items = node.get("items")

@@ -154,10 +154,14 @@ class CompileGuard:
         with self._lock:
             if key in self._verdicts:
                 self._verdicts.move_to_end(key)
-                return
-            self._verdicts[key] = None
-            while len(self._verdicts) > self.max_entries:
-                self._verdicts.popitem(last=False)
+            else:
+                self._keep(key, None)
+
+    def _keep(self, key: str, verdict: Verdict) -> None:
+        """Keep a verdict, the least recently used ones past `max_entries` dropped (under the lock)."""
+        self._verdicts[key] = verdict
+        while len(self._verdicts) > self.max_entries:
+            self._verdicts.popitem(last=False)
 
     async def check(self, schema: Mapping[str, Any]) -> None:
         if self._closed:
@@ -187,9 +191,7 @@ class CompileGuard:
         verdict = None if result.ok else (result.timed_out, result.reason or "the grammar does not compile")
         with self._lock:
             self.compiles += 1
-            self._verdicts[key] = verdict
-            while len(self._verdicts) > self.max_entries:
-                self._verdicts.popitem(last=False)
+            self._keep(key, verdict)
             self._pending.pop(key, None)
         if verdict is not None:
             log.warning("compile guard: schema %s refused: %s", key[:12], verdict[1])
