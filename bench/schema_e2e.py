@@ -2,10 +2,12 @@
 valid against the user's ORIGINAL schema, each run as a raw-schema task with the document
 "Write one realistic example record that follows the schema."
 
-Each schema's grammar is first compiled with xgrammar (the engines' backend; vLLM 0.26 takes it
-server-wide) in a child process with a time budget (`--compile-budget`); a schema it cannot
-compile in time runs with the validate-only grammar (any bounded JSON object, the answer checked
-against the original schema afterwards), and the results say how many did.
+Each schema goes through the product's own path: the engine's compile guard (vLLM) or compile
+child (local) checks its grammar within `--compile-budget`; one refused or past the budget is
+decoded under its validate-only grammar (the schema's skeleton, `ExtractOptions.grammar_fallback`,
+`meta.grammar`), the answer checked against the original schema, and the results say how many
+did. `--pre-check` instead compiles every grammar here first, in `--check-workers` children, and
+sends the ones past the budget as validate-only tasks (the earlier way of this benchmark).
 
 CPU sample:  python bench/schema_e2e.py --engine local --sample 100 --seed 0
 GPU (all):   python bench/schema_e2e.py --engine vllm --engine-option model=$SMOLLM2_DIR --out DIR
@@ -53,11 +55,11 @@ def load(data: Path, sample: int | None, seed: int, limit: int | None) -> list[d
 
 
 def build_tasks(rows: list[dict[str, Any]], budget_s: float,
-                workers: int = 1) -> dict[str, tuple[Task[Any] | None, str]]:
+                workers: int = 1, pre_check: bool = True) -> dict[str, tuple[Task[Any] | None, str]]:
     """Each schema's task and grammar mode: `grammar`, `validate-only`, or `refused: reason`.
     The grammars are compiled by `workers` checker processes at once (a schema past the budget
     costs its budget plus a new child: one checker took longer than 540 s for the 565 schemas)."""
-    checkers = [GrammarChecker(timeout_s=budget_s) for _ in range(max(1, workers))]
+    checkers = [GrammarChecker(timeout_s=budget_s) for _ in range(max(1, workers) if pre_check else 0)]
     idle: queue.SimpleQueue[GrammarChecker] = queue.SimpleQueue()
     for c in checkers:
         idle.put(c)
@@ -67,6 +69,10 @@ def build_tasks(rows: list[dict[str, Any]], budget_s: float,
             task = task_from_json_schema(row["schema"], name=row["id"].replace("/", "_"))
         except SchemaRejected as exc:
             return row["id"], (None, f"refused: {exc}"[:300])
+        if task.prepared is not None and any(n.startswith("validate-only") for n in task.prepared.report.notes):
+            return row["id"], (task, "validate-only")
+        if not pre_check:
+            return row["id"], (task, "grammar")
         checker = idle.get()
         try:
             check = checker.check(task.strict_schema)
@@ -76,7 +82,7 @@ def build_tasks(rows: list[dict[str, Any]], budget_s: float,
 
     out: dict[str, tuple[Task[Any] | None, str]] = {}
     try:
-        with ThreadPoolExecutor(max_workers=len(checkers)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, len(checkers))) as pool:
             for i, (key, value) in enumerate(pool.map(one, rows), 1):
                 out[key] = value
                 if i % 50 == 0 or i == len(rows):
@@ -119,6 +125,8 @@ async def run_all(extractor: Extractor, rows: list[dict[str, Any]], tasks: dict[
                 return item
         # the pipeline already validated it; checked again here, independently, against the original
         errors = original_errors(json.dumps(row["schema"]), result.data)
+        if result.meta.grammar:  # the engine refused the grammar or could not compile it in time
+            item["mode"] = result.meta.grammar
         item.update(valid=not errors, attempts=result.meta.attempts, max_tokens=result.meta.max_tokens,
                     seconds=round(time.perf_counter() - start, 2), errors=errors[:2])
         return item
@@ -136,7 +144,7 @@ def summarize(items: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
         c["schemas"] += 1
         c["valid"] += it["valid"]
         c["accepted"] += not it["mode"].startswith("refused")
-        c["validate_only"] += it["mode"] == "validate-only"
+        c["validate_only"] += it["mode"].startswith("validate-only")
     total = len(items)
     valid = sum(it["valid"] for it in items)
     return {
@@ -192,7 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-budget", type=float, default=5.0, help="seconds xgrammar may take per schema")
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--check-workers", type=int, default=os.cpu_count() or 1,
-                        help="grammar checks at once, each in its own child process")
+                        help="grammar checks at once, each in its own child process (with --pre-check)")
+    parser.add_argument("--pre-check", action="store_true",
+                        help="compile every grammar here first; past the budget, send a validate-only task")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--from-partial", action="store_true",
                         help="write the summary of a stopped run's .partial.jsonl (same arguments), running nothing")
@@ -206,9 +216,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = load(args.data, args.sample, args.seed, args.limit)
     # the engine starts first: vLLM forks its engine core, which must happen before anything in this
     # process touches CUDA (the grammar checks' imports did, on the H200)
+    engine_options = {"grammar_timeout_s": args.compile_budget, **parse_options(args.engine_option)}
     extractor = Extractor(args.engine, max_retries=args.max_retries, max_tokens_cap=args.max_tokens_cap,
-                          **parse_options(args.engine_option))
-    tasks = build_tasks(rows, args.compile_budget, args.check_workers)
+                          **engine_options)
+    tasks = build_tasks(rows, args.compile_budget, args.check_workers, args.pre_check)
     prepared_s = time.perf_counter() - started
     try:
         items = asyncio.run(run_all(extractor, rows, tasks, args.concurrency,

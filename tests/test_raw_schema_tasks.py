@@ -26,7 +26,10 @@ SHAPES: list[tuple[str, Any, Any, Any]] = [
     ("empty schema", {}, {"value": {"any": [1, "x"]}}, {"any": [1, "x"]}),
     ("true schema", True, {"value": 7}, 7),
     ("object without properties", {"type": "object"}, {"k": "v"}, {"k": "v"}),
-    ("some properties, open", {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+    ("some properties, additionalProperties left out: the declared ones written",
+     {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}, {"a": "x"}, {"a": "x"}),
+    ("some properties, additionalProperties true: open",
+     {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": True},
      {"a": "x", "extra": 1}, {"a": "x", "extra": 1}),
     ("additionalProperties schema", {"type": "object", "additionalProperties": {"type": "integer"}},
      {"x": 1, "y": 2}, {"x": 1, "y": 2}),
@@ -165,3 +168,85 @@ def test_the_validate_only_grammar_keeps_the_schemas_skeleton() -> None:
                   {"kind": "Pod", "spec": {"id": 1}, "extra": 1}):
         assert not check.is_valid(wrong), wrong
     assert len(json.dumps(loose)) < 10_000
+
+
+def test_a_grammar_the_engine_refuses_falls_back_to_the_skeleton_and_is_still_validated() -> None:
+    """vLLM's grammar backend refused 13 real-world schemas that our xgrammar compiled ("Ref
+    recusion limit reached", "Unsupported JSON Schema structure false"): the attempt is not
+    counted, the next request carries the schema's skeleton, and the answer is validated against
+    the original schema, its error fed back like any other."""
+    from extractor.errors import SchemaRejected
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 7}}, "required": ["n"],
+              "additionalProperties": False}
+    task = task_from_json_schema(schema, name="raw")
+    engine = ScriptedEngine([SchemaRejected("$", "Ref recusion limit reached: 3"), '{"n": 3}', '{"n": 14}'])
+    result = Extractor(engine).run(task, DOC)
+    assert result.data == {"n": 14} and result.meta.attempts == 2
+    assert result.meta.grammar == "validate-only:refused" and result.meta.to_dict()["grammar"] == result.meta.grammar
+    assert engine.requests[0].schema == task.strict_schema
+    assert engine.requests[1].schema == engine.requests[2].schema == validate_only(task).strict_schema
+    assert "3 is not a multiple of 7" in engine.requests[2].messages[-1]["content"]
+
+
+def test_a_grammar_past_its_compile_limit_falls_back_too_unless_the_option_is_off() -> None:
+    from extractor.errors import GrammarTimeout, SchemaRejected
+
+    task = task_from_json_schema({"type": "object", "properties": {"a": {"type": "string"}}}, name="raw")
+    result = Extractor(ScriptedEngine([GrammarTimeout("$", "past 5 s"), '{"a": "x"}'])).run(task, DOC)
+    assert result.data == {"a": "x"} and result.meta.grammar == "validate-only:compile_timeout"
+    assert "grammar" not in Extractor(ScriptedEngine(['{"a": "x"}'])).run(task, DOC).meta.to_dict()
+    with pytest.raises(SchemaRejected, match="recusion"):
+        Extractor(ScriptedEngine([SchemaRejected("$", "recusion")]), grammar_fallback=False).run(task, DOC)
+    # a skeleton refused as well: the refusal stands (no loop)
+    with pytest.raises(SchemaRejected):
+        Extractor(ScriptedEngine([SchemaRejected("$", "no"), SchemaRejected("$", "no")])).run(task, DOC)
+
+
+def test_a_pydantic_contract_is_never_loosened() -> None:
+    from extractor.errors import SchemaRejected
+    from schemas import Person
+
+    engine = ScriptedEngine(lambda request: SchemaRejected("$", "no"))
+    with pytest.raises(SchemaRejected):
+        Extractor(engine).extract(Person, "Ann, 3, Oslo")
+    # the grounded schema, then the contract's own: no third, looser request
+    assert len(engine.requests) == 2 and engine.requests[0].schema != engine.requests[1].schema
+
+
+def test_a_schema_too_large_with_its_refs_inlined_gets_the_skeleton_not_a_refusal() -> None:
+    """The Washington Post's and SARIF's schemas are 2.8 to 21 MB with their shared definitions
+    inlined: taken with the skeleton as the grammar, validated against the schema itself."""
+    leaf = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(40)}}
+    defs = {"leaf": leaf}
+    for level in range(6):  # each level refers to the one below from 8 places: 8^6 leaves inlined
+        defs[f"l{level + 1}"] = {"type": "object", "properties": {
+            f"k{j}": {"$ref": f"#/definitions/{'leaf' if level == 0 else f'l{level}'}"} for j in range(8)}}
+    schema = {"type": "object", "definitions": defs, "required": ["top"],
+              "properties": {"top": {"$ref": "#/definitions/l6"}, "id": {"type": "integer"}}}
+    task = task_from_json_schema(schema, name="big")
+    assert any("validate-only grammar" in note for note in task.prepared.report.notes)  # type: ignore[union-attr]
+    assert len(json.dumps(task.strict_schema)) < 100_000
+    result = Extractor(ScriptedEngine(['{"top": {"k0": {}}, "id": 3}'])).run(task, DOC)
+    assert result.data == {"top": {"k0": {}}, "id": 3} and original_valid(schema, result.data)
+
+
+def test_an_object_that_leaves_additional_properties_out_is_closed_in_the_grammar_only() -> None:
+    """SmolLM2 under an open object wrote key after key until max_tokens (real-world schemas of
+    one or two properties, cut at 64, 128 and 256 tokens): where the schema declares properties
+    and leaves `additionalProperties` out, the grammar writes only those; the record is valid
+    against the open original. Explicit `true`, a schema, `patternProperties`, or a required key
+    that is not declared keep the object open."""
+    def grammar(schema: Any) -> Any:
+        return task_from_json_schema(schema, name="raw").strict_schema
+
+    closed = grammar({"type": "object", "properties": {"v": {"const": "1.0.0"}}, "required": ["v"]})
+    assert closed["additionalProperties"] is False and "x-open-by-default" not in json.dumps(closed)
+    nested = grammar({"type": "array", "items": {"properties": {"a": {"type": "integer"}}}})
+    assert nested["properties"]["value"]["items"]["additionalProperties"] is False
+    for still_open in ({"type": "object", "properties": {"a": {}}, "additionalProperties": {"type": "integer"}},
+                       {"type": "object", "properties": {"a": {}}, "patternProperties": {"^x": {}}},
+                       {"type": "object", "properties": {"a": {}}, "minProperties": 2},
+                       {"type": "object"}):
+        assert grammar(still_open).get("additionalProperties") is not False, still_open
+        assert "x-open-by-default" not in json.dumps(grammar(still_open))

@@ -229,3 +229,18 @@ def test_parse_choice_takes_token_texts_from_their_bytes() -> None:
     without = completion('"é"', logprobs=token_logprobs([b'"', e_acute[:1], e_acute[1:], b'"'], -0.5, with_bytes=False))
     assert [t.token for t in parse_choice(without).logprobs or ()] == [
         '"', "\ufffd", "\ufffd", '"']
+
+
+def test_a_schema_the_servers_grammar_backend_refuses_is_schema_rejected_then_decoded_under_its_skeleton() -> None:
+    from extractor import task_from_json_schema
+    from extractor.errors import SchemaRejected
+
+    refused = httpx2.Response(400, json={"object": "error", "type": "BadRequestError", "code": 400,
+                                         "message": "Grammar error: Ref recusion limit reached: 3"})
+    task = task_from_json_schema({"type": "object", "properties": {"a": {"type": "string"}}}, name="raw")
+    with pytest.raises(SchemaRejected, match="recusion"):
+        Extractor(engine_for(FakeVllm([refused]), grammar_timeout_s=0), grammar_fallback=False).run(task, DOC)
+    server = FakeVllm([refused, '{"a":"x"}'])
+    result = Extractor(engine_for(server, grammar_timeout_s=0)).run(task, DOC)
+    assert result.data == {"a": "x"} and result.meta.grammar == "validate-only:refused"
+    assert server.bodies[1]["response_format"]["json_schema"]["schema"] != task.strict_schema

@@ -336,8 +336,8 @@ def _check_keyword_values(schema: dict[str, Any]) -> None:
 def estimate_max_tokens(strict: dict[str, Any], ceiling: int = 2048) -> int:
     """A token budget for one output: generous for the shape of the schema.
 
-    Strings count ~24 tokens, arrays ~6 items; the budget doubles that and is
-    clamped to [64, ceiling].
+    Strings count ~24 tokens, arrays ~6 items, an object open to other keys ~3 of them; the
+    budget doubles that and is clamped to [64, ceiling].
     """
     defs = strict.get("$defs", {})
 
@@ -353,7 +353,10 @@ def estimate_max_tokens(strict: dict[str, Any], ceiling: int = 2048) -> int:
             return 8
         t = n.get("type")
         if t == "object":
-            return 2 + sum(4 + cost(v, seen) for v in n.get("properties", {}).values())
+            # keys beyond `properties` (an open object of a raw schema): about three, each value capped
+            ap = n.get("additionalProperties")
+            extra = 3 * (4 + min(cost(ap, seen), 40)) if isinstance(ap, dict) else 0
+            return 2 + extra + sum(4 + cost(v, seen) for v in n.get("properties", {}).values())
         if t == "array":
             items = min(int(n.get("maxItems", 6)), 6)
             return 2 + items * cost(n.get("items"), seen)

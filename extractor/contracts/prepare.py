@@ -949,8 +949,8 @@ class _Preparer:
             out["required"] = required
         if pats:
             out["patternProperties"] = pats
-        if ap is None:
-            out["additionalProperties"] = self.any_value(depth + 1)
+        if ap is None:  # marked: `_close_declared` closes it where the object declares properties
+            out["additionalProperties"] = {**self.any_value(depth + 1), _OPEN_BY_DEFAULT: True}
         elif isinstance(ap, _Never):
             out["additionalProperties"] = False
         else:
@@ -1040,6 +1040,38 @@ def _any_defs(levels: int) -> dict[str, dict[str, Any]]:
         defs[name] = {"anyOf": [{"type": "null"}, {"type": "boolean"}, {"type": "number"}, {"type": "string"},
                                 {"type": "array", "items": inner}, {"type": "object", "additionalProperties": inner}]}
     return defs
+
+
+#: marks an `additionalProperties` the user's schema left out (`_close_declared` removes it)
+_OPEN_BY_DEFAULT: Final = "x-open-by-default"
+
+
+def _close_declared(node: Any) -> int:
+    """Close, in place, every object of a prepared schema that declares properties and leaves
+    `additionalProperties` out (no `patternProperties` either): the grammar then writes only the
+    declared ones (an explicit `additionalProperties: true` or schema keeps the object open), and
+    drop the marks `finish_object` left. Every such record is valid against the open original (closing
+    only removes values from what the grammar admits, and no required key or `minProperties` is
+    left unsatisfiable). Left open, SmolLM2 wrote key after key of the any-JSON
+    `additionalProperties` until max_tokens on real-world schemas of a few properties (on the
+    H200, three attempts cut at 64, 128 and 256 tokens). Returns how many objects were closed."""
+    closed = 0
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, list):
+            stack.extend(n)
+            continue
+        if not isinstance(n, dict):
+            continue
+        props, ap = n.get("properties"), n.get("additionalProperties")
+        if isinstance(ap, dict) and ap.pop(_OPEN_BY_DEFAULT, None) and (
+                isinstance(props, dict) and props and not n.get("patternProperties")
+                and n.get("minProperties", 0) <= len(props) and all(name in props for name in n.get("required", []))):
+            n["additionalProperties"] = False
+            closed += 1
+        stack.extend(v for k, v in n.items() if k not in ("enum", "const", "default", "examples"))
+    return closed
 
 
 def _constrains(n: dict[str, Any]) -> bool:
@@ -1270,17 +1302,17 @@ def prepare_schema(raw: Any, *, strict: bool = False, limits: Limits = DEFAULT_L
             prepared = preparer.node(raw, "$", 0, preparer.root_base, ())
         except _TooBig:
             if recursion <= 1:
-                raise SchemaRefused("$", f"the schema has more than {_NODE_BUDGET} nodes with its $refs inlined",
-                                    "use fewer or smaller shared definitions") from None
+                return _skeleton_only(raw, original, f"the schema has more than {_NODE_BUDGET} nodes with its "
+                                      "$refs inlined")
             continue
         if isinstance(prepared, _Never):
             break
         text = json.dumps(_to_validation_schema(prepared), separators=(",", ":"))
         if len(text) <= limits.max_prepared_bytes:
             break
-        if recursion <= 1:
-            raise SchemaRefused("$", f"the schema is {len(text)} bytes with its $refs inlined, more than the "
-                                f"limit of {limits.max_prepared_bytes}", "use fewer or smaller shared definitions")
+        if recursion <= 1 or not preparer.cut_recursion:  # (no recursion cut: a lower depth is the same schema)
+            return _skeleton_only(raw, original, f"the schema is {len(text)} bytes with its $refs inlined, more "
+                                  f"than the limit of {limits.max_prepared_bytes}")
     assert preparer is not None and prepared is not None
     if isinstance(prepared, _Never):
         raise SchemaRefused(prepared.path, f"no JSON value satisfies the schema: {prepared.reason}",
@@ -1292,6 +1324,10 @@ def prepare_schema(raw: Any, *, strict: bool = False, limits: Limits = DEFAULT_L
     if preparer.uses_any:
         defs.update(_any_defs(limits.max_any_depth))
     notes = list(preparer.notes)
+    closed = _close_declared(schema) + sum(_close_declared(d) for d in defs.values())
+    if closed:
+        notes.append(f"{closed} object(s) with declared properties and no additionalProperties schema: the grammar "
+                     "writes only their declared properties (a small model left free adds keys until max_tokens)")
     if preparer.cut_recursion:
         notes.append(f"recursive $refs unrolled to depth {preparer.max_recursion}; deeper values are not generated")
     wrapped = not _is_object_root(schema)
@@ -1315,6 +1351,28 @@ def prepare_schema(raw: Any, *, strict: bool = False, limits: Limits = DEFAULT_L
                           notes=notes)
     return PreparedSchema(schema=schema, wrapped=wrapped, strict=strict, report=report, original=original,
                           _added_nulls=frozenset(added))
+
+
+def _skeleton_only(raw: dict[str, Any], original: Any, reason: str,
+                   limits: Limits = DEFAULT_LIMITS) -> PreparedSchema:
+    """A schema too large for a full grammar once its `$ref`s are inlined (the shared definitions
+    of a real-world schema reached from many places: 2.8 to 21 MB for the Washington Post's and
+    SARIF's): its skeleton as the grammar (`loose_schema`, read through the refs, bounded), every
+    answer validated against the schema itself, whose validators follow the refs without inlining."""
+    wrapped = not (_is_object_root(raw) or ("type" not in raw and isinstance(raw.get("properties"), dict)))
+    body = _skeleton(raw, raw, SKELETON_DEPTH, _bounded_any(min(limits.max_any_depth, 2)), [SKELETON_NODES])
+    if wrapped:
+        schema = {"type": "object", "properties": {"value": body}, "required": ["value"], "additionalProperties": False}
+    elif body.get("type") == "object":
+        schema = body
+    else:
+        schema = {"type": "object", "additionalProperties": _bounded_any(min(limits.max_any_depth, 2))}
+    if isinstance(raw.get("description"), str):
+        schema.setdefault("description", raw["description"])
+    report = SchemaReport(enforced={}, validated={"*": ["$"]}, ignored={},
+                          notes=[f"validate-only grammar: {reason}; the grammar holds the schema's skeleton (top "
+                                 f"{SKELETON_DEPTH} levels), the rest is validated after decoding"])
+    return PreparedSchema(schema=schema, wrapped=wrapped, strict=False, report=report, original=original)
 
 
 #: the validate-only grammar's skeleton: levels of objects kept, and schema nodes at most

@@ -46,11 +46,16 @@ from extractor.errors import (
     EngineUnavailable,
     ExtractorError,
     GrammarNotEnforced,
+    SchemaRejected,
 )
 
 #: vLLM's 400 for a prompt (plus max_tokens) over the model's context, across versions
 _OVER_CONTEXT = re.compile(r"maximum context length|maximum model length|longer than the maximum|context length is",
                            re.IGNORECASE)
+
+#: vLLM's 400 for a schema its structured-output backend refuses ("Grammar error: Ref recusion limit
+#: reached", "Unsupported JSON Schema structure", "features not supported by xgrammar")
+_SCHEMA_REFUSED = re.compile(r"grammar|json schema|xgrammar|guidance|structured output", re.IGNORECASE)
 
 #: requests in flight to the server: what vLLM's scheduler batches by default (max_num_seqs 256)
 DEFAULT_CONCURRENCY = 256
@@ -387,6 +392,8 @@ class VllmHttpEngine(Engine):
         detail = f"{self.base_url} answered {status}: {exc.message}"[:500]
         if status == 400 and _OVER_CONTEXT.search(exc.message):
             return DocumentTooLarge(detail)  # this document's fault, not the engine's: the batch goes on
+        if status == 400 and _SCHEMA_REFUSED.search(exc.message):
+            return SchemaRejected("$", f"vLLM's grammar backend refused the schema: {detail}")  # 422; see grammar_fallback
         if status == 429:
             return EngineOverloaded(detail, retry_after=exc.retry_after)
         if status == 504:

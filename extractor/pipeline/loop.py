@@ -51,6 +51,7 @@ from pydantic import BaseModel
 
 from extractor.contracts.bounds import bound_repetitions, looping
 from extractor.contracts.contract import Task
+from extractor.contracts.prepare import loose_schema
 from extractor.engines.base import AdapterRef, Engine, GenerationRequest, GenerationResult, Message, TokenBudget
 from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout, SchemaRejected
 from extractor.grounding.candidates import put_back, set_aside
@@ -191,6 +192,8 @@ class _Attempts:
     grounded: str | None = None
     #: the grounded schema whose grammar missed the compile budget: a retry takes it once ready
     pending: Mapping[str, Any] | None = None
+    #: meta.grammar: None, or "validate-only:<reason>" once `loosen` took the schema's skeleton
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         self.start = time.perf_counter()
@@ -240,11 +243,36 @@ class _Attempts:
         compile in time; the task's grammar, compiled once for every document, takes over for the
         attempt again, and values are checked against the document afterwards. False when it was
         the task's own grammar that timed out."""
-        if self.schema is self.task.strict_schema or self.bounded is not None:
+        if self.schema is self.task.strict_schema or self.bounded is not None or self.grammar is not None:
             return False
         self.pending = self.schema if self.grounded == "full" else None
         self.schema, self.grounded, self.attempt = self.task.strict_schema, "fallback:compile_timeout", self.attempt - 1
         self.options = self.options.model_copy(update={"require_grounded": True})
+        return True
+
+    def step_down(self, exc: GrammarTimeout | SchemaRejected) -> bool:
+        """After the engine refused a grammar or could not compile it in time: a grounded schema
+        gives way to the task's (`ungrounded`); the task's own schema of a raw-schema task, to its
+        skeleton (`loosen`). False where neither applies (the error stands)."""
+        if isinstance(exc, GrammarTimeout) and self.ungrounded():
+            return True
+        if self.schema is not self.task.strict_schema and self.bounded is None and self.grammar is None:
+            # a grounded schema the backend refused (vLLM's may refuse what ours compiled)
+            self.schema, self.grounded, self.attempt = self.task.strict_schema, "fallback:compile_error", self.attempt - 1
+            self.pending = None
+            self.options = self.options.model_copy(update={"require_grounded": True})
+            return True
+        return self.loosen("compile_timeout" if isinstance(exc, GrammarTimeout) else "refused")
+
+    def loosen(self, reason: str) -> bool:
+        """The task's grammar refused or too slow to compile: a raw-schema task decodes under the
+        schema's skeleton (`loose_schema`), every answer validated against the schema as before,
+        where `grammar_fallback` allows it. The attempt is not counted."""
+        prepared = self.task.prepared
+        if (not self.options.grammar_fallback or prepared is None or self.grammar is not None
+                or self.schema is not self.task.strict_schema):
+            return False
+        self.schema, self.grammar, self.attempt = loose_schema(prepared), f"validate-only:{reason}", self.attempt - 1
         return True
 
     async def reground(self) -> None:
@@ -291,7 +319,7 @@ class _Attempts:
                     spans=judged.spans if options.spans else None, confidence=confidence,
                     grounded_decoding=self.grounded, adapter=self.adapter.name if self.adapter is not None else None,
                     changed=judged.changed, max_tokens=self.max_tokens, max_tokens_cap=options.max_tokens_cap,
-                    bounded=self.bounded)
+                    bounded=self.bounded, grammar=self.grammar)
         self.outcome = Extraction(data=judged.outcome.value, meta=meta)
 
     def _bound(self) -> bool:
@@ -346,8 +374,8 @@ async def _round(engine: Engine, states: Sequence[_Attempts]) -> None:
     while True:
         try:
             results = await engine.generate([s.request() for s in states])
-        except GrammarTimeout:
-            if not any([s.ungrounded() for s in states]):
+        except (GrammarTimeout, SchemaRejected) as exc:
+            if not any([s.step_down(exc) for s in states]):
                 raise
             continue
         for state, result in zip(states, results, strict=True):

@@ -64,6 +64,10 @@ class ExtractOptions(BaseModel):
     chunk_tokens: int | None = Field(default=None, ge=64, json_schema_extra=EXPOSED,
                                      description="the most tokens of document in one chunk (default: what fits the "
                                                  "model's context with the prompt and output budget, at most 1024)")
+    grammar_fallback: bool = Field(default=True, json_schema_extra=EXPOSED,
+                                   description="a raw JSON schema whose grammar the engine refuses or cannot compile "
+                                               "in time is decoded under its skeleton instead (meta.grammar says so), "
+                                               "every answer still validated against the schema; off: refuse it (422)")
     #: ask the engine for token logprobs even without `confidence`
     logprobs: bool = False
     #: seed of the first attempt; attempt k uses seed + k - 1

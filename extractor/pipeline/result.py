@@ -44,14 +44,20 @@ class Meta:
     #: keyword -> how many upper bounds were added: the record was decoded after an output cut at
     #: the cap, under the schema with its open repetitions bounded (`extractor.contracts.bounds`)
     bounded: dict[str, int] | None = None
+    #: None: decoded under the schema's full grammar; "validate-only:<reason>": the engine refused
+    #: the grammar ("refused") or could not compile it in time ("compile_timeout"), so the record was
+    #: decoded under the schema's skeleton and validated against the schema afterwards
+    #: (`ExtractOptions.grammar_fallback`, `extractor.contracts.prepare.loose_schema`)
+    grammar: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `meta`; `spans`, `confidence`, `grounded_decoding`, `adapter` and `long`
         only when they apply, `changed` only when a validator dropped or changed a value, `bounded`
-        only when the record was decoded under bounded repetitions."""
+        only when the record was decoded under bounded repetitions, `grammar` only when it was
+        decoded under the schema's skeleton."""
         out = asdict(self)
         spans, confidence, adapter, long = out.pop("spans"), out.pop("confidence"), out.pop("adapter"), out.pop("long")
-        changed, bounded = out.pop("changed"), out.pop("bounded")
+        changed, bounded, grammar = out.pop("changed"), out.pop("bounded"), out.pop("grammar")
         if out["grounded_decoding"] is None:
             del out["grounded_decoding"]
         out["tokens"] = {"prompt": out.pop("prompt_tokens"), "completion": out.pop("completion_tokens")}
@@ -68,6 +74,8 @@ class Meta:
             out["changed"] = changed
         if bounded:
             out["bounded"] = bounded
+        if grammar is not None:
+            out["grammar"] = grammar
         return out
 
 
