@@ -250,3 +250,22 @@ def test_an_object_that_leaves_additional_properties_out_is_closed_in_the_gramma
                        {"type": "object"}):
         assert grammar(still_open).get("additionalProperties") is not False, still_open
         assert "x-open-by-default" not in json.dumps(grammar(still_open))
+
+
+def test_the_skeleton_keeps_a_choice_of_shapes_and_a_node_its_own_shape_beside_its_choices() -> None:
+    """The Washington Post's schemas: a closed object of 50 properties whose `oneOf` only requires
+    one of two of them. Its skeleton was any JSON object (SmolLM2 wrote `{"type": "record", "data":
+    ...}`); it keeps the object's own shape, the choice left to validation. A choice between
+    shapes becomes a choice between their skeletons."""
+    schema = {"type": "object", "additionalProperties": False, "required": ["kind"],
+              "properties": {"kind": {"enum": ["audio"]}, "streams": {"type": "array"}, "source_url": {"type": "string"}},
+              "oneOf": [{"required": ["streams"]}, {"required": ["source_url"]}]}
+    loose = validate_only(task_from_json_schema(schema, name="raw")).strict_schema
+    check = jsonschema.Draft202012Validator(loose)
+    assert check.is_valid({"kind": "audio", "source_url": "x"}) and not check.is_valid({"kind": "audio", "data": 1})
+    choice = {"type": "object", "required": ["v"], "additionalProperties": False, "properties": {"v": {"anyOf": [
+        {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": False},
+        {"type": "string", "pattern": "^x"}, {"type": "null"}]}}}
+    check = jsonschema.Draft202012Validator(validate_only(task_from_json_schema(choice, name="raw")).strict_schema)
+    assert all(check.is_valid({"v": v}) for v in ({"a": 1}, "y", None))  # the pattern is left to validation
+    assert not any(check.is_valid({"v": v}) for v in ({"b": 1}, 3, [1]))

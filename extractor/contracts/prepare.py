@@ -1010,6 +1010,9 @@ class _Preparer:
 ANY_REF: Final = {"$ref": "#/$defs/any_json"}
 
 
+_ANY_PREFIX: Final = "#/$defs/any_json"
+
+
 def _is_any(n: Any) -> bool:
     return isinstance(n, dict) and n.get("$ref") == ANY_REF["$ref"]
 
@@ -1363,7 +1366,7 @@ def _skeleton_only(raw: dict[str, Any], original: Any, reason: str,
     body = _skeleton(raw, raw, SKELETON_DEPTH, _bounded_any(min(limits.max_any_depth, 2)), [SKELETON_NODES])
     if wrapped:
         schema = {"type": "object", "properties": {"value": body}, "required": ["value"], "additionalProperties": False}
-    elif body.get("type") == "object":
+    elif _is_object_root(body):
         schema = body
     else:
         schema = {"type": "object", "additionalProperties": _bounded_any(min(limits.max_any_depth, 2))}
@@ -1378,6 +1381,8 @@ def _skeleton_only(raw: dict[str, Any], original: Any, reason: str,
 #: the validate-only grammar's skeleton: levels of objects kept, and schema nodes at most
 SKELETON_DEPTH: Final = 3
 SKELETON_NODES: Final = 400
+#: a choice (`anyOf`, `oneOf`) of more shapes than this is left free in the skeleton
+SKELETON_CHOICES: Final = 8
 _SCALARS: Final = frozenset({"string", "number", "integer", "boolean", "null"})
 
 
@@ -1390,9 +1395,10 @@ def loose_schema(prepared: PreparedSchema, limits: Limits = DEFAULT_LIMITS) -> d
     The skeleton (`_skeleton`) keeps what costs a grammar little and what a small model left free
     got wrong on the real-world schemas (on the H200 most validate-only answers missed a required
     property or wrote one the schema closes out): the top objects' properties, `required` and
-    closed `additionalProperties`, the types of scalars and small enums, arrays' items, to
-    `SKELETON_DEPTH` levels and `SKELETON_NODES` nodes; patterns, formats, bounds, `$ref` cycles
-    and other combinators are left to validation."""
+    closed `additionalProperties`, the types of scalars and small enums, arrays' items, the shapes
+    of a choice (`anyOf`/`oneOf`, where the node has no shape of its own), to `SKELETON_DEPTH`
+    levels and `SKELETON_NODES` nodes; patterns, formats, bounds, `$ref` cycles and the other
+    combinators are left to validation."""
     any_json = _bounded_any(min(limits.max_any_depth, 2))
     budget = [SKELETON_NODES]
     body = _skeleton(prepared.schema, prepared.schema, SKELETON_DEPTH, any_json, budget)
@@ -1400,7 +1406,7 @@ def loose_schema(prepared: PreparedSchema, limits: Limits = DEFAULT_LIMITS) -> d
         value = body.get("properties", {}).get("value", any_json) if isinstance(body, dict) else any_json
         return {"type": "object", "properties": {"value": value}, "required": ["value"],
                 "additionalProperties": False}
-    if body.get("type") != "object":
+    if not _is_object_root(body):
         return {"type": "object", "additionalProperties": any_json}
     return body
 
@@ -1410,17 +1416,24 @@ def _skeleton(node: Any, root: Mapping[str, Any], depth: int, any_json: dict[str
     """`node` cut down to its shape (see `loose_schema`); `any_json` wherever the shape is not
     plain or the depth or node budget is spent."""
     budget[0] -= 1
-    if budget[0] < 0 or not isinstance(node, Mapping):
-        return any_json
+    if budget[0] < 0 or not isinstance(node, Mapping) or str(node.get("$ref", "")).startswith(_ANY_PREFIX):
+        return any_json  # (the prepared schema's own any-JSON definitions: not walked, their size doubles)
     node = resolve_ref(node, root)
     alts = node.get("anyOf") or node.get("oneOf")
-    if isinstance(alts, list):  # X or null: X's shape, nullable; any other choice is left free
+    own_shape = bool(type_names(node)) or isinstance(node.get("properties"), Mapping)
+    if isinstance(alts, list) and not own_shape:
+        # the choices' shapes (X or null: X's, nullable); a node with a shape of its own keeps it, its
+        # choices (often `required` alone: the Washington Post's "streams or source_url") validated
         kinds = [resolve_ref(a, root) if isinstance(a, Mapping) else a for a in alts]
         rest = [a for a in kinds if not (isinstance(a, Mapping) and a.get("type") == "null" and len(a) == 1)]
-        if len(rest) == 1 and len(kinds) == 2:
-            inner = _skeleton(rest[0], root, depth, any_json, budget)
-            return inner if inner is any_json else {"anyOf": [inner, {"type": "null"}]}
-        return any_json
+        if not rest or len(rest) > SKELETON_CHOICES:
+            return any_json
+        shapes = [_skeleton(a, root, depth, any_json, budget) for a in rest]
+        if any(shape is any_json for shape in shapes):
+            return any_json
+        if len(rest) < len(kinds):
+            shapes.append({"type": "null"})
+        return shapes[0] if len(shapes) == 1 else {"anyOf": shapes}
     if "const" in node and _scalar(node["const"]):
         return {"const": node["const"]}
     enum = node.get("enum")
