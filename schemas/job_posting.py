@@ -10,14 +10,13 @@ from pydantic import Field, model_validator
 
 from extractor.contracts.contract import Contract, Example
 
-
 #: a currency (symbol or ISO code) printed beside an amount, or a pay word followed closely by one
 _CURRENCY = r"(?:[$€£¥₹₩₽]|\b(?:USD|EUR|GBP|CAD|AUD|NZD|CHF|SEK|NOK|DKK|PLN|CZK|HUF|JPY|CNY|INR|SGD|HKD|ZAR|BRL|MXN)\b)"
 _AMOUNT = r"\d[\d.,' ]*\s?[kK]?"
 STATES_PAY = re.compile(
     rf"{_CURRENCY}\s?\d|\d[\d.,]*\s?[kK]?\s?{_CURRENCY}"
     rf"|\b(?:salary|pay|compensation|wage|rate|remuneration|gehalt|salario|salaire)\b\s*"
-    rf"(?:[:=–-]|of|is|from|up to|between|starting at|range)?\s*(?:[:=]\s*)?{_AMOUNT}",
+    rf"(?:[:=\u2013-]|of|is|from|up to|between|starting at|range)?\s*(?:[:=]\s*)?{_AMOUNT}",
     re.IGNORECASE)
 
 
