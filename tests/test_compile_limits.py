@@ -266,3 +266,35 @@ def test_the_service_lets_the_engine_check_a_documents_schema_first() -> None:
     assert r.status_code == 200, r.text
     sent = [req.schema for req in engine.requests if "age" in req.schema.get("properties", {})]
     assert sent and engine.prepared == sent[:1] and sent[0] != task_from_model(Person).strict_schema
+
+
+def test_admitting_a_schema_lifts_a_kept_time_out_but_not_a_refusal() -> None:
+    """A time-out says as much about the load of the moment as about the schema (on the H200, 139-
+    character schemas timed out at 256 in flight); a raw schema's skeleton, admitted after its
+    grammar timed out, is often the schema itself, and was refused again from the kept verdict."""
+    import asyncio
+
+    from extractor.engines.compile_guard import CompileGuard
+    from extractor.errors import GrammarTimeout, SchemaRejected
+
+    guard = CompileGuard(toy_tokenizer_info().serialize_json(), timeout_s=60.0)
+    try:
+        asyncio.run(guard.check({"type": "object"}))  # the child started
+        guard.timeout_s = 0.000001  # every compile from here on runs past the limit
+        slow = {"type": "object", "properties": {f"p{i}": {"type": "string", "pattern": f"^[a-z]{{{i}}}x+$"}
+                                                 for i in range(60)}}
+        with pytest.raises(GrammarTimeout):
+            asyncio.run(guard.check(slow))
+        with pytest.raises(GrammarTimeout):
+            asyncio.run(guard.check(slow))  # kept
+        guard.admit(slow)
+        asyncio.run(guard.check(slow))  # lifted
+        guard.timeout_s = 60.0
+        refused = {"type": "object", "properties": {"a": {"type": "string", "pattern": "("}}}
+        with pytest.raises(SchemaRejected):
+            asyncio.run(guard.check(refused))
+        guard.admit(refused)
+        with pytest.raises(SchemaRejected):
+            asyncio.run(guard.check(refused))
+    finally:
+        guard.close()
