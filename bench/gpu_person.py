@@ -315,12 +315,18 @@ def phase_service(url: str, vllm_url: str) -> dict[str, Any]:
     # at 256 in flight: client wall time minus the time the service waited on vLLM
     added = [w - float(a["meta"]["engine_ms"]) for w, a in zip(client_walls, answers, strict=True)
              if a is not None and a["meta"].get("engine_ms") is not None]
+    # of that, the time held in the service's own admission queue (meta.queue_ms), and the rest
+    queued = [float(a["meta"]["queue_ms"]) for a in answers if a is not None and a["meta"].get("queue_ms") is not None]
+    rest = [w - float(a["meta"]["engine_ms"]) - float(a["meta"]["queue_ms"])
+            for w, a in zip(client_walls, answers, strict=True)
+            if a is not None and a["meta"].get("engine_ms") is not None and a["meta"].get("queue_ms") is not None]
     walls, direct = asyncio.run(_sequential_latency(url, vllm_url))
     return {"docs_per_s": N / elapsed, "valid": len(good), "seconds": elapsed, "processes": LEAN_PROCS,
             "exact": sum(exact(a["data"], rec["expected"]) for a, rec in good),
             "tok_per_s": sum(a["meta"]["tokens"]["completion"] for a, _ in good) / elapsed,
             "latency_p50_ms_sequential": _p50(walls), "vllm_latency_p50_ms_sequential_paired": _p50(direct),
-            "wall_minus_engine_p50_ms_at_256": _p50(added)}
+            "wall_minus_engine_p50_ms_at_256": _p50(added), "queue_p50_ms_at_256": _p50(queued),
+            "wall_minus_engine_and_queue_p50_ms_at_256": _p50(rest)}
 
 
 # -- batch: `extract batch` on the in-process engine --------------------------------------
@@ -491,7 +497,9 @@ def write_results(r: dict[str, dict[str, Any]], out: Path, model: str) -> None:
             if ours_p50 is not None and raw_p50 is not None:
                 row["added_latency_p50_ms"] = round(ours_p50 - raw_p50, 2)
             row["service_p50_ms_sequential"], row["vllm_p50_ms_sequential"] = ours_p50, raw_p50
-            row["wall_minus_engine_p50_ms_at_256"] = ours.get("wall_minus_engine_p50_ms_at_256")
+            for key in ("wall_minus_engine_p50_ms_at_256", "queue_p50_ms_at_256",
+                        "wall_minus_engine_and_queue_p50_ms_at_256"):
+                row[key] = ours.get(key)
         rows.append(row)
     a, b = r.get("offline_ours", {}).get("records"), r.get("http_ours", {}).get("records")
     if a and b:
