@@ -47,7 +47,7 @@ def test_unanchored_patterns_match_anywhere_on_both_backends(backends: GrammarBa
 def test_open_objects_take_values_nested_as_deep_as_real_manifests(backends: GrammarBackends) -> None:
     """A Kubernetes ReplicaSetSpec given a whole ReplicaSet: the extra keys are any JSON, and
     `spec.template.metadata.labels` nests five levels down (the bound was 3: refused)."""
-    raw = {"type": "object", "properties": {"replicas": {"type": "integer"}}}
+    raw = {"type": "object", "properties": {"replicas": {"type": "integer"}}, "additionalProperties": True}
     manifest = {"replicas": 3, "spec": {"template": {"metadata": {"labels": {"app": "example"}}}},
                 "deep": [[[[[[[[["nine"]]]]]]]]]}
     assert accepted(backends, raw, manifest) == {"xgrammar": True, "llguidance": True}
