@@ -156,8 +156,8 @@ class CompileGuard:
         skeleton is often the schema itself)."""
         key = schema_digest(schema)
         with self._lock:
-            verdict = self._verdicts.get(key, None)
-            if key in self._verdicts and verdict is not None and not verdict[0]:
+            verdict = self._verdicts.get(key)
+            if verdict is not None and not verdict[0]:  # a refusal
                 self._verdicts.move_to_end(key)
             else:
                 self._keep(key, None)

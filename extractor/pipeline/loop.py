@@ -238,15 +238,15 @@ class _Attempts:
                                  seed=options.seed + self.attempt - 1, logprobs=options.logprobs or options.confidence,
                                  repetition_penalty=options.repetition_penalty, adapter=self.adapter)
 
-    def ungrounded(self) -> bool:
+    def ungrounded(self, reason: str = "compile_timeout") -> bool:
         """After a GrammarTimeout: this document's own grammar (grounded decoding) was too large to
         compile in time; the task's grammar, compiled once for every document, takes over for the
         attempt again, and values are checked against the document afterwards. False when it was
         the task's own grammar that timed out."""
         if self.schema is self.task.strict_schema or self.bounded is not None or self.grammar is not None:
             return False
-        self.pending = self.schema if self.grounded == "full" else None
-        self.schema, self.grounded, self.attempt = self.task.strict_schema, "fallback:compile_timeout", self.attempt - 1
+        self.pending = self.schema if self.grounded == "full" and reason == "compile_timeout" else None
+        self.schema, self.grounded, self.attempt = self.task.strict_schema, f"fallback:{reason}", self.attempt - 1
         self.options = self.options.model_copy(update={"require_grounded": True})
         return True
 
@@ -254,13 +254,8 @@ class _Attempts:
         """After the engine refused a grammar or could not compile it in time: a grounded schema
         gives way to the task's (`ungrounded`); the task's own schema of a raw-schema task, to its
         skeleton (`loosen`). False where neither applies (the error stands)."""
-        if isinstance(exc, GrammarTimeout) and self.ungrounded():
-            return True
-        if self.schema is not self.task.strict_schema and self.bounded is None and self.grammar is None:
-            # a grounded schema the backend refused (vLLM's may refuse what ours compiled)
-            self.schema, self.grounded, self.attempt = self.task.strict_schema, "fallback:compile_error", self.attempt - 1
-            self.pending = None
-            self.options = self.options.model_copy(update={"require_grounded": True})
+        # (a grounded schema the backend refused: vLLM's may refuse what ours compiled)
+        if self.ungrounded("compile_timeout" if isinstance(exc, GrammarTimeout) else "compile_error"):
             return True
         return self.loosen("compile_timeout" if isinstance(exc, GrammarTimeout) else "refused")
 
