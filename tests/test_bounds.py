@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import jsonschema
 
-from extractor.contracts.bounds import Bounds, bound_repetitions
+from extractor.contracts.bounds import COMPACT_BOUNDS, Bounds, bound_repetitions
 from extractor.contracts.contract import task_from_json_schema
 
 
@@ -70,3 +70,25 @@ def test_the_service_response_keeps_what_was_bounded() -> None:
     body = response_model(task).model_validate({"schema": "xs", "version": "1", "data": {"xs": []}, "meta": meta})
     dumped = body.model_dump(by_alias=True, exclude_none=True)["meta"]
     assert dumped["bounded"] == {"maxItems": 1} and dumped["max_tokens"] == 64
+
+
+def test_compact_keeps_required_properties_tightens_maxima_and_stays_a_subset() -> None:
+    raw = {"type": "object", "minProperties": 2,
+           "properties": {"a": {"type": "string", "maxLength": 500}, "b": {"type": "integer"},
+                          "c": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 9},
+                          "d": {"type": "object", "properties": {"x": {"type": "string"}},
+                                "additionalProperties": {"type": "integer"}}},
+           "required": ["a"]}
+    out, added = bound_repetitions(raw, COMPACT_BOUNDS)
+    assert list(out["properties"]) == ["a", "b"]  # required, and one more for minProperties 2
+    assert out["additionalProperties"] is False and out["properties"]["a"]["maxLength"] == 48
+    assert added["properties_dropped"] == 2 and added["closed"] == 1
+    inner, _ = bound_repetitions(raw["properties"]["d"], COMPACT_BOUNDS)
+    assert inner["properties"] == {} and inner["maxProperties"] == 0  # open, but no extra key
+    arrays, _ = bound_repetitions(raw["properties"]["c"], COMPACT_BOUNDS)
+    assert arrays["maxItems"] == 2  # never below the minimum
+    for value in ({"a": "x", "b": 1}, {"a": "x" * 48, "b": -3}):
+        jsonschema.validate(value, out)
+        jsonschema.validate(value, raw)
+    assert not jsonschema.Draft202012Validator(out).is_valid({"a": "x", "c": [1, 2]})
+    assert "maxLength" in raw["properties"]["a"] and raw["properties"]["a"]["maxLength"] == 500  # left alone

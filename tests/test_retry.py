@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import jsonschema
 import pytest
 
 from extractor import EmptyDocument, ExtractionFailed, Extractor, GenerationResult, ScriptedEngine, task_from_json_schema, task_from_model
@@ -115,18 +116,40 @@ def test_cut_at_the_cap_retries_once_under_bounded_repetitions() -> None:
     assert engine.requests[1].max_tokens == engine.requests[0].max_tokens
 
 
-def test_cut_again_under_bounds_gives_up_and_no_bound_without_an_attempt_left() -> None:
+def test_cut_under_bounds_then_compact_gives_up_and_no_bound_without_an_attempt_left() -> None:
     task = task_from_json_schema(TAGS_SCHEMA, name="tags")
     cut = GenerationResult(text='{"tags":["a"', finish_reason="length", prompt_tokens=10, completion_tokens=64)
-    engine = ScriptedEngine([cut, cut, '{"tags":["a"]}'])
+    engine = ScriptedEngine([cut, cut, cut, '{"tags":["a"]}'])
     with pytest.raises(ExtractionFailed, match="cut off"):
         asyncio.run(extract_one(engine, task, "tags: a", ExtractOptions(max_retries=4, max_tokens_cap=task.max_tokens)))
-    assert len(engine.requests) == 2
+    assert len(engine.requests) == 3  # the task's schema, bounded, compact: then no more on length
     engine = ScriptedEngine([cut, '{"tags":["a"]}'])
     with pytest.raises(ExtractionFailed, match="cut off"):
         asyncio.run(extract_one(engine, task, "tags: a", ExtractOptions(max_retries=0, max_tokens_cap=task.max_tokens)))
     assert len(engine.requests) == 1
     assert "bounded" not in Extractor(ScriptedEngine(['{"tags":["a"]}'])).run(task, "tags: a").meta.to_dict()
+
+
+WIDE_SCHEMA = {"type": "object", "properties": {
+    "id": {"type": "string"}, **{f"opt_{i}": {"type": "string"} for i in range(30)},
+    "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 10}}, "required": ["id", "tags"]}
+
+
+def test_cut_under_bounds_again_the_last_attempt_is_under_the_compact_schema() -> None:
+    """Seen on the H200: a schema with many optional properties, cut at the cap under bounded
+    repetitions too (the model writes every property). The last attempt keeps the required
+    properties only, one item, short strings; its record validates against the user's schema."""
+    task = task_from_json_schema(WIDE_SCHEMA, name="wide")
+    cut = GenerationResult(text='{"id":"1","opt_0":"x"', finish_reason="length", prompt_tokens=10, completion_tokens=64)
+    engine = ScriptedEngine([cut, cut, '{"id":"1","tags":["a"]}'])
+    result = asyncio.run(extract_one(engine, task, "id 1, tag a", ExtractOptions(max_retries=2, max_tokens_cap=task.max_tokens)))
+    assert result.data == {"id": "1", "tags": ["a"]}
+    bounded, compact = engine.requests[1].schema, engine.requests[2].schema
+    assert "opt_0" in bounded["properties"] and bounded["properties"]["tags"]["maxItems"] == 10
+    assert set(compact["properties"]) == {"id", "tags"} and compact["additionalProperties"] is False
+    assert compact["properties"]["tags"]["maxItems"] == 1 and compact["properties"]["id"]["maxLength"] == 48
+    assert result.meta.bounded is not None and result.meta.bounded["properties_dropped"] == 30
+    jsonschema.validate(result.data, WIDE_SCHEMA)
 
 
 def test_the_budget_and_its_cap_are_in_meta() -> None:

@@ -14,6 +14,13 @@ added wherever the schema sets none, so the grammar closes the loop:
 Bounds are only added, never loosened or removed, and each is at least the schema's own minimum, so
 every value the bounded schema admits is admitted by the original too: a record decoded under it
 still validates against the user's schema. What was bounded is returned with the schema, for `meta`.
+
+`COMPACT_BOUNDS` is the step after it, for an output cut again under those bounds (a schema with
+hundreds of optional properties: the model writes every one): the maxima the schema sets are
+tightened too (one item, 48 characters, no extra keys) and an object keeps only the properties it
+requires (and as many more as its `minProperties` asks for), closed. Still only a narrowing: what
+it admits, the original admits (counted as `properties_dropped` and `closed` in `meta.bounded`).
+On the H200, 6 of 100 real-world schemas failed cut at 2048 tokens after the bounded attempt.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any, Final
 
 from extractor.contracts.schema_walk import NOT_FREE, type_names
 
-__all__ = ["Bounds", "DEFAULT_BOUNDS", "bound_repetitions"]
+__all__ = ["Bounds", "COMPACT_BOUNDS", "DEFAULT_BOUNDS", "bound_repetitions"]
 
 #: keywords whose values are sub-schemas (a dict) or lists / dicts of sub-schemas
 _SUBSCHEMA: Final = ("items", "additionalProperties", "not", "if", "then", "else", "contains",
@@ -42,9 +49,12 @@ class Bounds:
     items: int = 4
     extra_keys: int = 4
     chars: int = 256
+    #: also tighten the maxima the schema sets, and keep only the properties an object requires
+    compact: bool = False
 
 
 DEFAULT_BOUNDS: Final = Bounds()
+COMPACT_BOUNDS: Final = Bounds(items=1, extra_keys=0, chars=48, compact=True)
 
 
 def _is_array(node: Mapping[str, Any]) -> bool:
@@ -69,18 +79,44 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def _cap(node: dict[str, Any], key: str, floor: str, bound: int, bounds: Bounds, added: dict[str, int]) -> None:
+    """Set `node[key]` to `max(node[floor], bound)` where it is absent (or larger, when compacting)."""
+    value = max(_int(node.get(floor)), bound)
+    current = node.get(key)
+    if current is not None and not (bounds.compact and isinstance(current, int) and current > value):
+        return
+    node[key] = value
+    added[key] = added.get(key, 0) + 1
+
+
+def _required_only(node: dict[str, Any], added: dict[str, int]) -> None:
+    """An object's properties cut to those it requires (and the first others its `minProperties`
+    needs), the object closed (compacting)."""
+    props = node.get("properties")
+    if isinstance(props, dict):
+        required = node.get("required") if isinstance(node.get("required"), list) else []
+        optional = [k for k in props if k not in required]
+        dropped = optional[max(0, _int(node.get("minProperties")) - len(required)):]
+        for key in dropped:
+            del props[key]
+        if dropped:
+            added["properties_dropped"] = added.get("properties_dropped", 0) + len(dropped)
+    if "additionalProperties" not in node and not node.get("patternProperties") and isinstance(props, dict):
+        node["additionalProperties"] = False
+        added["closed"] = added.get("closed", 0) + 1
+
+
 def _bound(node: dict[str, Any], bounds: Bounds, added: dict[str, int]) -> None:
-    if _is_array(node) and "maxItems" not in node:
-        node["maxItems"] = max(_int(node.get("minItems")), bounds.items)
-        added["maxItems"] = added.get("maxItems", 0) + 1
-    if _is_open_object(node) and "maxProperties" not in node:
+    if _is_array(node):
+        _cap(node, "maxItems", "minItems", bounds.items, bounds, added)
+    if bounds.compact and ("object" in type_names(node) or "properties" in node):
+        _required_only(node, added)
+    if _is_open_object(node):
         required = node.get("required")
         n_required = len(required) if isinstance(required, list) else 0
-        node["maxProperties"] = max(_int(node.get("minProperties")), n_required + bounds.extra_keys)
-        added["maxProperties"] = added.get("maxProperties", 0) + 1
-    if _is_free_string(node) and "maxLength" not in node:
-        node["maxLength"] = max(_int(node.get("minLength")), bounds.chars)
-        added["maxLength"] = added.get("maxLength", 0) + 1
+        _cap(node, "maxProperties", "minProperties", n_required + bounds.extra_keys, bounds, added)
+    if _is_free_string(node):
+        _cap(node, "maxLength", "minLength", bounds.chars, bounds, added)
 
 
 def _walk(node: Any, bounds: Bounds, added: dict[str, int]) -> None:

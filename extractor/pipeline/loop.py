@@ -10,7 +10,8 @@ attempt. An output cut at `max_tokens` is a failure; the next attempt gets
 the budget grown by `length_growth`, up to `max_tokens_cap` (both in `meta`);
 still cut at the cap (a small model looping on one item, key or phrase), one more attempt runs
 under the schema with its open repetitions bounded (`extractor.contracts.bounds`, `meta.bounded`),
-then the loop gives up on length. A retry never asks for more than the engine's context holds
+cut again, one more under the compact schema (required properties only, one item, short strings:
+`COMPACT_BOUNDS`), then the loop gives up on length. A retry never asks for more than the engine's context holds
 (`TokenBudget` engines): where the conversation so far (the rejected output and the errors fed
 back) would not fit with the budget, the retry sends the document and the latest errors only,
 and the budget is cut to what is left. The first attempt
@@ -49,7 +50,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from extractor.contracts.bounds import bound_repetitions, looping
+from extractor.contracts.bounds import COMPACT_BOUNDS, bound_repetitions, looping
 from extractor.contracts.contract import Task
 from extractor.contracts.prepare import loose_schema
 from extractor.engines.base import AdapterRef, Engine, GenerationRequest, GenerationResult, Message, TokenBudget
@@ -209,6 +210,7 @@ class _Attempts:
         self.outcome: Extraction[Any] | ExtractionFailed | None = None
         self.unchecked_options = self.options  # before a fallback asked for require_grounded
         self.bounded: dict[str, int] | None = None  # meta.bounded, once `_bound` took over
+        self.compacted = False  # `_bound`'s last step (`COMPACT_BOUNDS`) taken
 
     def _fit(self) -> None:
         """A retry that would not fit the engine's context: the conversation so far is dropped
@@ -325,14 +327,22 @@ class _Attempts:
 
     def _bound(self) -> bool:
         """After an output cut at the cap: the next attempt under the schema with its open
-        repetitions bounded, if the options allow it, an attempt is left and it was not bounded yet."""
-        if (not self.options.bound_on_cut or self.bounded is not None or self.schema is None
+        repetitions bounded (`DEFAULT_BOUNDS`); cut again, under the compact schema (`COMPACT_BOUNDS`:
+        required properties only, one item, short strings); if the options allow it and an attempt
+        is left. False once both were tried."""
+        if (not self.options.bound_on_cut or self.compacted or self.schema is None
                 or self.attempt >= self.options.max_attempts):
             return False
-        schema, added = bound_repetitions(self.schema)
+        schema, added = bound_repetitions(self.schema) if self.bounded is None else (self.schema, {})
         if not added:
-            return False
-        self.schema, self.bounded, self.pending = schema, added, None
+            schema, added = bound_repetitions(self.schema, COMPACT_BOUNDS)
+            self.compacted = True
+            if not added:
+                return False
+        merged = dict(self.bounded or {})
+        for key, count in added.items():
+            merged[key] = merged.get(key, 0) + count
+        self.schema, self.bounded, self.pending = schema, merged, None
         return True
 
     def _give_up(self) -> None:
