@@ -47,11 +47,29 @@ RESULTS = ROOT / "bench" / "results"
 DOCUMENT = "Write one realistic example record that follows the schema."
 
 
-def load(data: Path, sample: int | None, seed: int, limit: int | None) -> list[dict[str, Any]]:
+def load(data: Path, sample: int | None, seed: int, limit: int | None,
+         shard: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
+    """The schemas to run: all, a random sample, the first `limit`, then every `shard[1]`-th from
+    `shard[0]` (one device call runs one shard; `--merge` sums them)."""
     rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
     if sample:
         rows = random.Random(seed).sample(rows, min(sample, len(rows)))
-    return rows[:limit] if limit else rows
+    rows = rows[:limit] if limit else rows
+    return rows[shard[0]::shard[1]]
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    shard = (int(index), int(count or 1))
+    if not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"--shard K/N with 0 <= K < N, got {text}")
+    return shard
+
+
+def _name(args: argparse.Namespace) -> str:
+    """The results' file name: one per engine, one per shard of a sharded run."""
+    index, count = args.shard
+    return f"schema_e2e_{args.engine}" + (f"_shard{index}of{count}" if count > 1 else "")
 
 
 def build_tasks(rows: list[dict[str, Any]], budget_s: float,
@@ -165,12 +183,13 @@ def _meta(args: argparse.Namespace, model: str) -> dict[str, Any]:
     return {"benchmark": "schema_e2e", "engine": args.engine, "model": model, "grammar_backend": "xgrammar",
             "sample": args.sample, "seed": args.seed, "max_retries": args.max_retries,
             "max_tokens_cap": args.max_tokens_cap, "compile_budget_s": args.compile_budget,
-            "concurrency": args.concurrency, "document": DOCUMENT}
+            "concurrency": args.concurrency, "document": DOCUMENT,
+            **({"shard": f"{args.shard[0]}/{args.shard[1]}"} if args.shard[1] > 1 else {})}
 
 
-def _write(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+def _write(args: argparse.Namespace, summary: dict[str, Any], name: str | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"schema_e2e_{args.engine}.json"
+    path = args.out / f"{name or _name(args)}.json"
     path.write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     print(json.dumps({k: v for k, v in summary.items() if k != "items"}, indent=1))
 
@@ -178,13 +197,39 @@ def _write(args: argparse.Namespace, summary: dict[str, Any]) -> None:
 def summarize_partial(args: argparse.Namespace) -> None:
     """The summary of the schemas a stopped run completed (its `.partial.jsonl`), saying how many
     of the planned ones that is: the figure is over the completed ones only, which are the faster."""
-    partial = args.out / f"schema_e2e_{args.engine}.partial.jsonl"
-    items = [json.loads(line) for line in partial.read_text(encoding="utf-8").splitlines() if line.strip()]
-    planned = len(load(args.data, args.sample, args.seed, args.limit))
+    partial = args.out / f"{_name(args)}.partial.jsonl"
+    items = _items(partial)
+    planned = len(load(args.data, args.sample, args.seed, args.limit, args.shard))
     model = "SmolLM2-135M-Instruct" if args.engine == "local" else args.engine
     summary = summarize(items, {**_meta(args, model), "stopped_early": True, "completed": len(items),
                                 "planned": planned})
     _write(args, summary)
+
+
+def _items(path: Path) -> list[dict[str, Any]]:
+    """The schemas' outcomes in a results file (`items`) or a run's `.partial.jsonl`."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return list(json.loads(text)["items"])
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def merge_shards(args: argparse.Namespace) -> None:
+    """One summary of the shards' results (each a results file or a stopped shard's partial JSONL),
+    over every schema planned: one not completed counts as not valid and is listed."""
+    items: dict[str, dict[str, Any]] = {}
+    for path in args.merge:
+        for item in _items(path):
+            items[item["id"]] = item
+    planned = load(args.data, args.sample, args.seed, args.limit)
+    missing = [row["id"] for row in planned if row["id"] not in items]
+    ordered = [items[row["id"]] for row in planned if row["id"] in items]
+    model = "SmolLM2-135M-Instruct" if args.engine == "local" else args.engine
+    summary = summarize(ordered, {**_meta(args, model), "shards": [p.name for p in args.merge],
+                                  "completed": len(ordered), "planned": len(planned), "not_completed": missing})
+    if missing:  # over all planned: a schema a shard did not reach is not a valid record
+        summary["valid_pct_of_planned"] = round(100 * summary["valid_against_original"] / len(planned), 2)
+    _write(args, summary, f"schema_e2e_{args.engine}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample", type=int, help="a random sample of N schemas (with --seed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                        help="every N-th schema from the K-th (0-based): one device call per shard")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS",
+                        help="write one summary of these shards' results or partial JSONL files, running nothing")
     parser.add_argument("--max-retries", type=int, default=2)
     parser.add_argument("--max-tokens-cap", type=int, default=2048)
     parser.add_argument("--compile-budget", type=float, default=5.0, help="seconds xgrammar may take per schema")
@@ -210,10 +259,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_partial:
         summarize_partial(args)
         return
+    if args.merge:
+        merge_shards(args)
+        return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
-    rows = load(args.data, args.sample, args.seed, args.limit)
+    rows = load(args.data, args.sample, args.seed, args.limit, args.shard)
     # the engine starts first: vLLM forks its engine core, which must happen before anything in this
     # process touches CUDA (the grammar checks' imports did, on the H200)
     engine_options = {"grammar_timeout_s": args.compile_budget, **parse_options(args.engine_option)}
@@ -223,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     prepared_s = time.perf_counter() - started
     try:
         items = asyncio.run(run_all(extractor, rows, tasks, args.concurrency,
-                                    args.out / f"schema_e2e_{args.engine}.partial.jsonl"))
+                                    args.out / f"{_name(args)}.partial.jsonl"))
     finally:
         extractor.close()
     meta = {**_meta(args, extractor.engine.model), "prepare_and_check_s": round(prepared_s, 1),
