@@ -14,6 +14,7 @@ import pytest
 from extractor import ExtractionFailed, Extractor, ScriptedEngine, task_from_json_schema
 from extractor.contracts.contract import validate_only
 from extractor.engines.grammar_backends import llguidance_error
+from extractor.pipeline.prompt import system_prompt
 
 DOC = "Write one realistic example record that follows the schema."
 
@@ -269,3 +270,65 @@ def test_the_skeleton_keeps_a_choice_of_shapes_and_a_node_its_own_shape_beside_i
     check = jsonschema.Draft202012Validator(validate_only(task_from_json_schema(choice, name="raw")).strict_schema)
     assert all(check.is_valid({"v": v}) for v in ({"a": 1}, "y", None))  # the pattern is left to validation
     assert not any(check.is_valid({"v": v}) for v in ({"b": 1}, 3, [1]))
+
+
+class _SmallContext(ScriptedEngine):
+    """A scripted engine with a context of 2,048 tokens (a token per 2 characters) that times out
+    the compile of any schema it was not given to admit, as the vLLM engines' guard did on the H200."""
+
+    context_length = 2048
+
+    def __init__(self, outputs: Any) -> None:
+        super().__init__(outputs)
+        self.admitted: list[Any] = []
+
+    def count_prompt_tokens(self, messages: Any) -> int:
+        return sum(len(m["content"]) for m in messages) // 2
+
+    def admit(self, schema: Any) -> bool:
+        self.admitted.append(schema)
+        return True
+
+    async def prepare(self, schema: Any) -> None:
+        from extractor.errors import GrammarTimeout
+
+        if schema not in self.admitted:
+            raise GrammarTimeout("$", "past 5 s")
+
+    async def generate(self, requests: Any) -> Any:
+        for r in requests:
+            await self.prepare(r.schema)
+        return await super().generate(requests)
+
+
+def test_a_short_document_under_a_schema_with_a_long_prompt_is_not_chunked_and_keeps_its_fallback() -> None:
+    """On the H200, 16 real-world schemas (15 KB and more) made a one-line document's prompt too long
+    for its output budget: it went to the long-document path, whose piece tasks lost the raw schema's
+    fallback grammar, and the compile guard's time-out came back as the answer. Now the document
+    is one piece, its budget fitted to the room left, the skeleton taken."""
+    from extractor.engines.base import TokenBudget
+    from extractor.longdoc.run import needs_chunks
+
+    props = {f"field_{i}": {"type": "string", "description": "a field of the record " * 3} for i in range(40)}
+    task = task_from_json_schema({"type": "object", "properties": props, "required": ["field_0"]}, name="wide")
+    engine = _SmallContext(lambda request: '{"field_0": "x"}')
+    assert isinstance(engine, TokenBudget)
+    extractor = Extractor(engine)
+    messages_chars = len(system_prompt(task))
+    assert messages_chars // 2 + task.max_tokens > engine.context_length  # the whole would not fit
+    assert not needs_chunks(engine, task, DOC, extractor.options)
+    result = extractor.run(task, DOC)
+    assert result.data == {"field_0": "x"} and result.meta.grammar == "validate-only:compile_timeout"
+    assert all(engine.count_prompt_tokens(r.messages) + r.max_tokens <= engine.context_length for r in engine.requests)
+
+
+def test_the_prompt_field_list_is_bounded() -> None:
+    from extractor.pipeline.prompt import MAX_ENUM_SHOWN, MAX_FIELD_LIST_CHARS
+
+    props = {f"f{i}": {"type": "string", "enum": [f"v{j}" for j in range(1000)], "description": "d" * 2000}
+             for i in range(60)}
+    task = task_from_json_schema({"type": "object", "properties": props}, name="huge")
+    prompt = system_prompt(task)
+    assert len(prompt) < MAX_FIELD_LIST_CHARS + 2000
+    assert f'"v{MAX_ENUM_SHOWN - 1}" (and {1000 - MAX_ENUM_SHOWN} more)' in prompt
+    assert "more fields (the output format gives them)" in prompt

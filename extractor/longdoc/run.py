@@ -123,7 +123,10 @@ def needs_chunks(engine: Engine, task: Task[Any], document: str, options: Extrac
     if len(document) > limit and prompt_tokens(engine, [{"role": "user", "content": document}]) > limit:
         return True
     if not fits_whole(engine, messages, task.max_tokens):
-        return True
+        # a document no longer than one chunk gains nothing from chunking: the prompt is long for the
+        # schema's sake (a real-world schema of 15 KB), and its piece tasks would lose the raw schema's
+        # fallback grammar; the loop fits the output budget to the room left (`_Attempts._fit`)
+        return len(document) > chunk * CHARS_PER_TOKEN
     plan = row_plan(task, document, many=False)
     return plan is not None and len(plan.rows) > MAX_ROWS_PER_CHUNK
 

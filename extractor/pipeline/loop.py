@@ -213,16 +213,17 @@ class _Attempts:
         self.compacted = False  # `_bound`'s last step (`COMPACT_BOUNDS`) taken
 
     def _fit(self) -> None:
-        """A retry that would not fit the engine's context: the conversation so far is dropped
-        (the document and the latest errors stay), then the budget cut to what is left."""
+        """An attempt that would not fit the engine's context: a retry's conversation so far is
+        dropped (the document and the latest errors stay), then the budget cut to what is left (a
+        first attempt too: a short document under a schema whose prompt is long)."""
         engine = self.engine
-        if self.attempt <= 1 or not isinstance(engine, TokenBudget):
+        if not isinstance(engine, TokenBudget):
             return
         used = engine.count_prompt_tokens(self.messages)
         if used + self.max_tokens <= engine.context_length:
             return
         base = len(build_messages(self.task, self.document))
-        if len(self.messages) > base + 1:
+        if self.attempt > 1 and len(self.messages) > base + 1:
             self.messages = [*self.messages[:base], self.messages[-1]]  # the latest feedback only
             used = engine.count_prompt_tokens(self.messages)
         if used + self.max_tokens > engine.context_length and engine.context_length - used >= MIN_FIT_TOKENS:

@@ -23,6 +23,28 @@ from extractor.engines.special_tokens import COMMON, break_token
 OPEN, CLOSE = "<document>", "</document>"
 
 
+#: bounds of the field list in the prompt (the grammar enforces the schema; the list is for the model):
+#: a real-world schema's list (hundreds of fields, Kubernetes' enums of thousands of values) made
+#: prompts of 11,000 to 40,000 tokens, past SmolLM2's context of 8,192, for a one-line document
+MAX_ENUM_SHOWN = 24
+MAX_DESCRIPTION_CHARS = 300
+MAX_FIELD_LIST_CHARS = 8000
+
+
+def _kind(target: Mapping[str, Any], root: Mapping[str, Any]) -> str:
+    kind = str(target.get("type", "value"))
+    if "enum" in target:
+        values = [json.dumps(v) for v in target["enum"][:MAX_ENUM_SHOWN]]
+        more = len(target["enum"]) - len(values)
+        return "one of " + ", ".join(values) + (f" (and {more} more)" if more > 0 else "")
+    if kind == "array":
+        item = resolve_ref(target.get("items", {}), root)
+        return f"list of {item.get('type', 'value')}"
+    if target.get("format"):
+        return f"{kind}, {target['format']}"
+    return kind
+
+
 def _describe(schema: Mapping[str, Any], root: Mapping[str, Any], indent: str = "") -> list[str]:
     lines = []
     for key, sub in schema.get("properties", {}).items():
@@ -33,17 +55,10 @@ def _describe(schema: Mapping[str, Any], root: Mapping[str, Any], indent: str = 
             nullable = len(branches) < len(sub["anyOf"])
             target = branches[0] if len(branches) == 1 else sub
         target = resolve_ref(target, root)
-        kind = target.get("type", "value")
-        if "enum" in target:
-            kind = "one of " + ", ".join(json.dumps(v) for v in target["enum"])
-        elif kind == "array":
-            item = target.get("items", {})
-            item = resolve_ref(item, root)
-            kind = f"list of {item.get('type', 'value')}"
-        elif target.get("format"):
-            kind = f"{kind}, {target['format']}"
-        desc = sub.get("description") or target.get("description") or ""
-        lines.append(f"{indent}- {key} ({kind}{', or null' if nullable else ''}){': ' + desc if desc else ''}")
+        desc = str(sub.get("description") or target.get("description") or "")
+        if len(desc) > MAX_DESCRIPTION_CHARS:
+            desc = desc[:MAX_DESCRIPTION_CHARS].rstrip() + "..."
+        lines.append(f"{indent}- {key} ({_kind(target, root)}{', or null' if nullable else ''}){': ' + desc if desc else ''}")
         nested = target.get("items", target) if target.get("type") == "array" else target
         nested = resolve_ref(nested, root)
         if nested.get("type") == "object":
@@ -51,8 +66,21 @@ def _describe(schema: Mapping[str, Any], root: Mapping[str, Any], indent: str = 
     return lines
 
 
+def _field_list(schema: Mapping[str, Any]) -> str:
+    """The fields, one line each, nested ones indented, cut at `MAX_FIELD_LIST_CHARS`."""
+    lines, size = [], 0
+    described = _describe(schema, schema)
+    for line in described:
+        if size + len(line) + 1 > MAX_FIELD_LIST_CHARS:
+            lines.append(f"- ... and {len(described) - len(lines)} more fields (the output format gives them)")
+            break
+        lines.append(line)
+        size += len(line) + 1
+    return "\n".join(lines)
+
+
 def system_prompt(task: Task[BaseModel]) -> str:
-    fields = "\n".join(_describe(task.strict_schema, task.strict_schema))
+    fields = _field_list(task.strict_schema)
     return (
         f"{task.instructions}\n"
         f"Answer with one JSON object with these fields:\n{fields}\n"
