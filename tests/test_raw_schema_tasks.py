@@ -332,3 +332,26 @@ def test_the_prompt_field_list_is_bounded() -> None:
     assert len(prompt) < MAX_FIELD_LIST_CHARS + 2000
     assert f'"v{MAX_ENUM_SHOWN - 1}" (and {1000 - MAX_ENUM_SHOWN} more)' in prompt
     assert "more fields (the output format gives them)" in prompt
+
+
+class _Admitting(ScriptedEngine):
+    """A scripted engine that takes schemas unchecked, as the vLLM engines' compile guard does."""
+
+    def admit(self, schema: Any) -> bool:
+        return True
+
+
+def test_a_skeleton_that_times_out_too_is_admitted_again_once() -> None:
+    """On the H200, 26 of 283 real-world schemas (BFCL's among them, that compile in milliseconds)
+    came back as the guard's time-out: the verdict on the skeleton raced its admission. It is
+    admitted once more; a third time-out stands."""
+    from extractor.errors import GrammarTimeout
+
+    task = task_from_json_schema({"type": "object", "properties": {"a": {"type": "string"}}}, name="raw")
+    engine = _Admitting([GrammarTimeout("$", "past 5 s"), GrammarTimeout("$", "past 5 s"), '{"a": "x"}'])
+    result = Extractor(engine).run(task, DOC)
+    assert result.data == {"a": "x"} and result.meta.grammar == "validate-only:compile_timeout"
+    assert result.meta.attempts == 1
+    engine = _Admitting([GrammarTimeout("$", "past 5 s")] * 3 + ['{"a": "x"}'])
+    with pytest.raises(GrammarTimeout):
+        Extractor(engine).run(task, DOC)

@@ -197,6 +197,8 @@ class CompileGuard:
         verdict = None if result.ok else (result.timed_out, result.reason or "the grammar does not compile")
         with self._lock:
             self.compiles += 1
+            if verdict is not None and verdict[0] and key in self._verdicts and self._verdicts[key] is None:
+                verdict = None  # admitted while this compile ran (`admit`): a time-out does not undo it
             self._keep(key, verdict)
             self._pending.pop(key, None)
         if verdict is not None:

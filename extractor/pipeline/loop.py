@@ -211,6 +211,7 @@ class _Attempts:
         self.unchecked_options = self.options  # before a fallback asked for require_grounded
         self.bounded: dict[str, int] | None = None  # meta.bounded, once `_bound` took over
         self.compacted = False  # `_bound`'s last step (`COMPACT_BOUNDS`) taken
+        self.readmitted = False  # the skeleton admitted again after a time-out (`step_down`)
 
     def _fit(self) -> None:
         """An attempt that would not fit the engine's context: a retry's conversation so far is
@@ -260,16 +261,23 @@ class _Attempts:
         # (a grounded schema the backend refused: vLLM's may refuse what ours compiled)
         if self.ungrounded("compile_timeout" if isinstance(exc, GrammarTimeout) else "compile_error"):
             return True
-        return self.loosen("compile_timeout" if isinstance(exc, GrammarTimeout) else "refused")
+        if self.loosen("compile_timeout" if isinstance(exc, GrammarTimeout) else "refused"):
+            return True
+        # the skeleton itself timed out: a verdict on it that raced its admission (a compile of the same
+        # schema still running in the guard, kept after it): admitted again, once
+        if isinstance(exc, GrammarTimeout) and self.grammar is not None and not self.readmitted:
+            self.readmitted, self.attempt = True, self.attempt - 1
+            admit = getattr(self.engine, "admit", None)
+            return admit is not None and bool(admit(self.schema))
+        return False
 
     def loosen(self, reason: str) -> bool:
         """The task's grammar refused or too slow to compile: a raw-schema task decodes under the
         schema's skeleton (`loose_schema`), every answer validated against the schema as before,
         where `grammar_fallback` allows it. The attempt is not counted."""
         prepared = self.task.prepared
-        if (not self.options.grammar_fallback or prepared is None or self.grammar is not None
-                or self.schema is not self.task.strict_schema):
-            return False
+        if not self.options.grammar_fallback or prepared is None or self.grammar is not None:
+            return False  # (any schema of the task's: its own, or bounded after a cut output)
         self.schema, self.grammar, self.attempt = loose_schema(prepared), f"validate-only:{reason}", self.attempt - 1
         # bounded by construction (`SKELETON_NODES`, `SKELETON_DEPTH`): an engine that only checks
         # schemas takes it unchecked. Checked, on the H200 at 256 schemas in flight, the compile guard
