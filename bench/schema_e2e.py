@@ -224,7 +224,8 @@ def merge_shards(args: argparse.Namespace) -> None:
     planned = load(args.data, args.sample, args.seed, args.limit)
     missing = [row["id"] for row in planned if row["id"] not in items]
     ordered = [items[row["id"]] for row in planned if row["id"] in items]
-    model = "SmolLM2-135M-Instruct" if args.engine == "local" else args.engine
+    models = [json.loads(p.read_text(encoding="utf-8")).get("model") for p in args.merge if p.suffix == ".json"]
+    model = next((m for m in models if m), "SmolLM2-135M-Instruct" if args.engine == "local" else args.engine)
     summary = summarize(ordered, {**_meta(args, model), "shards": [p.name for p in args.merge],
                                   "completed": len(ordered), "planned": len(planned), "not_completed": missing})
     if missing:  # over all planned: a schema a shard did not reach is not a valid record
