@@ -94,7 +94,8 @@ def _required_only(node: dict[str, Any], added: dict[str, int]) -> None:
     needs), the object closed (compacting)."""
     props = node.get("properties")
     if isinstance(props, dict):
-        required = node.get("required") if isinstance(node.get("required"), list) else []
+        given = node.get("required")
+        required: list[Any] = given if isinstance(given, list) else []
         optional = [k for k in props if k not in required]
         dropped = optional[max(0, _int(node.get("minProperties")) - len(required)):]
         for key in dropped:

@@ -68,7 +68,8 @@ def _describe(schema: Mapping[str, Any], root: Mapping[str, Any], indent: str = 
 
 def _field_list(schema: Mapping[str, Any]) -> str:
     """The fields, one line each, nested ones indented, cut at `MAX_FIELD_LIST_CHARS`."""
-    lines, size = [], 0
+    lines: list[str] = []
+    size = 0
     described = _describe(schema, schema)
     for line in described:
         if size + len(line) + 1 > MAX_FIELD_LIST_CHARS:
