@@ -298,3 +298,37 @@ def test_admitting_a_schema_lifts_a_kept_time_out_but_not_a_refusal() -> None:
             asyncio.run(guard.check(refused))
     finally:
         guard.close()
+
+
+def test_an_admission_made_while_a_compile_runs_is_not_undone_by_its_time_out() -> None:
+    """The race behind 26 of 283 guard time-outs on the H200: the skeleton was admitted while a
+    compile of the same schema still ran in a guard child; that compile's time-out, kept after
+    the admission, refused the skeleton's next attempt. A refusal landing late still stands."""
+    import asyncio
+
+    from extractor.engines.compile_guard import CompileGuard, schema_digest
+    from extractor.engines.grammar_check import GrammarCheck
+
+    guard = CompileGuard(toy_tokenizer_info().serialize_json(), timeout_s=60.0)
+    try:
+        schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+
+        def timed_out_after_admission(schema_json: str) -> GrammarCheck:
+            guard.admit(schema)  # another document's fallback admits it while this compile runs
+            return GrammarCheck(ok=False, reason="took longer than 5s", compile_ms=5000.0, timed_out=True)
+
+        guard._compile = timed_out_after_admission  # type: ignore[method-assign]
+        assert guard._settle(schema_digest(schema), json.dumps(schema)) is None
+        asyncio.run(guard.check(schema))  # passes
+        refused = {"type": "object", "properties": {"b": {"type": "string"}}}
+
+        def refused_after_admission(schema_json: str) -> GrammarCheck:
+            guard.admit(refused)
+            return GrammarCheck(ok=False, reason="does not compile", compile_ms=1.0)
+
+        guard._compile = refused_after_admission  # type: ignore[method-assign]
+        assert guard._settle(schema_digest(refused), json.dumps(refused)) is not None
+        with pytest.raises(SchemaRejected):
+            asyncio.run(guard.check(refused))
+    finally:
+        guard.close()
