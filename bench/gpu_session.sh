@@ -3,7 +3,7 @@
 # Run on the GPU box after the bundle is installed (source /tmp/gpu-env.sh); every step writes
 # under $OUT/<step>/ and the results are packed into $OUT/<step>.tar (the device returns few files).
 #   bash bench/gpu_session.sh lora | person | grounded | quality | person-quality | schemas
-#   bash bench/gpu_session.sh w1 | w1s | w1a | w1b | w1r | w2 | long    (each one device call: quality + schemas; grounded + the service)
+#   bash bench/gpu_session.sh w1 | w1s | w1a | w1b | w1c | w1r | w2 | long    (each one device call: quality + schemas; grounded + the service)
 set -uo pipefail
 step=${1:?step}
 : "${OUT:?OUT}" "${SMOLLM2_DIR:?SMOLLM2_DIR}"
@@ -36,6 +36,9 @@ case $step in
             shard=0/2; [ "$step" = w1b ] && shard=1/2
             run "${E2E_LIMIT:-545}" python3 bench/schema_e2e.py --engine vllm --engine-option model="$SMOLLM2_DIR" \
               --engine-option grammar_check_processes=12 --shard $shard --data "$SCHEMA_DEV" --out "$dir" ;;
+  w1c)      # issue 12: the schemas the w1a/w1b calls did not reach (.gpu/data/e2e_rest.txt), then --merge all three
+            run "${E2E_LIMIT:-545}" python3 bench/schema_e2e.py --engine vllm --engine-option model="$SMOLLM2_DIR" \
+              --engine-option grammar_check_processes=12 --ids .gpu/data/e2e_rest.txt --data "$SCHEMA_DEV" --out "$dir" ;;
   w1r)      # issue 12 on a random sample of 100 of the 565 schemas (the end of a session's device time)
             run 290 python3 bench/schema_e2e.py --engine vllm --engine-option model="$SMOLLM2_DIR" \
               --engine-option grammar_check_processes=12 --sample 100 --seed 0 --data "$SCHEMA_DEV" --out "$dir" ;;

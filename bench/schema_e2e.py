@@ -48,10 +48,14 @@ DOCUMENT = "Write one realistic example record that follows the schema."
 
 
 def load(data: Path, sample: int | None, seed: int, limit: int | None,
-         shard: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
-    """The schemas to run: all, a random sample, the first `limit`, then every `shard[1]`-th from
-    `shard[0]` (one device call runs one shard; `--merge` sums them)."""
+         shard: tuple[int, int] = (0, 1), ids: Path | None = None) -> list[dict[str, Any]]:
+    """The schemas to run: all (or those `ids` names, one per line), a random sample, the first
+    `limit`, then every `shard[1]`-th from `shard[0]` (one device call runs one shard; `--merge`
+    sums them)."""
     rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if ids is not None:
+        wanted = {line.strip() for line in ids.read_text(encoding="utf-8").splitlines() if line.strip()}
+        rows = [row for row in rows if row["id"] in wanted]
     if sample:
         rows = random.Random(seed).sample(rows, min(sample, len(rows)))
     rows = rows[:limit] if limit else rows
@@ -69,7 +73,8 @@ def _shard(text: str) -> tuple[int, int]:
 def _name(args: argparse.Namespace) -> str:
     """The results' file name: one per engine, one per shard of a sharded run."""
     index, count = args.shard
-    return f"schema_e2e_{args.engine}" + (f"_shard{index}of{count}" if count > 1 else "")
+    return (f"schema_e2e_{args.engine}" + (f"_shard{index}of{count}" if count > 1 else "")
+            + (f"_{args.ids.stem}" if args.ids else ""))
 
 
 def build_tasks(rows: list[dict[str, Any]], budget_s: float,
@@ -173,10 +178,17 @@ def summarize(items: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
         "accepted_pct": round(100 * sum(c["accepted"] for c in groups.values()) / total, 2) if total else None,
         "validate_only_grammar": sum(c["validate_only"] for c in groups.values()),
         "per_group": {g: {**c, "valid_pct": round(100 * c["valid"] / c["schemas"], 1)} for g, c in sorted(groups.items())},
-        "failures_by_cause": dict(Counter((it.get("error") or it["mode"])[:80] for it in items
-                                          if not it["valid"]).most_common(15)),
+        "failures_by_cause": dict(Counter(_cause(it) for it in items if not it["valid"]).most_common(15)),
         "items": [{k: v for k, v in it.items() if k != "errors"} for it in items],
     }
+
+
+def _cause(item: dict[str, Any]) -> str:
+    """A failure's kind: its error or mode without the schema's id, up to the first detail
+    ("ExtractionFailed: no valid output after 3 attempt(s): output cut off", "GrammarTimeout: ...")."""
+    text = (item.get("error") or item["mode"]).replace(f"{item['id']}: ", "")
+    head, _, detail = text.partition(" attempt(s): ")
+    return (f"{head} attempt(s): {detail.split(':')[0][:40]}" if detail else text)[:90]
 
 
 def _meta(args: argparse.Namespace, model: str) -> dict[str, Any]:
@@ -199,7 +211,7 @@ def summarize_partial(args: argparse.Namespace) -> None:
     of the planned ones that is: the figure is over the completed ones only, which are the faster."""
     partial = args.out / f"{_name(args)}.partial.jsonl"
     items = _items(partial)
-    planned = len(load(args.data, args.sample, args.seed, args.limit, args.shard))
+    planned = len(load(args.data, args.sample, args.seed, args.limit, args.shard, args.ids))
     model = "SmolLM2-135M-Instruct" if args.engine == "local" else args.engine
     summary = summarize(items, {**_meta(args, model), "stopped_early": True, "completed": len(items),
                                 "planned": planned})
@@ -225,7 +237,7 @@ def merge_shards(args: argparse.Namespace) -> None:
     missing = [row["id"] for row in planned if row["id"] not in items]
     ordered = [items[row["id"]] for row in planned if row["id"] in items]
     models = [json.loads(p.read_text(encoding="utf-8")).get("model") for p in args.merge if p.suffix == ".json"]
-    model = next((m for m in models if m), "SmolLM2-135M-Instruct" if args.engine == "local" else args.engine)
+    model = next((m for m in models if m), "SmolLM2-135M-Instruct" if args.engine == "local" else "smollm2-135m-instruct")
     summary = summarize(ordered, {**_meta(args, model), "shards": [p.name for p in args.merge],
                                   "completed": len(ordered), "planned": len(planned), "not_completed": missing})
     if missing:  # over all planned: a schema a shard did not reach is not a valid record
@@ -243,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                         help="every N-th schema from the K-th (0-based): one device call per shard")
+    parser.add_argument("--ids", type=Path, metavar="FILE",
+                        help="only the schemas with these ids (one per line): a stopped run's rest, "
+                             "run in one more device call and then merged")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS",
                         help="write one summary of these shards' results or partial JSONL files, running nothing")
     parser.add_argument("--max-retries", type=int, default=2)
@@ -266,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
-    rows = load(args.data, args.sample, args.seed, args.limit, args.shard)
+    rows = load(args.data, args.sample, args.seed, args.limit, args.shard, args.ids)
     # the engine starts first: vLLM forks its engine core, which must happen before anything in this
     # process touches CUDA (the grammar checks' imports did, on the H200)
     engine_options = {"grammar_timeout_s": args.compile_budget, **parse_options(args.engine_option)}
