@@ -75,6 +75,41 @@ def test_a_compile_past_its_time_limit_is_killed_and_the_next_compile_works() ->
         assert compiler.compile(person)  # a fresh child takes over
 
 
+UNGUARDED_SCRIPT = """
+import json, string, sys
+import xgrammar as xgr
+from extractor.engines.grammar_check import GrammarProcess
+with open(sys.argv[1] if len(sys.argv) > 1 else RUNS, "a") as f:  # one line per run of this script
+    f.write("run\\n")
+vocab = [*string.printable, '{"', '":', ',"', "}", "true", "false", "null", "</s>"]
+info = xgr.TokenizerInfo(vocab, stop_token_ids=[len(vocab) - 1])
+with GrammarProcess(info.serialize_json(), timeout_s=60.0) as compiler:
+    print("compiled" if compiler.compile(json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}})) else "no")
+"""
+
+
+@pytest.mark.parametrize("how", ["file", "stdin"])
+def test_a_script_without_a_main_guard_starts_the_grammar_child_once(tmp_path: Any, how: str) -> None:
+    """Spawn ran the user's main module again in the grammar child: a script with no
+    `if __name__ == "__main__":` guard ran twice and its child died starting children of its own
+    ("the grammar compiler process did not start"), and one piped to `python3 -` (no file) hung for
+    minutes in every compile. The child now starts without `__main__`."""
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs.txt"
+    script = UNGUARDED_SCRIPT.replace("RUNS", repr(str(runs)))
+    if how == "file":
+        path = tmp_path / "unguarded.py"
+        path.write_text(script)
+        done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
+    else:
+        done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "compiled"
+    assert runs.read_text().splitlines() == ["run"]
+
+
 class GroundedGrammarTooSlow(Engine):
     """An engine whose compile of any schema but the task's own times out."""
 

@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
+import os
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -32,6 +34,32 @@ from extractor.errors import EngineUnavailable, GrammarTimeout, SchemaRejected
 #: seconds one grammar may take to compile, unless the engine or command says otherwise
 DEFAULT_COMPILE_TIMEOUT_S = 30.0
 _START_TIMEOUT_S = 120.0
+
+
+#: held while `__main__` is hidden for a child's start (`_start_spawned`)
+_MAIN_LOCK = threading.Lock()
+
+
+def _start_spawned(proc: Any) -> None:
+    """Start a spawned child without `__main__`. Spawn runs the parent's main module again in the
+    child (by its path, or by its name under `-m`) unless it is hidden: a user's script with no
+    `if __name__ == "__main__":` guard was run a second time in the grammar child, which died
+    trying to start its own children, and a program read from standard input ("<stdin>", no file)
+    killed it too; the parent then waited `_START_TIMEOUT_S` on every compile. The child needs
+    nothing of `__main__`, so its path and spec are hidden while the child starts."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        proc.start()
+        return
+    with _MAIN_LOCK:
+        hidden = {name: main.__dict__.pop(name) for name in ("__file__",) if name in main.__dict__}
+        spec = getattr(main, "__spec__", None)
+        main.__spec__ = None
+        try:
+            proc.start()
+        finally:
+            main.__spec__ = spec
+            main.__dict__.update(hidden)
 
 
 async def wait_event(event: threading.Event, limit_s: float = _START_TIMEOUT_S) -> None:
@@ -119,10 +147,13 @@ class GrammarProcess:
             return self._conn
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(child, self._info, self._tokenizer), name="grammar-compiler",
-                                 daemon=True)
-        self._proc.start()
-        child.close()
+        proc = ctx.Process(target=_child, args=(child, self._info, self._tokenizer), name="grammar-compiler",
+                           daemon=True)
+        try:
+            _start_spawned(proc)
+        finally:
+            child.close()
+        self._proc = proc
         try:
             if not parent.poll(_START_TIMEOUT_S):
                 raise RuntimeError(f"did not start within {_START_TIMEOUT_S:g} s")
