@@ -114,6 +114,28 @@ def test_an_email_the_validator_drops_is_reported_in_meta_changed() -> None:
     assert kept.meta.changed is None and "changed" not in kept.to_dict()["meta"]
 
 
+JOB_WRITTEN = {"title": "Data Analyst", "company": "Pebble Payments", "location": "remote",
+               "employment_type": "full_time", "skills": ["SQL"],
+               "salary_range": {"minimum": 60000, "maximum": 75000, "currency": "EUR", "period": "year"}}
+
+
+@pytest.mark.parametrize(("advert", "kept"), [
+    ("Data Analyst at Pebble Payments, remote, full-time. SQL. Salary: competitive.", False),
+    ("Data Analyst at Pebble Payments, remote. SQL. We offer a competitive salary and 28 days of holiday.", False),
+    ("Data Analyst at Pebble Payments, remote. SQL. Salary 60,000-75,000 EUR per year.", True),
+    ("Data Analyst at Pebble Payments, remote. SQL. €60,000 to €75,000 a year.", True),
+    ("Data Analyst at Pebble Payments, remote. SQL. Pay: 60000-75000 yearly.", True),
+])
+def test_a_salary_in_an_advert_that_prints_no_pay_is_dropped_and_reported(advert: str, kept: bool) -> None:
+    result = Extractor(ScriptedEngine([json.dumps(JOB_WRITTEN)])).run("job_posting", advert)
+    if kept:
+        assert result.data.salary_range is not None and result.meta.changed is None
+    else:
+        assert result.data.salary_range is None
+        assert result.meta.changed == {"salary_range.minimum": 60000, "salary_range.maximum": 75000,
+                                       "salary_range.currency": "EUR", "salary_range.period": "year"}
+
+
 def test_validator_changes_ignore_numbers_of_another_type_and_report_nested_paths() -> None:
     assert validator_changes({"a": 3, "b": [{"c": "x"}], "d": None}, {"a": 3.0, "b": [{"c": None}], "d": None}) == {
         "b[0].c": "x"}
