@@ -14,8 +14,8 @@ import pytest
 
 from extractor import Extractor, ScriptedEngine
 from extractor.contracts.contract import task_from_model
-from extractor.engines.base import GenerationRequest
-from extractor.errors import ExtractionFailed, SchemaRejected
+from extractor.engines.base import GenerationRequest, GenerationResult
+from extractor.errors import ExtractionFailed, GrammarTimeout, SchemaRejected
 from extractor.grounding import constraint as constraints
 from extractor.grounding.constraint import ConstraintBudget, ConstraintBuilder, DocumentConstraint, build_constraint
 from extractor.grounding.decoding import SPAN_DEF, bound_lists, constrain_to_document
@@ -220,10 +220,55 @@ def test_a_grammar_past_its_compile_budget_is_taken_back_by_the_retry_once_ready
                                    "copy the value exactly as the document writes it"]]
 
 
-def test_a_grammar_still_not_ready_at_the_retry_leaves_the_retry_ungrounded_and_checked() -> None:
+def test_the_retry_waits_for_a_grammar_still_compiling_past_a_second_budget() -> None:
+    """Documents queued for the one compiler: the grounded grammar landed after the retry's own
+    budget too, and all three attempts of 16 of 32 job adverts decoded ungrounded. The retry now
+    waits for the compile to its end."""
+    class SlowCompile(ScriptedEngine):
+        async def prepare(self, schema: Mapping[str, Any]) -> None:
+            if schema != PERSON:
+                await asyncio.sleep(0.5)  # ten budgets
+
+    def model(request: GenerationRequest) -> str:
+        city = "Lisbon" if request.schema != PERSON else "Torshavn"
+        return json.dumps({"name": "Alice Smith", "age": 34, "city": city, "email": None})
+
+    engine = SlowCompile(model)
+    with contextmanager(use)(ConstraintBuilder(budget=ConstraintBudget(compile_timeout_s=0.05))):
+        result = Extractor(engine, grounded_decoding=True, max_retries=1).run(Person, SLOW)
+    assert [r.schema == PERSON for r in engine.requests] == [True, False]
+    assert result.data.city == "Lisbon" and result.meta.grounded_decoding == "full"
+
+
+def test_an_output_cut_while_the_grounded_grammar_compiles_retries_grounded_not_bounded() -> None:
+    """The ungrounded first attempt of a job advert looped over its skills to max_tokens; bounding
+    the task's schema for the retry dropped the grounded grammar still compiling, and every attempt
+    decoded ungrounded (16 of 32 dev adverts failed their grounding check three times)."""
+    class SlowCompile(ScriptedEngine):
+        async def prepare(self, schema: Mapping[str, Any]) -> None:
+            if schema != PERSON:
+                await asyncio.sleep(0.3)
+
+    def model(request: GenerationRequest) -> GenerationResult:
+        if request.schema == PERSON:
+            return GenerationResult('{"name": "Alice Smith", "age": 34, "city": "' + "Lis " * 200, "length", 10, 40)
+        return GenerationResult(json.dumps(ANSWERS[SLOW]), "stop", 10, 20)
+
+    engine = SlowCompile(model)
+    with contextmanager(use)(ConstraintBuilder(budget=ConstraintBudget(compile_timeout_s=0.05))):
+        result = Extractor(engine, grounded_decoding=True, max_retries=1).run(Person, SLOW)
+    assert [r.schema == PERSON for r in engine.requests] == [True, False]
+    assert result.meta.grounded_decoding == "full" and result.meta.bounded is None
+
+
+def test_a_grammar_past_the_engines_own_limit_leaves_the_retry_ungrounded_and_checked() -> None:
+    """The retry waits for the compile to its end; one the engine gives up on (its own compile limit,
+    a GrammarTimeout) leaves the retry on the task's schema, its values checked afterwards."""
     class NeverReady(ScriptedEngine):
         async def prepare(self, schema: Mapping[str, Any]) -> None:
-            await asyncio.sleep(60)
+            if schema != PERSON:
+                await asyncio.sleep(0.3)  # past the budget, then past the engine's own limit
+                raise GrammarTimeout("$", "grammar compilation took longer than 0.3s")
 
     engine = NeverReady(["{\"name\":\"Alice Smith\",\"age\":34,\"city\":\"Torshavn\",\"email\":null}",
                          json.dumps(ANSWERS[SLOW])])
