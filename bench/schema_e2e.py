@@ -92,7 +92,7 @@ def build_tasks(rows: list[dict[str, Any]], budget_s: float,
             task = task_from_json_schema(row["schema"], name=row["id"].replace("/", "_"))
         except SchemaRejected as exc:
             return row["id"], (None, f"refused: {exc}"[:300])
-        if task.prepared is not None and any(n.startswith("validate-only") for n in task.prepared.report.notes):
+        if task.prepared is not None and task.prepared.skeleton_only:
             return row["id"], (task, "validate-only")
         if not pre_check:
             return row["id"], (task, "grammar")

@@ -227,6 +227,7 @@ def test_a_schema_too_large_with_its_refs_inlined_gets_the_skeleton_not_a_refusa
               "properties": {"top": {"$ref": "#/definitions/l6"}, "id": {"type": "integer"}}}
     task = task_from_json_schema(schema, name="big")
     assert any("validate-only grammar" in note for note in task.prepared.report.notes)  # type: ignore[union-attr]
+    assert task.prepared.skeleton_only  # type: ignore[union-attr]
     assert len(json.dumps(task.strict_schema)) < 100_000
     result = Extractor(ScriptedEngine(['{"top": {"k0": {}}, "id": 3}'])).run(task, DOC)
     assert result.data == {"top": {"k0": {}}, "id": 3} and original_valid(schema, result.data)

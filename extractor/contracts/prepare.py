@@ -127,6 +127,8 @@ class PreparedSchema:
     report: SchemaReport
     #: the user's schema as given (records are validated against it after decoding)
     original: Any = None
+    #: the grammar is only the schema's skeleton from the start (`_skeleton_only`): the rest is validated
+    skeleton_only: bool = False
     #: ids of the nullable wrappers strict mode added where the user's schema allows no null; see `finish`
     _added_nulls: frozenset[int] = field(default=frozenset(), repr=False)
 
@@ -1377,7 +1379,8 @@ def _skeleton_only(raw: dict[str, Any], original: Any, reason: str,
     report = SchemaReport(enforced={}, validated={"*": ["$"]}, ignored={},
                           notes=[f"validate-only grammar: {reason}; the grammar holds the schema's skeleton (top "
                                  f"{SKELETON_DEPTH} levels), the rest is validated after decoding"])
-    return PreparedSchema(schema=schema, wrapped=wrapped, strict=False, report=report, original=original)
+    return PreparedSchema(schema=schema, wrapped=wrapped, strict=False, report=report, original=original,
+                          skeleton_only=True)
 
 
 #: the validate-only grammar's skeleton: levels of objects kept, and schema nodes at most
