@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
-import os
 import sys
 import threading
 import time
