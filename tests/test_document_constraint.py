@@ -295,3 +295,32 @@ def test_extract_schemas_lists_how_each_schema_decodes(capsys: pytest.CaptureFix
     assert main(["schemas"]) == 0
     rows = {line.split("\t")[0]: line.split("\t")[2] for line in capsys.readouterr().out.splitlines()}
     assert rows == {"invoice": "grounded", "job_posting": "grounded", "person": "grounded", "receipt": "grounded"}
+
+
+def test_a_field_named_for_a_phone_takes_only_phone_shaped_runs_or_null() -> None:
+    """A plain `Contact(name, company, phone)` model, grounded: SmolLM2 wrote 'Lena Fischer' as the
+    phone of a text with no number, and 'Fabrikam' where the text printed 555-0101."""
+    from pydantic import BaseModel
+
+    from extractor.grounding.decoding import PHONE_DEF, phone_spans, span_schema
+
+    class Contact(BaseModel):
+        name: str | None
+        company: str | None
+        phone: str | None
+        mobile_number: str
+
+    strict = task_from_model(Contact).strict_schema
+    assert phone_spans("Tel: (03) 8736-1234 on 2024-01-15 or 15/01/2024, +1 416 555 0199; total 1234.56") == [
+        "(03) 8736-1234", "+1 416 555 0199"]
+    printed = constrain_to_document(strict, "Call Jenna Ortiz at Fabrikam on 555-0101.")
+    assert printed["properties"]["phone"] == {"anyOf": [{"$ref": f"#/$defs/{PHONE_DEF}"}, {"type": "null"}]}
+    assert printed["$defs"][PHONE_DEF] == span_schema(["555-0101"])
+    assert printed["properties"]["company"]["anyOf"][0] == {"$ref": f"#/$defs/{SPAN_DEF}"}
+    none = constrain_to_document(strict, "Lena Fischer wrote to us yesterday about the order.")
+    assert none["properties"]["phone"] == {"type": "null"}  # nullable: null is all that is left
+    assert none["properties"]["mobile_number"] == {"$ref": f"#/$defs/{SPAN_DEF}"}  # required: any span, as before
+    assert PHONE_DEF not in none["$defs"]
+    jsonschema.Draft202012Validator.check_schema(printed)
+    assert not list(jsonschema.Draft202012Validator(printed).iter_errors(
+        {"name": "Jenna Ortiz", "company": "Fabrikam", "phone": "555-0101", "mobile_number": "555-0101"}))

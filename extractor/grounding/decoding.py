@@ -392,6 +392,28 @@ def _spans_within(document: str, max_candidates: int) -> list[str]:
 
 _LEAVE = frozenset({"enum", "const", "default", "examples"})
 
+#: a property named for a phone number, and the runs of a document that can be one (7 digits or more)
+_PHONE_FIELD = re.compile(r"(?:^|_)(?:phone|telephone|tel|mobile|cell|fax)(?:_?(?:number|no))?$", re.IGNORECASE)
+_PHONE_SPAN = re.compile(r"\+?\(?\d[\d\s().\-/]{5,}\d")
+_DATE_RUN = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}")
+PHONE_DEF = "DocumentPhone"
+
+
+def phone_spans(document: str) -> list[str]:
+    """The runs of `document` that can be a phone number: digits (7 or more) with the separators
+    phone numbers print ("+1 416 555 0199", "(03) 8736-1234", "555-0101"), dates left out."""
+    out: dict[str, None] = {}
+    for m in _PHONE_SPAN.finditer(document):
+        text = m.group().strip()
+        if sum(c.isdigit() for c in text) >= 7 and not _DATE_RUN.fullmatch(text):
+            out[text] = None
+    return list(out)
+
+
+def _nullable(node: Mapping[str, Any]) -> bool:
+    return any(isinstance(o, Mapping) and o.get("type") == "null" for o in node.get("anyOf", ())) or (
+        "null" in type_names(node))
+
 
 def _item_defs(schema: Mapping[str, Any]) -> dict[str, int]:
     """The `$defs` that are the items of an array of objects with required number fields, with
@@ -536,6 +558,7 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
     line_defs: dict[str, dict[str, Any]] = {}
     document_words = _normalised(document)
     dates = candidate_dates(document)
+    phones = phone_spans(document)
 
     def item_numbers(k: int) -> list[float]:
         return candidate_numbers("\n".join(_item_parts(document, k))) if numbers else []
@@ -569,8 +592,28 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
             elif isinstance(items, dict) and "$ref" not in items and k:
                 node["items"] = walk(items, item_numbers(k) or amounts, span)  # an item's amounts: item lines
                 done.add("items")
+        if span is span_ref:
+            phone_properties(node)
         return {key: value if key in _LEAVE or key in done else walk(value, amounts, span)
                 for key, value in node.items()}
+
+    def phone_properties(node: dict[str, Any]) -> None:
+        if isinstance(node.get("properties"), dict):
+            node["properties"] = {name: phone_field(sub) if _PHONE_FIELD.search(name) and isinstance(sub, dict)
+                                  else sub for name, sub in node["properties"].items()}
+
+    def phone_field(node: dict[str, Any]) -> Any:
+        """A free-text property named for a phone number takes only the document's phone-shaped
+        runs (`phone_spans`), or null where it has none and the schema allows null: SmolLM2 wrote
+        a person's name as the phone of a plain `Contact` model, and 123-456-7890 without grounding."""
+        resolved = resolve_ref(node, root)
+        text_branch = _free_text(resolved) or any(isinstance(o, Mapping) and _free_text(o)
+                                                  for o in resolved.get("anyOf", ()))
+        if not text_branch:
+            return node
+        if phones:
+            return walk(copy.deepcopy(node), [], {"$ref": f"#/$defs/{PHONE_DEF}"})
+        return {"type": "null"} if _nullable(resolved) else node
 
     def item_variants(item: Mapping[str, Any], k: int) -> list[dict[str, Any]] | None:
         """One item schema per item line and per injective choice of that line's amounts for the
@@ -617,9 +660,12 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
     for name, definition in list(defs.items()):
         k = item_defs.get(name, 0)
         defs[name] = walk(definition, (item_numbers(k) or found) if k else found)
+    phone_properties(out)
     out = {key: value if key == "$defs" else walk(value, found) for key, value in out.items()}
     if used:
         out.setdefault("$defs", {})[SPAN_DEF] = span_schema(spans)
     if line_defs:
         out.setdefault("$defs", {}).update(line_defs)
+    if phones and json.dumps(out).count(f"#/$defs/{PHONE_DEF}"):
+        out.setdefault("$defs", {})[PHONE_DEF] = span_schema(phones)
     return out
