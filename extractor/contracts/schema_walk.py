@@ -76,6 +76,13 @@ def type_names(node: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(k for k in kinds if isinstance(k, str)) if isinstance(kinds, list) else ()
 
 
+def allows_null(node: Mapping[str, Any]) -> bool:
+    """Whether the node takes null: a null branch of its `anyOf` (the strict schema's nullable
+    form), or "null" among its types."""
+    return "null" in type_names(node) or any(
+        isinstance(b, Mapping) and b.get("type") == "null" for b in node.get("anyOf", ()))
+
+
 def is_free_text(node: Mapping[str, Any]) -> bool:
     """A string the model should copy from the document: type string (or string and null) with
     no enum, const, format or pattern."""

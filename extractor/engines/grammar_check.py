@@ -51,14 +51,14 @@ def _start_spawned(proc: Any) -> None:
         proc.start()
         return
     with _MAIN_LOCK:
-        hidden = {name: main.__dict__.pop(name) for name in ("__file__",) if name in main.__dict__}
-        spec = getattr(main, "__spec__", None)
+        path, spec = main.__dict__.pop("__file__", None), getattr(main, "__spec__", None)
         main.__spec__ = None
         try:
             proc.start()
         finally:
             main.__spec__ = spec
-            main.__dict__.update(hidden)
+            if path is not None:
+                main.__file__ = path
 
 
 async def wait_event(event: threading.Event, limit_s: float = _START_TIMEOUT_S) -> None:

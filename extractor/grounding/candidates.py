@@ -26,9 +26,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-
-def _nullable(node: Mapping[str, Any]) -> bool:
-    return any(isinstance(b, Mapping) and b.get("type") == "null" for b in node.get("anyOf", ()))
+from extractor.contracts.schema_walk import allows_null
 
 
 def _value_type(node: Mapping[str, Any]) -> str | None:
@@ -71,11 +69,11 @@ def offer_candidates(schema: Mapping[str, Any], candidates: Mapping[str, Sequenc
         allowed = list(dict.fromkeys(v for v in values if _fits(v, kind)))
         kept = {k: v for k, v in node.items() if k in ("description", "title")}
         if not allowed:
-            if values and all(v is None for v in values) and _nullable(node):
+            if values and all(v is None for v in values) and allows_null(node):
                 props[name] = {**kept, "type": "null"}
             continue
         enum: dict[str, Any] = {"type": kind, "enum": allowed}
-        null = _nullable(node) and any(v is None for v in values)
+        null = allows_null(node) and any(v is None for v in values)
         props[name] = {**kept, "anyOf": [enum, {"type": "null"}]} if null else {**kept, **enum}
     return out
 

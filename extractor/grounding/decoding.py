@@ -63,7 +63,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from extractor.contracts.schema_walk import def_name, is_free_text, resolve_ref, type_names
+from extractor.contracts.schema_walk import allows_null, def_name, is_free_text, resolve_ref, type_names
 
 __all__ = ["amount_count", "bound_lists", "candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document",
            "has_free_text", "number_enum", "offers", "prints_money", "prints_text", "required_numbers", "span_pattern", "span_schema"]
@@ -410,11 +410,6 @@ def phone_spans(document: str) -> list[str]:
     return list(out)
 
 
-def _nullable(node: Mapping[str, Any]) -> bool:
-    return any(isinstance(o, Mapping) and o.get("type") == "null" for o in node.get("anyOf", ())) or (
-        "null" in type_names(node))
-
-
 def _item_defs(schema: Mapping[str, Any]) -> dict[str, int]:
     """The `$defs` that are the items of an array of objects with required number fields, with
     how many such fields they have."""
@@ -553,7 +548,7 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
     item_defs = _item_defs(root)
     # one definition that every free-text field refers to: the grammar compiles the list once
     span_ref = {"$ref": f"#/$defs/{SPAN_DEF}"}
-    used = False
+    used = phone_used = False
     #: the spans of each item line, for the item variants
     line_defs: dict[str, dict[str, Any]] = {}
     document_words = _normalised(document)
@@ -611,9 +606,11 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
                                                   for o in resolved.get("anyOf", ()))
         if not text_branch:
             return node
+        nonlocal phone_used
         if phones:
+            phone_used = True
             return walk(copy.deepcopy(node), [], {"$ref": f"#/$defs/{PHONE_DEF}"})
-        return {"type": "null"} if _nullable(resolved) else node
+        return {"type": "null"} if allows_null(resolved) else node
 
     def item_variants(item: Mapping[str, Any], k: int) -> list[dict[str, Any]] | None:
         """One item schema per item line and per injective choice of that line's amounts for the
@@ -666,6 +663,6 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
         out.setdefault("$defs", {})[SPAN_DEF] = span_schema(spans)
     if line_defs:
         out.setdefault("$defs", {}).update(line_defs)
-    if phones and json.dumps(out).count(f"#/$defs/{PHONE_DEF}"):
+    if phone_used:
         out.setdefault("$defs", {})[PHONE_DEF] = span_schema(phones)
     return out
