@@ -24,6 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the bench package, run as a script
     sys.path.insert(0, str(ROOT))
+from bench.schema_coverage import percentile  # noqa: E402
 from bench.schema_e2e import DATA, RESULTS, _shard, load  # noqa: E402
 from extractor import task_from_json_schema  # noqa: E402
 from extractor.engines.compile_guard import CompileGuard  # noqa: E402
@@ -34,12 +35,9 @@ from extractor.errors import SchemaRejected  # noqa: E402
 SMALL_BYTES = 1500
 
 
-def _quantiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"n": 0, "p50": None, "p90": None, "max": None}
-    s = sorted(values)
-    return {"n": len(s), "p50": round(s[len(s) // 2], 2), "p90": round(s[min(len(s) - 1, int(len(s) * 0.9))], 2),
-            "max": round(s[-1], 2)}
+def _quantiles(values: list[float]) -> dict[str, float | int | None]:
+    return {"n": len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
+            "max": percentile(values, 100)}
 
 
 async def run(schemas: list[tuple[str, dict[str, Any]]], guard: CompileGuard) -> list[dict[str, Any]]:
