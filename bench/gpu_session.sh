@@ -3,7 +3,7 @@
 # Run on the GPU box after the bundle is installed (source /tmp/gpu-env.sh); every step writes
 # under $OUT/<step>/ and the results are packed into $OUT/<step>.tar (the device returns few files).
 #   bash bench/gpu_session.sh lora | person | grounded | quality | person-quality | schemas
-#   bash bench/gpu_session.sh w1 | w1s | w1a | w1b | w1c | w1r | w2 | long    (each one device call: quality + schemas; grounded + the service)
+#   bash bench/gpu_session.sh w1 | w1s | w1a | w1b | w1c | w1p | w1r | w2 | long    (each one device call: quality + schemas; grounded + the service)
 set -uo pipefail
 step=${1:?step}
 : "${OUT:?OUT}" "${SMOLLM2_DIR:?SMOLLM2_DIR}"
@@ -29,8 +29,8 @@ case $step in
   w1s)      # issue 12 alone: all 565 real-world schemas end to end through the product's own path (the
             # engine's compile guard, 12 children; the skeleton where a grammar is refused or too slow);
             # the partial JSONL survives a cut
-            run 530 python3 bench/schema_e2e.py --engine vllm --engine-option model="$SMOLLM2_DIR" \
-              --engine-option grammar_check_processes=12 --data "$SCHEMA_DEV" --out "$dir" ;;
+            run "${E2E_LIMIT:-530}" python3 bench/schema_e2e.py --engine vllm --engine-option model="$SMOLLM2_DIR" \
+              --engine-option grammar_check_processes=12 --profile --data "$SCHEMA_DEV" --out "$dir" ;;
   w1a|w1b)  # issue 12: all 565 real-world schemas in two device calls, every other schema each (--shard);
             # then: python3 bench/schema_e2e.py --engine vllm --merge <the two shards' results or partials>
             shard=0/2; [ "$step" = w1b ] && shard=1/2
@@ -39,6 +39,11 @@ case $step in
   w1c)      # issue 12: the schemas the w1a/w1b calls did not reach (.gpu/data/e2e_rest.txt), then --merge all three
             run "${E2E_LIMIT:-545}" python3 bench/schema_e2e.py --engine vllm --engine-option model="$SMOLLM2_DIR" \
               --engine-option grammar_check_processes=12 --ids .gpu/data/e2e_rest.txt --data "$SCHEMA_DEV" --out "$dir" ;;
+  w1p)      # issue 12, profiled: the schemas an earlier run did not complete (.gpu/data/e2e_heavy.txt),
+            # vLLM's engine core in this process so the stack sampler sees its threads too
+            VLLM_ENABLE_V1_MULTIPROCESSING=0 run "${E2E_LIMIT:-300}" python3 bench/schema_e2e.py --engine vllm \
+              --engine-option model="$SMOLLM2_DIR" --engine-option grammar_check_processes=12 --profile \
+              --ids .gpu/data/e2e_heavy.txt --data "$SCHEMA_DEV" --out "$dir" ;;
   w1r)      # issue 12 on a random sample of 100 of the 565 schemas (the end of a session's device time)
             run 290 python3 bench/schema_e2e.py --engine vllm --engine-option model="$SMOLLM2_DIR" \
               --engine-option grammar_check_processes=12 --sample 100 --seed 0 --data "$SCHEMA_DEV" --out "$dir" ;;

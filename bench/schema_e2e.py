@@ -40,6 +40,7 @@ from extractor.pipeline.validate import original_errors
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the bench package, run as a script
     sys.path.insert(0, str(ROOT))
+from bench.profile_hooks import ProfileHooks, RequestTimes  # noqa: E402
 from bench.shared_data import shared_data  # noqa: E402
 
 DATA = shared_data("jsonschemabench-dev.jsonl")
@@ -135,6 +136,7 @@ async def run_all(extractor: Extractor, rows: list[dict[str, Any]], tasks: dict[
         return item
 
     async def one(row: dict[str, Any]) -> dict[str, Any]:
+        RequestTimes.current.set(row["id"])  # this task's own context: `--profile` times it
         task, mode = tasks[row["id"]]
         item: dict[str, Any] = {"id": row["id"], "group": row["group"], "mode": mode, "valid": False}
         if task is None:
@@ -269,6 +271,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pre-check", action="store_true",
                         help="compile every grammar here first; past the budget, send a validate-only task")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--profile", action="store_true",
+                        help="also write DIR/<results>.profile.json: sampled stacks of every thread, the compile "
+                             "guard's timeline, per schema the seconds in the guard and in generation "
+                             "(with VLLM_ENABLE_V1_MULTIPROCESSING=0 the engine core's threads are sampled too)")
     parser.add_argument("--from-partial", action="store_true",
                         help="write the summary of a stopped run's .partial.jsonl (same arguments), running nothing")
     args = parser.parse_args(argv)
@@ -285,8 +291,12 @@ def main(argv: list[str] | None = None) -> None:
     # the engine starts first: vLLM forks its engine core, which must happen before anything in this
     # process touches CUDA (the grammar checks' imports did, on the H200)
     engine_options = {"grammar_timeout_s": args.compile_budget, **parse_options(args.engine_option)}
+    profile_path = args.out / f"{_name(args)}.profile.json"
+    hooks = ProfileHooks.install(autosave=profile_path) if args.profile else None
     extractor = Extractor(args.engine, max_retries=args.max_retries, max_tokens_cap=args.max_tokens_cap,
                           **engine_options)
+    if hooks is not None:
+        hooks.requests.wrap(extractor.engine)
     tasks = build_tasks(rows, args.compile_budget, args.check_workers, args.pre_check)
     prepared_s = time.perf_counter() - started
     try:
@@ -294,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
                                     args.out / f"{_name(args)}.partial.jsonl"))
     finally:
         extractor.close()
+        if hooks is not None:
+            hooks.write(profile_path)
     meta = {**_meta(args, extractor.engine.model), "prepare_and_check_s": round(prepared_s, 1),
             "seconds": round(time.perf_counter() - started, 1)}
     _write(args, summarize(items, meta))

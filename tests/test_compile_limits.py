@@ -75,6 +75,24 @@ def test_a_compile_past_its_time_limit_is_killed_and_the_next_compile_works() ->
         assert compiler.compile(person)  # a fresh child takes over
 
 
+def test_a_child_that_read_the_tokenizer_folder_hands_it_to_its_successor() -> None:
+    """The tokenizer read from its folder comes back to the parent: a child killed past its limit
+    is replaced by one that starts from it (and the guard's later children too)."""
+    from extractor.engines.grammar_check import local_tokenizer_dir
+
+    folder = local_tokenizer_dir()
+    if folder is None:
+        pytest.skip("the local model is not converted on this machine")
+    with GrammarProcess(timeout_s=120.0, tokenizer=folder) as compiler:
+        assert compiler.tokenizer_info_json is None
+        compiler.start()
+        learned = compiler.tokenizer_info_json
+        assert learned
+        compiler.close(kill=True)
+        assert compiler.check({"type": "object", "properties": {"a": {"type": "integer"}}}).ok  # restarted from it
+        assert compiler.tokenizer_info_json is learned
+
+
 UNGUARDED_SCRIPT = """
 import json, string, sys
 import xgrammar as xgr

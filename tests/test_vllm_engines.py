@@ -156,13 +156,13 @@ def test_both_engines_refuse_a_schema_past_the_compile_limit_before_vllm_compile
 
     request = GenerationRequest(messages=({"role": "user", "content": "a"},), schema=SLOW, max_tokens=4)
     for engine in (http_engine, inprocess_engine):
-        kept = engine.compile_guard
+        kept = engine.schemas.guard
         assert kept is not None  # on by default
-        engine.compile_guard = guard = CompileGuard(toy_tokenizer_info().serialize_json(), timeout_s=2.0)
+        engine.schemas.guard = guard = CompileGuard(toy_tokenizer_info().serialize_json(), timeout_s=2.0)
         try:
             with pytest.raises(GrammarTimeout):
                 asyncio.run(engine.generate([request]))
         finally:
-            engine.compile_guard = kept
+            engine.schemas.guard = kept
             guard.close()
         assert Extractor(engine, max_retries=0).extract(Person, DOCS[0]).name  # and the engine goes on

@@ -145,6 +145,8 @@ class CompileGuard:
             pass
         with self._pool_lock:
             if len(self._all) < self.processes:
+                # a tokenizer one child read already: the new child need not read it again
+                self._info = self._info or next((p.tokenizer_info_json for p in self._all if p.tokenizer_info_json), None)
                 process = GrammarProcess(self._info, timeout_s=self.timeout_s, tokenizer=self._tokenizer)
                 self._all.append(process)
                 return process

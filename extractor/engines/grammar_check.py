@@ -82,18 +82,23 @@ def _child(conn: Connection, tokenizer_info_json: str | None, tokenizer: str | N
     import xgrammar as xgr
 
     compiler = None
+    learned = None
     if tokenizer_info_json is None and tokenizer is not None:
         try:  # here, not in the parent: a thin client (vllm-http) never imports transformers
             from transformers import AutoTokenizer
 
-            tokenizer_info_json = xgr.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(tokenizer)).serialize_json()
+            tokenizer_info_json = learned = xgr.TokenizerInfo.from_huggingface(
+                AutoTokenizer.from_pretrained(tokenizer)).serialize_json()
         except Exception as exc:
             conn.send(f"no tokenizer: {type(exc).__name__}: {exc}"[:500])
             return
     if tokenizer_info_json is not None:
         info = xgr.TokenizerInfo.deserialize_json(tokenizer_info_json)
         compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
-    conn.send("ready")
+    # the tokenizer read here goes back to the parent: the next child starts from it, not from the
+    # tokenizer's folder (a child killed past its limit is replaced; on the GPU box 12 children
+    # started at once took 13 to 18 s each)
+    conn.send(("ready", learned))
     while True:
         message = conn.recv()
         if message is None:
@@ -130,6 +135,12 @@ class GrammarProcess:
         self.start_tried = threading.Event()
 
     @property
+    def tokenizer_info_json(self) -> str | None:
+        """The tokenizer this process compiles with, serialized: as given, or as its child read it
+        from the tokenizer's folder (then the next child starts from it)."""
+        return self._info
+
+    @property
     def _ready(self) -> bool:
         return self._proc is not None
 
@@ -156,8 +167,11 @@ class GrammarProcess:
         try:
             if not parent.poll(_START_TIMEOUT_S):
                 raise RuntimeError(f"did not start within {_START_TIMEOUT_S:g} s")
-            if (greeting := parent.recv()) != "ready":
+            greeting = parent.recv()
+            if not (isinstance(greeting, tuple) and greeting[0] == "ready"):
                 raise RuntimeError(greeting)
+            if greeting[1] is not None:
+                self._info = greeting[1]
         except (EOFError, OSError, RuntimeError) as exc:
             self._stop(kill=True)
             raise EngineUnavailable(f"the grammar compiler process failed to start: {exc}") from exc

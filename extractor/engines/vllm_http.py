@@ -38,6 +38,7 @@ from extractor.engines.compile_guard import CompileGuard
 from extractor.engines.detok import byte_pieces
 from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, local_tokenizer_dir
 from extractor.engines.special_tokens import COMMON
+from extractor.engines.vllm_schema import GuardedSchemas
 from extractor.errors import (
     DocumentTooLarge,
     EngineError,
@@ -213,11 +214,11 @@ class VllmHttpEngine(Engine):
         self.served: list[str] = []
         #: every schema is compiled here, killed past `grammar_timeout_s`, before the server sees it
         #: (`compile_guard.py`; the tokenizer: `tokenizer`, else the local model's when it is converted)
-        self.compile_guard = compile_guard
         if compile_guard is None and grammar_timeout_s > 0:
-            self.compile_guard = CompileGuard.shared(tokenizer=tokenizer or local_tokenizer_dir(),
-                                                     timeout_s=grammar_timeout_s,
-                                                     processes=grammar_check_processes)
+            compile_guard = CompileGuard.shared(tokenizer=tokenizer or local_tokenizer_dir(),
+                                                timeout_s=grammar_timeout_s, processes=grammar_check_processes)
+        #: schemas in the form vLLM hands to xgrammar, checked by the guard (`vllm_schema.py`)
+        self.schemas = GuardedSchemas(compile_guard)
 
     @classmethod
     def capacity(cls, options: Mapping[str, Any]) -> Capacity:
@@ -303,26 +304,20 @@ class VllmHttpEngine(Engine):
 
     # -- generation -------------------------------------------------------------
     async def compiler_ready(self) -> None:
-        if self.compile_guard is not None:
-            await self.compile_guard.ready()
+        await self.schemas.ready()
 
     def admit(self, schema: Mapping[str, Any]) -> bool:
-        """A schema derived from one the guard passed goes to vLLM unchecked (`Engine.admit`);
-        vLLM compiles it in its own grammar threads, not holding up other requests."""
-        if self.compile_guard is not None:
-            self.compile_guard.admit(schema)
-        return True
+        return self.schemas.admit(schema)
 
     async def prepare(self, schema: Mapping[str, Any]) -> None:
-        """Check that `schema` compiles within the limit (grounded decoding's per-document schemas
-        come here first, within their own compile budget)."""
-        if self.compile_guard is not None:
-            await self.compile_guard.check(schema)
+        """Check that `schema`, in the form vLLM gets it (`vllm_schema.py`), compiles within the
+        limit (grounded decoding's per-document schemas come here first, within their own
+        compile budget)."""
+        await self.schemas.check(schema)
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         await self.start()
-        for schema in {id(r.schema): r.schema for r in requests}.values():
-            await self.prepare(schema)  # a schema past the compile limit never reaches the server
+        requests = await self.schemas.requests(requests)  # vLLM's form, checked: `vllm_schema.py`
         for adapter in {r.adapter for r in requests if r.adapter is not None}:
             if adapter.name not in self.served:
                 raise EngineUnavailable(

@@ -44,6 +44,7 @@ from extractor.engines.compile_guard import CompileGuard
 from extractor.engines.detok import token_pieces
 from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
+from extractor.engines.vllm_schema import GuardedSchemas
 from extractor.engines.worker import Job, abandoned, settle
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
 
@@ -269,10 +270,11 @@ class VllmEngine(Engine):
         self.context_length = int(self._engine.model_config.max_model_len)
         #: every schema is compiled in a child of ours, killed past `grammar_timeout_s`, before vLLM
         #: compiles it (where nothing can stop it): `compile_guard.py`
-        self.compile_guard = compile_guard
         if compile_guard is None and grammar_timeout_s > 0:
-            self.compile_guard = CompileGuard.shared(tokenizer=path, timeout_s=grammar_timeout_s,
-                                                     processes=grammar_check_processes)
+            compile_guard = CompileGuard.shared(tokenizer=path, timeout_s=grammar_timeout_s,
+                                                processes=grammar_check_processes)
+        #: schemas in the form vLLM hands to xgrammar, checked by the guard (`vllm_schema.py`)
+        self.schemas = GuardedSchemas(compile_guard)
         self._warm_up()
         self._ids = itertools.count()
         self._inbox: queue.Queue[Job | None] = queue.Queue()
@@ -282,27 +284,21 @@ class VllmEngine(Engine):
 
     # -- public -------------------------------------------------------------
     async def compiler_ready(self) -> None:
-        if self.compile_guard is not None:
-            await self.compile_guard.ready()
+        await self.schemas.ready()
 
     def admit(self, schema: Mapping[str, Any]) -> bool:
-        """A schema derived from one the guard passed goes to vLLM unchecked (`Engine.admit`);
-        vLLM compiles it in its own grammar threads, not holding up other requests."""
-        if self.compile_guard is not None:
-            self.compile_guard.admit(schema)
-        return True
+        return self.schemas.admit(schema)
 
     async def prepare(self, schema: Mapping[str, Any]) -> None:
-        """Check that `schema` compiles within the limit (grounded decoding's per-document schemas
-        come here first, within their own compile budget)."""
-        if self.compile_guard is not None:
-            await self.compile_guard.check(schema)
+        """Check that `schema`, in the form vLLM gets it (`vllm_schema.py`), compiles within the
+        limit (grounded decoding's per-document schemas come here first, within their own
+        compile budget)."""
+        await self.schemas.check(schema)
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if self._failed is not None or not self._worker.is_alive():
             raise EngineUnavailable(f"the vllm engine is not running ({self._failed or 'closed'})")
-        for schema in {id(r.schema): r.schema for r in requests}.values():
-            await self.prepare(schema)  # a schema past the compile limit never reaches vLLM
+        requests = await self.schemas.requests(requests)  # vLLM's form, checked: `vllm_schema.py`
         loop = asyncio.get_running_loop()
         jobs = [Job(r, loop.create_future(), loop) for r in requests]
         for job in jobs:
