@@ -5,7 +5,9 @@ process compiling it is killed), in the local engine as in `schemas check`."""
 from __future__ import annotations
 
 import json
+import os
 import string
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,6 +75,25 @@ def test_a_compile_past_its_time_limit_is_killed_and_the_next_compile_works() ->
         assert compiler._proc is None  # killed, not waited for
         compiler.timeout_s = 120.0
         assert compiler.compile(person)  # a fresh child takes over
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="CPU time is read from /proc")
+def test_a_compile_held_up_by_a_busy_machine_is_not_a_time_out() -> None:
+    """The limit counts the child's CPU time (up to 4x in wall time): on the H200, schemas that
+    compile in 8 ms timed out at 5 s of wall time while 12 children and vLLM shared 16 cores. A
+    child held stopped past its limit, using no CPU, still answers; one that computes does not."""
+    import signal
+
+    person = json.dumps(task_from_model(Person).strict_schema)
+    with GrammarProcess(toy_tokenizer_info().serialize_json(), timeout_s=1.0) as compiler:
+        compiler.start()
+        pid = compiler._proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        threading.Timer(2.0, os.kill, (pid, signal.SIGCONT)).start()
+        check = compiler.check(person)
+        assert check.ok and check.compile_ms >= 1900
+        slow = compiler.check(json.dumps(SLOW))
+        assert slow.timed_out and slow.compile_ms < 3000
 
 
 def test_a_child_that_read_the_tokenizer_folder_hands_it_to_its_successor() -> None:

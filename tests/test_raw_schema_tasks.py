@@ -171,6 +171,26 @@ def test_the_validate_only_grammar_keeps_the_schemas_skeleton() -> None:
     assert len(json.dumps(loose)) < 10_000
 
 
+def test_a_grammar_too_slow_to_compile_falls_back_to_a_skeleton_that_keeps_its_leaves() -> None:
+    """On the H200, 12 real-world schemas whose grammar timed out failed three times on one
+    pattern (`base_path`: "^/...") that their skeleton had dropped: after a time-out the skeleton
+    keeps each scalar's pattern, format and bounds; after a refusal (a pattern may be why) not."""
+    from extractor.errors import GrammarTimeout, SchemaRejected
+
+    schema = {"type": "object", "required": ["base_path", "n"], "additionalProperties": False,
+              "properties": {"base_path": {"type": "string", "pattern": "^/[a-z]+$", "maxLength": 20},
+                             "n": {"type": "integer", "minimum": 1}, "when": {"type": "string", "format": "date"}}}
+    task = task_from_json_schema(schema, name="raw")
+    engine = ScriptedEngine([GrammarTimeout("$", "past 5 s"), '{"base_path": "/a", "n": 1}'])
+    assert Extractor(engine).run(task, DOC).meta.grammar == "validate-only:compile_timeout"
+    leaves = engine.requests[1].schema["properties"]
+    assert leaves["base_path"] == {"type": "string", "pattern": "^/[a-z]+$", "maxLength": 20}
+    assert leaves["n"] == {"type": "integer", "minimum": 1} and leaves["when"]["format"] == "date"
+    engine = ScriptedEngine([SchemaRejected("$", "bad pattern"), '{"base_path": "/a", "n": 1}'])
+    assert Extractor(engine).run(task, DOC).meta.grammar == "validate-only:refused"
+    assert engine.requests[1].schema["properties"]["base_path"] == {"type": "string"}
+
+
 def test_a_grammar_the_engine_refuses_falls_back_to_the_skeleton_and_is_still_validated() -> None:
     """vLLM's grammar backend refused 13 real-world schemas that our xgrammar compiled ("Ref
     recusion limit reached", "Unsupported JSON Schema structure false"): the attempt is not

@@ -1367,7 +1367,8 @@ def _skeleton_only(raw: dict[str, Any], original: Any, reason: str,
     SARIF's): its skeleton as the grammar (`loose_schema`, read through the refs, bounded), every
     answer validated against the schema itself, whose validators follow the refs without inlining."""
     wrapped = not (_is_object_root(raw) or ("type" not in raw and isinstance(raw.get("properties"), dict)))
-    body = _skeleton(raw, raw, SKELETON_DEPTH, _bounded_any(min(limits.max_any_depth, 2)), [SKELETON_NODES])
+    body = _skeleton(raw, raw, SKELETON_DEPTH, _bounded_any(min(limits.max_any_depth, 2)), [SKELETON_NODES],
+                     ())  # (the raw schema's patterns are not checked here: no leaves)
     if wrapped:
         schema = {"type": "object", "properties": {"value": body}, "required": ["value"], "additionalProperties": False}
     elif _is_object_root(body):
@@ -1389,9 +1390,14 @@ SKELETON_NODES: Final = 400
 #: a choice (`anyOf`, `oneOf`) of more shapes than this is left free in the skeleton
 SKELETON_CHOICES: Final = 8
 _SCALARS: Final = frozenset({"string", "number", "integer", "boolean", "null"})
+#: what a scalar keeps in a skeleton with `leaves` (`loose_schema`): the grammar schema's patterns
+#: are the ones it enforces; on the H200 12 real-world schemas whose grammar timed out failed three
+#: times on the one pattern their skeleton had dropped
+SKELETON_SCALAR_KEYWORDS: Final = ("pattern", "format", "minLength", "maxLength", "minimum", "maximum",
+                                   "exclusiveMinimum", "exclusiveMaximum")
 
 
-def loose_schema(prepared: PreparedSchema, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+def loose_schema(prepared: PreparedSchema, limits: Limits = DEFAULT_LIMITS, *, leaves: bool = False) -> dict[str, Any]:
     """The validate-only grammar for `prepared`: the schema's skeleton, any bounded JSON value
     below it (or `{"value": ...}` for a wrapped root). Used when no backend compiles the full
     grammar schema within its time budget; the answer is then checked against the user's schema
@@ -1402,11 +1408,15 @@ def loose_schema(prepared: PreparedSchema, limits: Limits = DEFAULT_LIMITS) -> d
     property or wrote one the schema closes out): the top objects' properties, `required` and
     closed `additionalProperties`, the types of scalars and small enums, arrays' items, the shapes
     of a choice (`anyOf`/`oneOf`, where the node has no shape of its own), to `SKELETON_DEPTH`
-    levels and `SKELETON_NODES` nodes; patterns, formats, bounds, `$ref` cycles and the other
-    combinators are left to validation."""
+    levels and `SKELETON_NODES` nodes; `$ref` cycles and the other combinators are left to
+    validation. With `leaves`, each scalar also keeps its own constraints
+    (`SKELETON_SCALAR_KEYWORDS`: its pattern, format and bounds): for a grammar that took too
+    long to compile (its size, not its leaves: on the real-world schemas they add nothing
+    measurable to a skeleton's compile), not for one the backend refused (a pattern may be why)."""
     any_json = _bounded_any(min(limits.max_any_depth, 2))
     budget = [SKELETON_NODES]
-    body = _skeleton(prepared.schema, prepared.schema, SKELETON_DEPTH, any_json, budget)
+    body = _skeleton(prepared.schema, prepared.schema, SKELETON_DEPTH, any_json, budget,
+                     SKELETON_SCALAR_KEYWORDS if leaves else ())
     if prepared.wrapped:
         value = body.get("properties", {}).get("value", any_json) if isinstance(body, dict) else any_json
         return {"type": "object", "properties": {"value": value}, "required": ["value"],
@@ -1417,7 +1427,7 @@ def loose_schema(prepared: PreparedSchema, limits: Limits = DEFAULT_LIMITS) -> d
 
 
 def _skeleton(node: Any, root: Mapping[str, Any], depth: int, any_json: dict[str, Any],
-              budget: list[int]) -> dict[str, Any]:
+              budget: list[int], leaves: tuple[str, ...]) -> dict[str, Any]:
     """`node` cut down to its shape (see `loose_schema`); `any_json` wherever the shape is not
     plain or the depth or node budget is spent."""
     budget[0] -= 1
@@ -1433,7 +1443,7 @@ def _skeleton(node: Any, root: Mapping[str, Any], depth: int, any_json: dict[str
         rest = [a for a in kinds if not (isinstance(a, Mapping) and a.get("type") == "null" and len(a) == 1)]
         if not rest or len(rest) > SKELETON_CHOICES:
             return any_json
-        shapes = [_skeleton(a, root, depth, any_json, budget) for a in rest]
+        shapes = [_skeleton(a, root, depth, any_json, budget, leaves) for a in rest]
         if any(shape is any_json for shape in shapes):
             return any_json
         if len(rest) < len(kinds):
@@ -1448,15 +1458,17 @@ def _skeleton(node: Any, root: Mapping[str, Any], depth: int, any_json: dict[str
     if not names and isinstance(node.get("properties"), Mapping):
         names = ["object"]
     if names and all(t in _SCALARS for t in names):
-        return {"type": names[0] if len(names) == 1 else names}
+        scalar: dict[str, Any] = {"type": names[0] if len(names) == 1 else names}
+        scalar.update((k, node[k]) for k in leaves if k in node)
+        return scalar
     if names == ["array"] and depth > 0:
         items = node.get("items")
-        return {"type": "array", "items": _skeleton(items, root, depth - 1, any_json, budget)
+        return {"type": "array", "items": _skeleton(items, root, depth - 1, any_json, budget, leaves)
                 if isinstance(items, Mapping) else any_json}
     props = node.get("properties")
     if names == ["object"] and depth > 0 and isinstance(props, Mapping) and len(props) <= 256:
         out: dict[str, Any] = {"type": "object", "properties": {
-            str(k): _skeleton(v, root, depth - 1, any_json, budget) for k, v in props.items()}}
+            str(k): _skeleton(v, root, depth - 1, any_json, budget, leaves) for k, v in props.items()}}
         required = [r for r in node.get("required", []) if isinstance(r, str) and r in props]
         if required:
             out["required"] = required

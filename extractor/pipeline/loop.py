@@ -278,7 +278,9 @@ class _Attempts:
         prepared = self.task.prepared
         if not self.options.grammar_fallback or prepared is None or self.grammar is not None:
             return False  # (any schema of the task's: its own, or bounded after a cut output)
-        self.schema, self.grammar, self.attempt = loose_schema(prepared), f"validate-only:{reason}", self.attempt - 1
+        # a grammar too slow to compile keeps its leaves' patterns, formats and bounds; one refused does not
+        self.schema = loose_schema(prepared, leaves=reason == "compile_timeout")
+        self.grammar, self.attempt = f"validate-only:{reason}", self.attempt - 1
         # bounded by construction (`SKELETON_NODES`, `SKELETON_DEPTH`): an engine that only checks
         # schemas takes it unchecked. Checked, on the H200 at 256 schemas in flight, the compile guard
         # timed out schemas that compile in 12 ms here, and their skeletons after them (50 of 244)
