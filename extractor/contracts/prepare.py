@@ -1392,9 +1392,11 @@ SKELETON_CHOICES: Final = 8
 _SCALARS: Final = frozenset({"string", "number", "integer", "boolean", "null"})
 #: what a scalar keeps in a skeleton with `leaves` (`loose_schema`): the grammar schema's patterns
 #: are the ones it enforces; on the H200 12 real-world schemas whose grammar timed out failed three
-#: times on the one pattern their skeleton had dropped
-SKELETON_SCALAR_KEYWORDS: Final = ("pattern", "format", "minLength", "maxLength", "minimum", "maximum",
-                                   "exclusiveMinimum", "exclusiveMaximum")
+#: times on the one pattern their skeleton had dropped. Not lengths: the xgrammar of vLLM 0.26
+#: (0.2.7) compiles a string's `maxLength` slowly (Snowplow's 440-byte schema of four strings of at
+#: most 150 characters: 2.8 s, 0.01 s without them), and a skeleton that kept them was as slow as
+#: the grammar it stands in for
+SKELETON_SCALAR_KEYWORDS: Final = ("pattern", "format")
 
 
 def loose_schema(prepared: PreparedSchema, limits: Limits = DEFAULT_LIMITS, *, leaves: bool = False) -> dict[str, Any]:
@@ -1409,8 +1411,8 @@ def loose_schema(prepared: PreparedSchema, limits: Limits = DEFAULT_LIMITS, *, l
     closed `additionalProperties`, the types of scalars and small enums, arrays' items, the shapes
     of a choice (`anyOf`/`oneOf`, where the node has no shape of its own), to `SKELETON_DEPTH`
     levels and `SKELETON_NODES` nodes; `$ref` cycles and the other combinators are left to
-    validation. With `leaves`, each scalar also keeps its own constraints
-    (`SKELETON_SCALAR_KEYWORDS`: its pattern, format and bounds): for a grammar that took too
+    validation. With `leaves`, each string also keeps its own pattern and format
+    (`SKELETON_SCALAR_KEYWORDS`): for a grammar that took too
     long to compile (its size, not its leaves: on the real-world schemas they add nothing
     measurable to a skeleton's compile), not for one the backend refused (a pattern may be why)."""
     any_json = _bounded_any(min(limits.max_any_depth, 2))

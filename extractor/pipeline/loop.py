@@ -278,7 +278,7 @@ class _Attempts:
         prepared = self.task.prepared
         if not self.options.grammar_fallback or prepared is None or self.grammar is not None:
             return False  # (any schema of the task's: its own, or bounded after a cut output)
-        # a grammar too slow to compile keeps its leaves' patterns, formats and bounds; one refused does not
+        # a grammar too slow to compile keeps its strings' patterns and formats; one refused does not
         self.schema = loose_schema(prepared, leaves=reason == "compile_timeout")
         self.grammar, self.attempt = f"validate-only:{reason}", self.attempt - 1
         # bounded by construction (`SKELETON_NODES`, `SKELETON_DEPTH`): an engine that only checks
