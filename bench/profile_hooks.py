@@ -72,8 +72,8 @@ class StackSampler:
 
     def summary(self, top: int = 8) -> dict[str, Any]:
         return {"samples": self.samples, "interval_s": self.interval_s,
-                "threads": {name: [{"count": n, "stack": s} for s, n in c.most_common(top)]
-                            for name, c in sorted(self.stacks.items())}}
+                "threads": {name: [{"count": n, "stack": s} for s, n in Counter(dict(c)).most_common(top)]
+                            for name, c in sorted(list(self.stacks.items()))}}
 
 
 class GuardTimeline:
@@ -133,13 +133,17 @@ class RequestTimes:
         self.items: dict[str, Counter[str]] = defaultdict(Counter)
 
     def wrap(self, engine: Any) -> None:
-        prepare, generate = engine.prepare, engine.generate
+        """Time `engine`'s generation, and its guard's checks where it has one (`schemas.check` of
+        the vLLM engines: inside `generate` too, so `generate_s` includes `guard_s`), else `prepare`."""
+        owner = getattr(engine, "schemas", None)
+        owner, name = (owner, "check") if owner is not None and hasattr(owner, "check") else (engine, "prepare")
+        check, generate = getattr(owner, name), engine.generate
         items, current = self.items, self.current
 
-        async def timed_prepare(schema: Any) -> None:
+        async def timed_check(schema: Any) -> Any:
             begin = time.perf_counter()
             try:
-                await prepare(schema)
+                return await check(schema)
             finally:
                 items[current.get() or "?"]["guard_s"] += time.perf_counter() - begin
 
@@ -155,10 +159,11 @@ class RequestTimes:
             items[key]["prompt_tokens"] += sum(r.prompt_tokens for r in results)
             return results
 
-        engine.prepare, engine.generate = timed_prepare, timed_generate
+        setattr(owner, name, timed_check)
+        engine.generate = timed_generate
 
     def summary(self) -> dict[str, Any]:
-        return {key: {k: round(v, 2) for k, v in c.items()} for key, c in self.items.items()}
+        return {key: {k: round(v, 2) for k, v in list(c.items())} for key, c in list(self.items.items())}
 
 
 class ProfileHooks:
@@ -177,7 +182,10 @@ class ProfileHooks:
         if autosave is not None:
             def save() -> None:
                 while not hooks.sampler._stop.wait(every_s):
-                    hooks.save(autosave)
+                    try:
+                        hooks.save(autosave)
+                    except Exception as exc:  # a profile is never worth the run
+                        print(f"profile: not saved: {exc}", file=sys.stderr)
             threading.Thread(target=save, name="profile-autosave", daemon=True).start()
         return hooks
 
@@ -188,4 +196,7 @@ class ProfileHooks:
 
     def write(self, path: Path) -> None:
         self.sampler.stop()
-        self.save(path)
+        try:
+            self.save(path)
+        except Exception as exc:  # the run's own results are written after this
+            print(f"profile: not saved: {exc}", file=sys.stderr)

@@ -192,6 +192,22 @@ def test_a_grammar_too_slow_to_compile_falls_back_to_a_skeleton_that_keeps_its_l
     assert engine.requests[1].schema["properties"]["base_path"] == {"type": "string"}
 
 
+def test_a_skeleton_whose_leaves_fail_too_gives_way_to_the_bare_skeleton() -> None:
+    """The skeleton with its leaves is checked like any schema (its patterns were never compiled
+    on their own): refused or past the limit, the next attempt carries the bare skeleton."""
+    from extractor.errors import GrammarTimeout, SchemaRejected
+
+    schema = {"type": "object", "required": ["base_path"], "additionalProperties": False,
+              "properties": {"base_path": {"type": "string", "pattern": "^/[a-z]+$", "maxLength": 20}}}
+    task = task_from_json_schema(schema, name="raw")
+    engine = ScriptedEngine([GrammarTimeout("$", "past 5 s"), SchemaRejected("$", "bad pattern"),
+                             '{"base_path": "/a"}'])
+    result = Extractor(engine).run(task, DOC)
+    assert result.data == {"base_path": "/a"} and result.meta.attempts == 1
+    assert [r.schema["properties"]["base_path"] for r in engine.requests] == [
+        task.strict_schema["properties"]["base_path"], {"type": "string", "pattern": "^/[a-z]+$"}, {"type": "string"}]
+
+
 def test_a_grammar_the_engine_refuses_falls_back_to_the_skeleton_and_is_still_validated() -> None:
     """vLLM's grammar backend refused 13 real-world schemas that our xgrammar compiled ("Ref
     recusion limit reached", "Unsupported JSON Schema structure false"): the attempt is not

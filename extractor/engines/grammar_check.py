@@ -235,7 +235,7 @@ class GrammarProcess:
 
     def _reason(self, verdict: str, payload: str | None) -> str:
         if verdict == "timeout":
-            return f"grammar compilation took longer than {self.timeout_s:g}s"
+            return f"grammar compilation took longer than {self.timeout_s:g}s (of the compiler's CPU time)"
         if verdict == "crash":
             return "the grammar compiler crashed on this schema"
         return payload or "xgrammar refused the schema"

@@ -212,6 +212,7 @@ class _Attempts:
         self.bounded: dict[str, int] | None = None  # meta.bounded, once `_bound` took over
         self.compacted = False  # `_bound`'s last step (`COMPACT_BOUNDS`) taken
         self.readmitted = False  # the skeleton admitted again after a time-out (`step_down`)
+        self.leaves = False  # the skeleton keeps its strings' patterns and formats (`loosen`)
 
     def _fit(self) -> None:
         """An attempt that would not fit the engine's context: a retry's conversation so far is
@@ -276,16 +277,27 @@ class _Attempts:
         schema's skeleton (`loose_schema`), every answer validated against the schema as before,
         where `grammar_fallback` allows it. The attempt is not counted."""
         prepared = self.task.prepared
-        if not self.options.grammar_fallback or prepared is None or self.grammar is not None:
-            return False  # (any schema of the task's: its own, or bounded after a cut output)
-        # a grammar too slow to compile keeps its strings' patterns and formats; one refused does not
-        self.schema = loose_schema(prepared, leaves=reason == "compile_timeout")
-        self.grammar, self.attempt = f"validate-only:{reason}", self.attempt - 1
-        # bounded by construction (`SKELETON_NODES`, `SKELETON_DEPTH`): an engine that only checks
-        # schemas takes it unchecked. Checked, on the H200 at 256 schemas in flight, the compile guard
-        # timed out schemas that compile in 12 ms here, and their skeletons after them (50 of 244)
+        if not self.options.grammar_fallback or prepared is None:
+            return False
+        if self.grammar is None:  # (from any schema of the task's: its own, or bounded after a cut output)
+            # a grammar too slow to compile keeps its strings' patterns and formats; one refused does
+            # not (a pattern may be why), nor one whose skeleton would be the schema itself
+            skeleton = loose_schema(prepared, leaves=reason == "compile_timeout")
+            self.leaves = skeleton != loose_schema(prepared)
+            if self.leaves and skeleton == self.task.strict_schema:
+                skeleton, self.leaves = loose_schema(prepared), False
+        elif self.leaves:  # the skeleton with its leaves refused or too slow too: the bare one
+            skeleton, self.leaves = loose_schema(prepared), False
+        else:
+            return False
+        self.schema, self.grammar, self.attempt = skeleton, f"validate-only:{reason}", self.attempt - 1
+        # the bare skeleton is bounded by construction (`SKELETON_NODES`, `SKELETON_DEPTH`): an engine
+        # that only checks schemas takes it unchecked. Checked, on the H200 at 256 schemas in flight,
+        # the compile guard timed out schemas that compile in 12 ms here, and their skeletons after
+        # them (50 of 244). One with its leaves is checked like any schema: its patterns were never
+        # compiled on their own, and past the limit or refused it gives way to the bare one
         admit = getattr(self.engine, "admit", None)
-        if admit is not None:
+        if admit is not None and not self.leaves:
             admit(self.schema)
         return True
 
