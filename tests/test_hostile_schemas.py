@@ -248,7 +248,7 @@ def test_a_slow_grammar_compile_is_killed_and_the_checker_goes_on() -> None:
             "required": ["a"], "additionalProperties": False}
     with GrammarChecker(timeout_s=2.0) as checker:
         result = checker.check(slow)
-        assert not result.ok and result.reason == "grammar compilation took longer than 2s"
+        assert not result.ok and result.reason == "grammar compilation took longer than 2s (of the compiler's CPU time)"
         assert checker._proc is None  # killed, not waited for
         checker.timeout_s = 120.0
         good = checker.check(task_from_model(Person).strict_schema)  # a fresh child takes over
