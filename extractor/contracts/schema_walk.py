@@ -3,8 +3,10 @@ free-text field, for every module that walks schemas (prompt, grounding, grounde
 
 `resolve_ref` follows local refs (`#/$defs/Name`, `#/definitions/Name`, any JSON pointer into the
 root) and merges the keywords written beside a `$ref` over its target, as JSON Schema 2019+ reads
-them. `is_free_text` says whether a string field holds text copied from the document: type string
-(alone or with null), with no `enum`, `const`, `format` or `pattern` that would make it a code.
+them. `fold_pattern_properties` is the one rewrite of `patternProperties` for a grammar that
+cannot take them (xgrammar's, vLLM's). `is_free_text` says whether a string field holds text
+copied from the document: type string (alone or with null), with no `enum`, `const`, `format` or
+`pattern` that would make it a code.
 """
 
 from __future__ import annotations
@@ -88,3 +90,18 @@ def is_free_text(node: Mapping[str, Any]) -> bool:
     no enum, const, format or pattern."""
     kinds = type_names(node)
     return "string" in kinds and set(kinds) <= {"string", "null"} and not any(k in node for k in NOT_FREE)
+
+
+def fold_pattern_properties(node: dict[str, Any]) -> None:
+    """`patternProperties` folded into `additionalProperties`, in place: any key may then take a
+    value valid under one of the patterns' schemas (or the old `additionalProperties`). Keys are
+    no longer matched against the patterns: validation after decoding checks them."""
+    patterns = node.pop("patternProperties", None)
+    if not isinstance(patterns, Mapping):
+        return
+    extra = node.get("additionalProperties", True)
+    alternatives = [*patterns.values(), *([extra] if extra is not False else [])]
+    if extra is True or any(v is True for v in alternatives):
+        node["additionalProperties"] = True
+    elif alternatives:
+        node["additionalProperties"] = {"anyOf": alternatives} if len(alternatives) > 1 else alternatives[0]

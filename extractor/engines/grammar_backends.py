@@ -25,6 +25,8 @@ from typing import Any, Final, Literal
 import llguidance
 import xgrammar as xgr
 
+from extractor.contracts.schema_walk import fold_pattern_properties
+
 __all__ = [
     "BACKENDS",
     "BackendName",
@@ -150,13 +152,7 @@ def adapt(schema: dict[str, Any], backend: BackendName) -> tuple[dict[str, Any],
             node.pop("minLength", None)
             node.pop("maxLength", None)
         if "patternProperties" in node:
-            pats = node.pop("patternProperties")
-            ap = node.get("additionalProperties", True)
-            alts = [v for v in pats.values()] + ([ap] if ap is not False else [])
-            if ap is True or any(v is True for v in alts):
-                node["additionalProperties"] = True
-            else:
-                node["additionalProperties"] = {"anyOf": alts} if len(alts) > 1 else alts[0]
+            fold_pattern_properties(node)
             unenforced.update({"patternProperties", "additionalProperties"})
     return copy_, frozenset(unenforced)
 

@@ -201,9 +201,10 @@ class GrammarProcess:
         with self._lock:
             conn = self._started()
             start = time.perf_counter()
-            cpu_start = _cpu_seconds(self._proc.pid if self._proc is not None else None)
+            pid = self._proc.pid if self._proc is not None else None
+            cpu_start = _cpu_seconds(pid)
             conn.send((schema_json, serialize))
-            if not self._answered(conn, start, cpu_start):
+            if not self._answered(conn, start, pid, cpu_start):
                 self._stop(kill=True)
                 return "timeout", None, (time.perf_counter() - start) * 1000
             try:
@@ -213,7 +214,7 @@ class GrammarProcess:
                 return "crash", None, (time.perf_counter() - start) * 1000
             return verdict, payload, (time.perf_counter() - start) * 1000
 
-    def _answered(self, conn: Connection, start: float, cpu_start: float | None) -> bool:
+    def _answered(self, conn: Connection, start: float, pid: int | None, cpu_start: float | None) -> bool:
         """Wait for the child's answer: at most `timeout_s` of its CPU time, and at most
         `WALL_FACTOR` times that in all. The limit is the schema's cost, not the machine's load: on
         the H200, with 12 children and vLLM on 16 cores, 64 compiles of one run that would have
@@ -223,7 +224,7 @@ class GrammarProcess:
         if conn.poll(self.timeout_s):
             return True
         while time.perf_counter() - start < self.timeout_s * WALL_FACTOR:
-            now = _cpu_seconds(self._proc.pid if self._proc is not None else None)
+            now = _cpu_seconds(pid)
             if now is None or cpu_start is None:
                 return False
             used = now - cpu_start

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
+from extractor.contracts.schema_walk import fold_pattern_properties
 from extractor.engines.base import GenerationRequest
 from extractor.engines.compile_guard import CompileGuard
 
@@ -75,21 +76,6 @@ def _nodes(schema: Any) -> list[dict[str, Any]]:
         elif isinstance(item, list):
             stack.extend((v, False) for v in item)
     return out
-
-
-def fold_pattern_properties(node: dict[str, Any]) -> None:
-    """`patternProperties` folded into `additionalProperties`, in place: any key may then take a
-    value valid under one of the patterns' schemas (or the old `additionalProperties`). Keys are
-    no longer matched against the patterns: validation after decoding checks them."""
-    patterns = node.pop("patternProperties", None)
-    if not isinstance(patterns, Mapping):
-        return
-    extra = node.get("additionalProperties", True)
-    alternatives = [*patterns.values(), *([extra] if extra is not False else [])]
-    if extra is True or any(v is True for v in alternatives):
-        node["additionalProperties"] = True
-    elif alternatives:
-        node["additionalProperties"] = {"anyOf": alternatives} if len(alternatives) > 1 else alternatives[0]
 
 
 def _rewrite(node: dict[str, Any]) -> None:

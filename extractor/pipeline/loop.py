@@ -279,17 +279,15 @@ class _Attempts:
         prepared = self.task.prepared
         if not self.options.grammar_fallback or prepared is None:
             return False
-        if self.grammar is None:  # (from any schema of the task's: its own, or bounded after a cut output)
-            # a grammar too slow to compile keeps its strings' patterns and formats; one refused does
-            # not (a pattern may be why), nor one whose skeleton would be the schema itself
-            skeleton = loose_schema(prepared, leaves=reason == "compile_timeout")
-            self.leaves = skeleton != loose_schema(prepared)
-            if self.leaves and skeleton == self.task.strict_schema:
-                skeleton, self.leaves = loose_schema(prepared), False
-        elif self.leaves:  # the skeleton with its leaves refused or too slow too: the bare one
-            skeleton, self.leaves = loose_schema(prepared), False
-        else:
-            return False
+        if self.grammar is not None and not self.leaves:
+            return False  # (loosened already: from any schema of the task's, its own or bounded)
+        bare = loose_schema(prepared)
+        # a grammar too slow to compile keeps its strings' patterns and formats; one refused does not
+        # (a pattern may be why), nor one whose skeleton would be the schema itself, nor a skeleton
+        # with its leaves refused or too slow in turn (then the bare one)
+        skeleton = loose_schema(prepared, leaves=True) if self.grammar is None and reason == "compile_timeout" else bare
+        self.leaves = skeleton != bare and skeleton != self.task.strict_schema
+        skeleton = skeleton if self.leaves else bare
         self.schema, self.grammar, self.attempt = skeleton, f"validate-only:{reason}", self.attempt - 1
         # the bare skeleton is bounded by construction (`SKELETON_NODES`, `SKELETON_DEPTH`): an engine
         # that only checks schemas takes it unchecked. Checked, on the H200 at 256 schemas in flight,
