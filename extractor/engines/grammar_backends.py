@@ -7,7 +7,8 @@ grammar (`accepts`), which is how grammar conformance is measured.
 
 Each backend gets the schema in the form it handles best (`adapt`): xgrammar refuses valid
 values under ``patternProperties`` and ignores ``minLength``/``maxLength`` beside a ``pattern``,
-so for it the former is folded into ``additionalProperties`` and both are reported unenforced.
+so for it the former is folded into ``additionalProperties`` and both are reported unenforced;
+its patterns are rewritten to whole-string regexes its compiler reads right (`xgrammar_regex.py`).
 
 Both use the same tokenizer: a Hugging Face ``tokenizer.json`` (byte-level BPE), by default the
 one of SmolLM2 converted by the project's local engine (`find_tokenizer_json`).
@@ -26,6 +27,7 @@ import llguidance
 import xgrammar as xgr
 
 from extractor.contracts.schema_walk import fold_pattern_properties
+from extractor.engines.xgrammar_regex import counted_optional_groups, search_pattern
 
 __all__ = [
     "BACKENDS",
@@ -96,48 +98,6 @@ def _walk(n: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _top_level_branches(pattern: str) -> list[str]:
-    """`pattern` split at its top-level `|` (outside groups and classes, not escaped)."""
-    branches, depth, in_class, start, i = [], 0, False, 0, 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = ch != "]"
-        elif ch == "[":
-            in_class = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "|" and depth == 0:
-            branches.append(pattern[start:i])
-            start = i + 1
-        i += 1
-    branches.append(pattern[start:])
-    return branches
-
-
-def _ends_anchored(branch: str) -> bool:
-    if not branch.endswith("$"):
-        return False
-    slashes = len(branch[:-1]) - len(branch[:-1].rstrip("\\"))
-    return slashes % 2 == 0
-
-
-def search_pattern(pattern: str) -> str:
-    """A JSON Schema `pattern` (a search: it may match anywhere unless anchored) as the
-    whole-string regex xgrammar takes: each top-level branch's missing `^` or `$` becomes `.*`."""
-    out = []
-    for branch in _top_level_branches(pattern):
-        start, end = branch.startswith("^"), _ends_anchored(branch)
-        core = branch[1 if start else 0:len(branch) - 1 if end and len(branch) > start else len(branch)]
-        out.append(("" if start else ".*") + core + ("" if end else ".*"))
-    return out[0] if len(out) == 1 else "|".join(f"({b})" for b in out)
-
-
 def adapt(schema: dict[str, Any], backend: BackendName) -> tuple[dict[str, Any], frozenset[str]]:
     """The schema as `backend` should get it, and the keywords that backend then leaves unenforced."""
     unenforced: set[str] = set()
@@ -146,7 +106,7 @@ def adapt(schema: dict[str, Any], backend: BackendName) -> tuple[dict[str, Any],
     copy_: dict[str, Any] = json.loads(json.dumps(schema))
     for node in _walk(copy_):
         if isinstance(node.get("pattern"), str):
-            node["pattern"] = search_pattern(node["pattern"])
+            node["pattern"] = counted_optional_groups(search_pattern(node["pattern"]))
         if "pattern" in node and ("minLength" in node or "maxLength" in node):
             unenforced.update(k for k in ("minLength", "maxLength") if k in node)
             node.pop("minLength", None)

@@ -12,7 +12,9 @@ of the 86 completed in 330 s. A server started with `--structured-outputs-config
 refuses the same schemas outright (400).
 
 The compile guard checks each schema with xgrammar, so vLLM gets it in the form xgrammar takes
-(`for_vllm`): `patternProperties` folded into `additionalProperties` (which xgrammar also
+(`for_vllm_uncached`): each `pattern` with its optional groups counted (`(...)?` as `(...){0,1}`:
+xgrammar misreads the former where the group ends in a repetition, `xgrammar_regex.py`),
+`patternProperties` folded into `additionalProperties` (which xgrammar also
 enforces correctly: it refuses some valid values under `patternProperties`), and the other
 keywords dropped. The pipeline validates every output against the schema afterwards, so what
 the grammar no longer says is still checked, as on any engine whose grammar cannot say it.
@@ -33,6 +35,7 @@ from typing import Any, Final
 from extractor.contracts.schema_walk import fold_pattern_properties
 from extractor.engines.base import GenerationRequest
 from extractor.engines.compile_guard import CompileGuard
+from extractor.engines.xgrammar_regex import counted_optional_groups
 
 #: the string formats vLLM lets xgrammar have (vLLM 0.26 `STRING_SUPPORTED_FORMATS`)
 XGRAMMAR_FORMATS: Final = frozenset({
@@ -49,8 +52,16 @@ _SCHEMA_MAPS: Final = ("properties", "patternProperties", "$defs", "definitions"
 _CACHE_SIZE: Final = 256
 
 
+def _pattern_needs_change(node: Mapping[str, Any]) -> bool:
+    pattern = node.get("pattern")
+    return isinstance(pattern, str) and counted_optional_groups(pattern) != pattern
+
+
 def _needs_change(node: Mapping[str, Any]) -> bool:
-    """Whether vLLM would send this node away from xgrammar (its own test, node by node)."""
+    """Whether vLLM would send this node away from xgrammar (its own test, node by node), or
+    xgrammar would misread its pattern (`xgrammar_regex.counted_optional_groups`)."""
+    if _pattern_needs_change(node):
+        return True
     kind = node.get("type")
     if kind in ("integer", "number") and "multipleOf" in node:
         return True
@@ -79,6 +90,8 @@ def _nodes(schema: Any) -> list[dict[str, Any]]:
 
 
 def _rewrite(node: dict[str, Any]) -> None:
+    if _pattern_needs_change(node):
+        node["pattern"] = counted_optional_groups(node["pattern"])
     kind = node.get("type")
     if kind in ("integer", "number"):
         node.pop("multipleOf", None)
