@@ -147,6 +147,9 @@ async def run_all(extractor: Extractor, rows: list[dict[str, Any]], tasks: dict[
                 result = await extractor.arun(task, DOCUMENT)
             except ExtractorError as exc:
                 item.update(error=f"{type(exc).__name__}: {exc}"[:300], seconds=round(time.perf_counter() - start, 2))
+                last = getattr(exc, "last_output", None)
+                if last:  # what the model wrote last: its start and end (why it was cut, what it missed)
+                    item["last_output"] = last if len(last) <= 600 else f"{last[:400]} [...] {last[-200:]}"
                 return item
         # the pipeline already validated it; checked again here, independently, against the original
         errors = original_errors(json.dumps(row["schema"]), result.data)

@@ -98,7 +98,9 @@ def problem_error(response: httpx2.Response) -> ExtractorError:
     cls = error_class(problem_type.removeprefix(TYPE_PREFIX))
     if issubclass(cls, ExtractionFailed):
         attempts, errors = members.pop("attempts", 0), members.pop("errors", [])
-        exc: ExtractorError = cls(detail, attempts=int(attempts), errors=list(errors))
+        last = members.pop("last_output", None)
+        exc: ExtractorError = cls(detail, attempts=int(attempts), errors=list(errors),
+                                  last_output=last if isinstance(last, str) else None)
         exc.details.update(members)
         return exc
     if issubclass(cls, SchemaRejected):

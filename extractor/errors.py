@@ -169,15 +169,19 @@ class IdempotencyConflict(RequestError):
 class ExtractionFailed(ExtractorError):
     """Every attempt produced output that failed validation.
 
-    `errors` holds, per attempt, the validation messages that were seen.
+    `errors` holds, per attempt, the validation messages that were seen; `last_output`, what the
+    model wrote on the last attempt (its start and end where it is long), or None.
     """
 
     code = "extraction-failed"
 
-    def __init__(self, message: str, *, attempts: int, errors: list[list[str]]) -> None:
-        super().__init__(message, attempts=attempts, errors=errors)
+    def __init__(self, message: str, *, attempts: int, errors: list[list[str]],
+                 last_output: str | None = None) -> None:
+        extra = {} if last_output is None else {"last_output": last_output}
+        super().__init__(message, attempts=attempts, errors=errors, **extra)
         self.attempts = attempts
         self.errors = errors
+        self.last_output = last_output
 
 
 class RequestTimeout(RequestError):

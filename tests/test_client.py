@@ -102,7 +102,7 @@ def test_async_client_in_process() -> None:
         async with AsyncClient(BASE, transport=httpx2.ASGITransport(app=app)) as client:
             with pytest.raises(ExtractionFailed) as info:
                 await client.extract(Person, DOC)
-            assert info.value.attempts == 3 and len(info.value.errors) == 3
+            assert info.value.attempts == 3 and len(info.value.errors) == 3 and info.value.last_output == "{"
             assert info.value.details["status"] == 422
             result = await client.arun(Person, DOC, options={"max_retries": 0})
             assert result.data == ALICE

@@ -72,6 +72,16 @@ def test_invalid_json_error_then_exhaustion_raises_typed_error() -> None:
     assert info.value.errors[0] == ["not valid JSON: Expecting property name enclosed in double quotes at character 1"]
     assert info.value.errors[1] == ["$: [] is not of type 'object'"]
     assert len(engine.requests) == 3
+    assert info.value.last_output == '{"name":1}' and info.value.details["last_output"] == '{"name":1}'
+
+
+def test_a_long_last_output_keeps_its_start_and_end() -> None:
+    looped = '{"name":"' + "ab" * 5000 + '"'
+    with pytest.raises(ExtractionFailed) as info:
+        Extractor(ScriptedEngine([looped] * 3), max_retries=2).run(Person, DOC)
+    last = info.value.last_output
+    assert last is not None and last.startswith('{"name":"abab') and last.endswith('abab"')
+    assert "[... 6010 characters ...]" in last and len(last) < 4100
 
 
 def test_length_is_a_failure_retried_once_with_a_larger_budget() -> None:

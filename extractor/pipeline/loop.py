@@ -46,7 +46,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel
 
@@ -213,6 +213,7 @@ class _Attempts:
         self.compacted = False  # `_bound`'s last step (`COMPACT_BOUNDS`) taken
         self.readmitted = False  # the skeleton admitted again after a time-out (`step_down`)
         self.leaves = False  # the skeleton keeps its strings' patterns and formats (`loosen`)
+        self.last_output: str | None = None  # the model's text on the last attempt that failed
 
     def _fit(self) -> None:
         """An attempt that would not fit the engine's context: a retry's conversation so far is
@@ -319,6 +320,7 @@ class _Attempts:
         judged = _judge(self.task, result, self.document, self.messages[0]["content"], options, self.max_tokens)
         if isinstance(judged.outcome, Invalid):
             self.seen.append(judged.outcome.errors)
+            self.last_output = result.text
             if judged.cut:
                 # a cut output is retried with a larger budget, up to the cap (reported in meta); at
                 # the cap, or at once where the output was looping (`looping`), with the schema's
@@ -376,7 +378,19 @@ class _Attempts:
     def _give_up(self) -> None:
         last = "; ".join(self.seen[-1]) if self.seen else "no attempt made"
         self.outcome = ExtractionFailed(f"{self.task.name}: no valid output after {len(self.seen)} attempt(s): {last}",
-                                        attempts=len(self.seen), errors=self.seen)
+                                        attempts=len(self.seen), errors=self.seen,
+                                        last_output=_shortened(self.last_output))
+
+
+#: the most of a failed attempt's output an `ExtractionFailed` carries (its start and its end)
+LAST_OUTPUT_CHARS: Final = 4000
+
+
+def _shortened(text: str | None) -> str | None:
+    if text is None or len(text) <= LAST_OUTPUT_CHARS:
+        return text
+    head = LAST_OUTPUT_CHARS * 3 // 4
+    return f"{text[:head]} [... {len(text) - LAST_OUTPUT_CHARS} characters ...] {text[-(LAST_OUTPUT_CHARS - head):]}"
 
 
 async def _begin(engine: Engine, task: Task[Any], document: str, options: ExtractOptions,
