@@ -208,7 +208,30 @@ def _write(args: argparse.Namespace, summary: dict[str, Any], name: str | None =
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{name or _name(args)}.json"
     path.write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    plot(summary, path.with_suffix(".png"))
     print(json.dumps({k: v for k, v in summary.items() if k != "items"}, indent=1))
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Valid against the original schema, per group, with the 80% target over all schemas."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted(summary["per_group"])
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    ax.bar(groups, [summary["per_group"][g]["valid_pct"] for g in groups], color="tab:green")
+    ax.axhline(summary["valid_pct"], color="tab:green", linestyle=":", label=f"all: {summary['valid_pct']}%")
+    ax.axhline(80, color="tab:red", linestyle="--", label="target 80% of all")
+    ax.set_ylabel("valid against the original schema (%)")
+    ax.set_title(f"{summary['engine']}: {summary['valid_against_original']} of {summary['schemas']} schemas "
+                 f"end to end ({summary.get('seconds', '?')} s)")
+    ax.tick_params(axis="x", rotation=60)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def summarize_partial(args: argparse.Namespace) -> None:

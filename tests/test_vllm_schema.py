@@ -89,6 +89,9 @@ def test_a_schema_already_in_xgrammars_form_is_the_same_object() -> None:
      {"anyOf": [{"type": "string"}, {"type": "null"}]}),
     ({"patternProperties": {"^a": {"type": "string"}}}, True),
     ({"patternProperties": {}, "additionalProperties": False}, False),
+    # every key matches `.*` (WashingtonPost wp_65's dictionary of strings): `additionalProperties` never applies
+    ({"patternProperties": {".*": {"type": "string"}}}, {"type": "string"}),
+    ({"patternProperties": {"^.*$": {"type": "string"}}}, True),  # a key with a newline escapes `^.*$`
 ])
 def test_pattern_properties_fold_into_additional_properties(node: dict[str, Any], expected: Any) -> None:
     fold_pattern_properties(node)

@@ -12,7 +12,7 @@ copied from the document: type string (alone or with null), with no `enum`, `con
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 #: refs followed in a chain before giving up (the compiler refuses recursive refs it cannot bound)
 MAX_REF_CHAIN = 32
@@ -92,6 +92,10 @@ def is_free_text(node: Mapping[str, Any]) -> bool:
     return "string" in kinds and set(kinds) <= {"string", "null"} and not any(k in node for k in NOT_FREE)
 
 
+#: patterns that match every string as a JSON Schema search (`^.*$` is not one: `.` stops at a newline)
+MATCH_EVERY_KEY: Final = frozenset({"", ".*", "^.*", ".*$", "^", "$", "[\\s\\S]*"})
+
+
 def fold_pattern_properties(node: dict[str, Any]) -> None:
     """`patternProperties` folded into `additionalProperties`, in place: any key may then take a
     value valid under one of the patterns' schemas (or the old `additionalProperties`). Keys are
@@ -99,7 +103,9 @@ def fold_pattern_properties(node: dict[str, Any]) -> None:
     patterns = node.pop("patternProperties", None)
     if not isinstance(patterns, Mapping):
         return
-    extra = node.get("additionalProperties", True)
+    # a pattern every key matches (`.*`: the Washington Post's string dictionaries) leaves
+    # `additionalProperties` nothing to apply to
+    extra = False if any(p in MATCH_EVERY_KEY for p in patterns) else node.get("additionalProperties", True)
     alternatives = [*patterns.values(), *([extra] if extra is not False else [])]
     if extra is True or any(v is True for v in alternatives):
         node["additionalProperties"] = True
