@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import jsonschema
 
@@ -153,6 +154,11 @@ def enforced_error(error: Any, prepared: PreparedSchema, unenforced: frozenset[s
 _BACKENDS: GrammarBackends | None = None
 
 
+#: set to "1" by `--close-declared` (read in the worker processes): measure the decoding grammar,
+#: whose objects that declare properties and leave `additionalProperties` out are closed
+CLOSE_DECLARED_ENV: Final = "SCHEMA_COVERAGE_CLOSE_DECLARED"
+
+
 def evaluate(row: dict[str, Any], only: BackendName) -> dict[str, Any]:
     """Everything measured on one schema with one backend (run in that backend's worker process)."""
     global _BACKENDS
@@ -163,7 +169,7 @@ def evaluate(row: dict[str, Any], only: BackendName) -> dict[str, Any]:
                            "compile_ms": {}, "misses": {b: [] for b in BACKENDS}, "backend_refusals": {}}
     t0 = time.perf_counter()
     try:
-        prepared = prepare_schema(row["schema"])
+        prepared = prepare_schema(row["schema"], close_declared=os.environ.get(CLOSE_DECLARED_ENV) == "1")
     except SchemaRefused as exc:
         out["refusal"] = {"stage": "prepare", "path": exc.path, "reason": exc.reason}
         return out
@@ -357,6 +363,7 @@ def run(data: Path, out: Path, limit: int | None, group: str | None, timeout_s: 
         "refusals": refusals[:60],
         "keyword_classes": {k: dict(v.most_common(40)) for k, v in keyword_classes.items()},
         "seconds": round(time.perf_counter() - started, 1),
+        "grammar": "decoding (declared objects closed)" if os.environ.get(CLOSE_DECLARED_ENV) == "1" else "contract",
     }
     for b in BACKENDS:
         c = counts[b]
@@ -420,7 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", default=None)
     parser.add_argument("--timeout", type=float, default=None,
                         help="run each schema in a worker process killed past this many seconds")
+    parser.add_argument("--close-declared", action="store_true",
+                        help="the decoding grammar (the default of extraction: declared objects closed), not the "
+                             "contract's; written to schema_coverage_closed.json unless --out says otherwise")
     args = parser.parse_args(argv)
+    if args.close_declared:
+        os.environ[CLOSE_DECLARED_ENV] = "1"
+        if args.out == OUT:
+            args.out = OUT.with_name("schema_coverage_closed.json")
     r = run(args.data, args.out, args.limit, args.group, args.timeout)
     print(json.dumps({"accepted_pct": r["accepted_pct"], "per_group": {g: v["accepted_pct"] for g, v in
                                                                         r["per_group"].items()},

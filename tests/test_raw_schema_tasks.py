@@ -313,6 +313,9 @@ def test_an_object_that_leaves_additional_properties_out_is_closed_in_the_gramma
 
     closed = grammar({"type": "object", "properties": {"v": {"const": "1.0.0"}}, "required": ["v"]})
     assert closed["additionalProperties"] is False and "x-open-by-default" not in json.dumps(closed)
+    contract = task_from_json_schema({"type": "object", "properties": {"v": {"const": "1.0.0"}}, "required": ["v"]},
+                                     name="raw", close_declared=False).strict_schema  # the contract's grammar
+    assert contract["additionalProperties"] not in (False, None) and "x-open-by-default" not in json.dumps(contract)
     nested = grammar({"type": "array", "items": {"properties": {"a": {"type": "integer"}}}})
     assert nested["properties"]["value"]["items"]["additionalProperties"] is False
     for still_open in ({"type": "object", "properties": {"a": {}}, "additionalProperties": {"type": "integer"}},

@@ -162,7 +162,7 @@ def task_from_model(model: type[ModelT]) -> Task[ModelT]:
 
 
 def task_from_json_schema(schema: Any, *, name: str, version: str | None = None,
-                          strict: bool | None = None) -> Task[BaseModel]:
+                          strict: bool | None = None, close_declared: bool = True) -> Task[BaseModel]:
     """Resolve a raw JSON Schema (already parsed) into a Task with no Pydantic model.
 
     Any real-world schema is taken (`extractor.contracts.prepare`): any root type, unknown
@@ -170,6 +170,8 @@ def task_from_json_schema(schema: Any, *, name: str, version: str | None = None,
     Every returned record validates against this ORIGINAL schema. `strict` (or `x-strict: true`
     in the schema) gives the OpenAI-compatible grammar instead: every property written, the
     optional ones as null (the added nulls are dropped again before validation).
+    `close_declared` False keeps open the objects that declare properties and leave
+    `additionalProperties` out (by default the grammar writes only their declared properties).
 
     The schema may carry `title`, `description` (used as instructions),
     `x-version`, `x-examples` (a list of `{"document", "record"}`) and
@@ -179,7 +181,7 @@ def task_from_json_schema(schema: Any, *, name: str, version: str | None = None,
     strict_flag = meta.get("x-strict", False) if strict is None else strict
     if not isinstance(strict_flag, bool):
         raise SchemaRejected("$.x-strict", "must be true or false")
-    prepared = prepare_schema(schema, strict=strict_flag)
+    prepared = prepare_schema(schema, strict=strict_flag, close_declared=close_declared)
     raw_examples = meta.get("x-examples", [])
     if not isinstance(raw_examples, list):
         raise SchemaRejected("$.x-examples", "must be a list of {document, record}")

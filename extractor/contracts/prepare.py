@@ -1053,7 +1053,7 @@ def _any_defs(levels: int) -> dict[str, dict[str, Any]]:
 _OPEN_BY_DEFAULT: Final = "x-open-by-default"
 
 
-def _close_declared(node: Any) -> int:
+def _close_declared(node: Any, close: bool = True) -> int:
     """Close, in place, every object of a prepared schema that declares properties and leaves
     `additionalProperties` out (no `patternProperties` either): the grammar then writes only the
     declared ones (an explicit `additionalProperties: true` or schema keeps the object open), and
@@ -1061,7 +1061,8 @@ def _close_declared(node: Any) -> int:
     only removes values from what the grammar admits, and no required key or `minProperties` is
     left unsatisfiable). Left open, SmolLM2 wrote key after key of the any-JSON
     `additionalProperties` until max_tokens on real-world schemas of a few properties (on the
-    H200, three attempts cut at 64, 128 and 256 tokens). Returns how many objects were closed."""
+    H200, three attempts cut at 64, 128 and 256 tokens). Returns how many objects were closed.
+    With `close` False only the marks are dropped: the grammar is the contract's, open objects open."""
     closed = 0
     stack = [node]
     while stack:
@@ -1072,7 +1073,7 @@ def _close_declared(node: Any) -> int:
         if not isinstance(n, dict):
             continue
         props, ap = n.get("properties"), n.get("additionalProperties")
-        if isinstance(ap, dict) and ap.pop(_OPEN_BY_DEFAULT, None) and (
+        if isinstance(ap, dict) and ap.pop(_OPEN_BY_DEFAULT, None) and close and (
                 isinstance(props, dict) and props and not n.get("patternProperties")
                 and n.get("minProperties", 0) <= len(props) and all(name in props for name in n.get("required", []))):
             n["additionalProperties"] = False
@@ -1264,8 +1265,13 @@ def _data_depth_check(schema: Any, limit: int) -> None:
                 stack.append((v, kp, depth))
 
 
-def prepare_schema(raw: Any, *, strict: bool = False, limits: Limits = DEFAULT_LIMITS) -> PreparedSchema:
+def prepare_schema(raw: Any, *, strict: bool = False, close_declared: bool = True,
+                   limits: Limits = DEFAULT_LIMITS) -> PreparedSchema:
     """Prepare the user's schema `raw` (already parsed JSON) for a grammar backend.
+
+    `close_declared` (the default) closes, in the grammar only, each object that declares its
+    properties and leaves `additionalProperties` out (`_close_declared`): a narrowing for decoding,
+    like the bounds after a cut; False keeps the contract's grammar, extra keys and all.
 
     Returns the grammar schema, whether the root was wrapped, and the report of enforced,
     validated and ignored keywords. Raises `SchemaRefused` (path, reason, hint) when no JSON
@@ -1331,7 +1337,7 @@ def prepare_schema(raw: Any, *, strict: bool = False, limits: Limits = DEFAULT_L
     if preparer.uses_any:
         defs.update(_any_defs(limits.max_any_depth))
     notes = list(preparer.notes)
-    closed = _close_declared(schema) + sum(_close_declared(d) for d in defs.values())
+    closed = _close_declared(schema, close_declared) + sum(_close_declared(d, close_declared) for d in defs.values())
     if closed:
         notes.append(f"{closed} object(s) with declared properties and no additionalProperties schema: the grammar "
                      "writes only their declared properties (a small model left free adds keys until max_tokens)")
