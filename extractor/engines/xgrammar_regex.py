@@ -22,29 +22,42 @@ xgrammar path gets both (`grammar_backends.adapt`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 __all__ = ["counted_optional_groups", "search_pattern", "top_level_branches"]
+
+
+def _atoms(pattern: str) -> Iterator[tuple[int, str]]:
+    """`pattern`'s atoms with where each starts: an escape (`\\x`), a whole character class
+    (`[...]`, where a `]` first in the class is literal: `[]?]`, `[^]a]`), or one character. The
+    one reading of a pattern's text both rewrites share."""
+    i, n = 0, len(pattern)
+    while i < n:
+        if pattern[i] == "\\":
+            end = i + 2
+        elif pattern[i] == "[":
+            end = i + (2 if pattern.startswith("^", i + 1) else 1)
+            end += pattern.startswith("]", end)
+            while end < n and pattern[end] != "]":
+                end += 2 if pattern[end] == "\\" else 1
+            end += 1
+        else:
+            end = i + 1
+        yield i, pattern[i:end]
+        i = end
 
 
 def top_level_branches(pattern: str) -> list[str]:
     """`pattern` split at its top-level `|` (outside groups and classes, not escaped)."""
-    branches, depth, in_class, start, i = [], 0, False, 0, 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = ch != "]"
-        elif ch == "[":
-            in_class = True
-        elif ch == "(":
+    branches, depth, start = [], 0, 0
+    for i, atom in _atoms(pattern):
+        if atom == "(":
             depth += 1
-        elif ch == ")":
+        elif atom == ")":
             depth -= 1
-        elif ch == "|" and depth == 0:
+        elif atom == "|" and depth == 0:
             branches.append(pattern[start:i])
             start = i + 1
-        i += 1
     branches.append(pattern[start:])
     return branches
 
@@ -72,26 +85,8 @@ def counted_optional_groups(pattern: str) -> str:
     strings; see the module docstring for the xgrammar bug this avoids). Escapes and character
     classes (`[)?]`, `[]?]`) are left as they are."""
     out: list[str] = []
-    i, n, in_class = 0, len(pattern), False
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\":
-            out.append(pattern[i:i + 2])
-            i += 2
-            continue
-        if in_class:
-            in_class = ch != "]"
-        elif ch == "[":
-            in_class = True
-            lead = 2 if pattern.startswith("^", i + 1) else 1  # `]` first in a class is literal
-            if pattern.startswith("]", i + lead):
-                out.append(pattern[i:i + lead + 1])
-                i += lead + 1
-                continue
-        elif ch == ")" and pattern.startswith("?", i + 1):
-            out.append("){0,1}")
-            i += 2
-            continue
-        out.append(ch)
-        i += 1
+    after_group = False
+    for _, atom in _atoms(pattern):
+        out.append("{0,1}" if after_group and atom == "?" else atom)
+        after_group = atom == ")"
     return "".join(out)
