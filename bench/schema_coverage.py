@@ -159,6 +159,10 @@ _BACKENDS: GrammarBackends | None = None
 CLOSE_DECLARED_ENV: Final = "SCHEMA_COVERAGE_CLOSE_DECLARED"
 
 
+def closing_declared() -> bool:
+    return os.environ.get(CLOSE_DECLARED_ENV) == "1"
+
+
 def evaluate(row: dict[str, Any], only: BackendName) -> dict[str, Any]:
     """Everything measured on one schema with one backend (run in that backend's worker process)."""
     global _BACKENDS
@@ -169,7 +173,7 @@ def evaluate(row: dict[str, Any], only: BackendName) -> dict[str, Any]:
                            "compile_ms": {}, "misses": {b: [] for b in BACKENDS}, "backend_refusals": {}}
     t0 = time.perf_counter()
     try:
-        prepared = prepare_schema(row["schema"], close_declared=os.environ.get(CLOSE_DECLARED_ENV) == "1")
+        prepared = prepare_schema(row["schema"], close_declared=closing_declared())
     except SchemaRefused as exc:
         out["refusal"] = {"stage": "prepare", "path": exc.path, "reason": exc.reason}
         return out
@@ -363,7 +367,7 @@ def run(data: Path, out: Path, limit: int | None, group: str | None, timeout_s: 
         "refusals": refusals[:60],
         "keyword_classes": {k: dict(v.most_common(40)) for k, v in keyword_classes.items()},
         "seconds": round(time.perf_counter() - started, 1),
-        "grammar": "decoding (declared objects closed)" if os.environ.get(CLOSE_DECLARED_ENV) == "1" else "contract",
+        "grammar": "decoding (declared objects closed)" if closing_declared() else "contract",
     }
     for b in BACKENDS:
         c = counts[b]

@@ -35,6 +35,7 @@ from extractor.contracts.contract import Task, task_from_json_schema, validate_o
 from extractor.engines.grammar_check import GrammarChecker
 from extractor.engines.registry import engine_names, parse_options
 from extractor.errors import ExtractorError, SchemaRejected
+from extractor.pipeline.loop import shortened
 from extractor.pipeline.validate import original_errors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,7 +150,7 @@ async def run_all(extractor: Extractor, rows: list[dict[str, Any]], tasks: dict[
                 item.update(error=f"{type(exc).__name__}: {exc}"[:300], seconds=round(time.perf_counter() - start, 2))
                 last = getattr(exc, "last_output", None)
                 if last:  # what the model wrote last: its start and end (why it was cut, what it missed)
-                    item["last_output"] = last if len(last) <= 600 else f"{last[:400]} [...] {last[-200:]}"
+                    item["last_output"] = shortened(last, 600)
                 return item
         # the pipeline already validated it; checked again here, independently, against the original
         errors = original_errors(json.dumps(row["schema"]), result.data)

@@ -379,18 +379,19 @@ class _Attempts:
         last = "; ".join(self.seen[-1]) if self.seen else "no attempt made"
         self.outcome = ExtractionFailed(f"{self.task.name}: no valid output after {len(self.seen)} attempt(s): {last}",
                                         attempts=len(self.seen), errors=self.seen,
-                                        last_output=_shortened(self.last_output))
+                                        last_output=shortened(self.last_output))
 
 
 #: the most of a failed attempt's output an `ExtractionFailed` carries (its start and its end)
 LAST_OUTPUT_CHARS: Final = 4000
 
 
-def _shortened(text: str | None) -> str | None:
-    if text is None or len(text) <= LAST_OUTPUT_CHARS:
+def shortened(text: str | None, limit: int = LAST_OUTPUT_CHARS) -> str | None:
+    """`text` if it has at most `limit` characters, else its start and end (3 to 1) of `limit` in all."""
+    if text is None or len(text) <= limit:
         return text
-    head = LAST_OUTPUT_CHARS * 3 // 4
-    return f"{text[:head]} [... {len(text) - LAST_OUTPUT_CHARS} characters ...] {text[-(LAST_OUTPUT_CHARS - head):]}"
+    head = limit * 3 // 4
+    return f"{text[:head]} [... {len(text) - limit} characters ...] {text[-(limit - head):]}"
 
 
 async def _begin(engine: Engine, task: Task[Any], document: str, options: ExtractOptions,
