@@ -13,6 +13,7 @@ from typing import Any
 from extractor.adapters.registry import AdapterRegistry
 from extractor.contracts.contract import Task
 from extractor.engines import Engine, GenerationRequest, GenerationResult, TokenBudget
+from extractor.engines.base import OnText, generate_streaming
 from extractor.errors import DeadlineExceeded, ExtractionFailed
 from extractor.longdoc import extract_document, stream_document
 from extractor.pipeline.options import ExtractOptions
@@ -49,9 +50,23 @@ class TimedEngine(Engine):
             results = await self.inner.generate(requests)
         finally:
             self.seconds += time.perf_counter() - started
+        self._count(results)
+        return results
+
+    async def generate_streaming(self, request: GenerationRequest, on_text: OnText) -> GenerationResult:
+        """The engine's own streaming where it has it (`TextStreaming`), counted like `generate`."""
+        started = time.perf_counter()
+        self.calls += 1
+        try:
+            result = await generate_streaming(self.inner, request, on_text)
+        finally:
+            self.seconds += time.perf_counter() - started
+        self._count([result])
+        return result
+
+    def _count(self, results: Sequence[GenerationResult]) -> None:
         self.prompt_tokens += sum(r.prompt_tokens for r in results)
         self.completion_tokens += sum(r.completion_tokens for r in results)
-        return results
 
 
 @dataclass(frozen=True)

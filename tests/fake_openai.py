@@ -14,7 +14,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from extractor.engines.vllm_http import PROBE_ANSWER, PROBE_SCHEMA
@@ -42,6 +42,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     #: a raw body instead of a chat completion (an HTML error page, a cut body)
     raw: bytes | None = None
+    #: a streamed request (`"stream": true`): the pause between two pieces of the content
+    step: float = 0.0
 
 
 def completion(text: str, finish: str = "stop") -> dict[str, Any]:
@@ -49,6 +51,24 @@ def completion(text: str, finish: str = "stop") -> dict[str, Any]:
             "choices": [{"index": 0, "finish_reason": finish, "logprobs": None,
                          "message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}
+
+
+def stream_chunks(text: str, finish: str = "stop") -> list[str]:
+    """The Server-Sent Events of a streamed completion of `text`, a piece up to each `,`, `}` or
+    `]`, then the finish reason, the usage and `[DONE]` (as vLLM sends them)."""
+    pieces, start = [], 0
+    for end, char in enumerate(text, 1):
+        if char in ",}]":
+            pieces.append(text[start:end])
+            start = end
+    if start < len(text):
+        pieces.append(text[start:])
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
+    chunks = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
+    chunks += [{**head, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
+    chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    chunks.append({**head, "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}})
+    return [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
 
 
 def default_reply(body: dict[str, Any]) -> Reply:
@@ -133,7 +153,14 @@ class FakeOpenAI:
         if reply.status != 200:
             return JSONResponse({"object": "error", "message": f"scripted {reply.status}", "code": reply.status},
                                 status_code=reply.status, headers=reply.headers)
+        if body.get("stream"):
+            return StreamingResponse(self._stream(reply), media_type="text/event-stream", headers=reply.headers)
         return JSONResponse(completion(reply.content, reply.finish), headers=reply.headers)
+
+    async def _stream(self, reply: Reply) -> AsyncIterator[str]:
+        for chunk in stream_chunks(reply.content, reply.finish):
+            yield chunk
+            await asyncio.sleep(reply.step)
 
     def start(self) -> FakeOpenAI:
         if self._placeholder is not None:

@@ -116,6 +116,34 @@ def test_both_engines_decode_against_the_document_schema(http_engine: Any, inpro
     assert records[0] == records[1]
 
 
+def test_both_engines_stream_the_text_as_it_is_generated(http_engine: Any, inprocess_engine: Any) -> None:
+    """`TextStreaming` on a real vLLM: the text so far comes in growing prefixes of the final text,
+    the same result as `generate`, and `astream`'s fields equal the result's."""
+    import asyncio
+
+    from extractor import GenerationRequest
+    from extractor.pipeline.prompt import build_messages
+
+    doc = DOCS[0]
+    task = Extractor(http_engine).task(Person)
+    request = GenerationRequest(messages=tuple(build_messages(task, doc)), schema=task.strict_schema, max_tokens=128)
+
+    async def both(engine: Any) -> tuple[Any, Any, list[str], list[dict[str, Any]]]:
+        seen: list[str] = []
+        streamed = await engine.generate_streaming(request, seen.append)
+        (whole,) = await engine.generate([request])
+        events = [e async for e in Extractor(engine, max_retries=0, grounded_decoding=False).astream(Person, doc)]
+        return streamed, whole, seen, events
+
+    for engine in (http_engine, inprocess_engine):
+        streamed, whole, seen, events = asyncio.run(both(engine))
+        assert streamed.text == whole.text, engine.name
+        assert len(seen) >= 4 and seen[-1] == whole.text, (engine.name, seen)
+        assert all(whole.text.startswith(t) for t in seen), (engine.name, seen)
+        fields = {e["field"]: e["value"] for e in events if e["event"] == "field"}
+        assert events[-1]["event"] == "result" and fields == events[-1]["data"], (engine.name, events)
+
+
 def test_sdk_extracts_typed_records_over_http() -> None:
     person = Extractor("vllm-http", base_url=URL).extract(Person, "Kenji Sato is 19 years old and lives in Osaka.")
     assert isinstance(person, Person)

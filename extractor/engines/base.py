@@ -6,7 +6,7 @@ messages plus the strict JSON schema to enforce, and return raw text.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Self, TypedDict, runtime_checkable
 
@@ -146,3 +146,34 @@ class Engine(Protocol):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+#: called with the output's text so far as it grows (`TextStreaming`)
+OnText = Callable[[str], None]
+
+#: characters that close a JSON value: an engine that streams reports the text at least each
+#: time a token holding one of them is generated, which is all a reader of settled fields needs
+CLOSING_CHARS = ",}]"
+
+
+@runtime_checkable
+class TextStreaming(Protocol):
+    """An optional engine capability: one request's output text as it is generated.
+
+    `generate_streaming` returns what `generate` would for the request, and meanwhile calls
+    `on_text` on the caller's event loop with the text so far: at least whenever a generated
+    token holds one of `CLOSING_CHARS` (a value of the JSON may have just closed), and once with
+    the whole text before it returns."""
+
+    async def generate_streaming(self, request: GenerationRequest, on_text: OnText) -> GenerationResult:
+        ...
+
+
+async def generate_streaming(engine: Engine, request: GenerationRequest, on_text: OnText) -> GenerationResult:
+    """One request with its text reported as it grows where the engine streams (`TextStreaming`),
+    else all at once when it is done."""
+    if isinstance(engine, TextStreaming):
+        return await engine.generate_streaming(request, on_text)
+    (result,) = await engine.generate([request])
+    on_text(result.text)
+    return result

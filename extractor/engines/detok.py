@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable, Sequence
+from typing import Any
+
+from extractor.engines.base import CLOSING_CHARS
 
 
 def token_pieces(decode: Callable[[list[int]], str], ids: Sequence[int]) -> list[str]:
@@ -44,3 +47,10 @@ def _common_prefix(a: str, b: str) -> int:
             break
         n += 1
     return n
+
+
+def closing_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the tokens that hold a character closing a JSON value (`CLOSING_CHARS`): an engine
+    that streams decodes its text so far only after one of them (`TextStreaming`). ASCII
+    punctuation is written as itself in byte-level BPE and SentencePiece vocabularies alike."""
+    return frozenset(i for token, i in tokenizer.get_vocab().items() if any(c in token for c in CLOSING_CHARS))

@@ -1,10 +1,12 @@
-"""A scripted engine for tests: it replays outputs and records what it was asked."""
+"""A scripted engine for tests: it replays outputs and records what it was asked, and streams
+them (`TextStreaming`) piece by piece, one piece up to each character that may close a value."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 
-from extractor.engines.base import Engine, FinishReason, GenerationRequest, GenerationResult
+from extractor.engines.base import CLOSING_CHARS, Engine, FinishReason, GenerationRequest, GenerationResult, OnText
 from extractor.errors import EngineError
 
 Script = Callable[[GenerationRequest], "str | GenerationResult | Exception"]
@@ -19,8 +21,11 @@ class ScriptedEngine(Engine):
 
     name = "fake"
 
-    def __init__(self, outputs: Iterable[str | GenerationResult | Exception] | Script, model: str = "scripted") -> None:
+    def __init__(self, outputs: Iterable[str | GenerationResult | Exception] | Script, model: str = "scripted",
+                 *, stream_step_s: float = 0.0) -> None:
         self.model = model
+        #: the pause between two streamed pieces (`generate_streaming`)
+        self.stream_step_s = stream_step_s
         self._script: Script | None = outputs if callable(outputs) else None
         self._queue = [] if callable(outputs) else list(outputs)
         self.requests: list[GenerationRequest] = []
@@ -45,3 +50,14 @@ class ScriptedEngine(Engine):
                     len(m["content"].split()) for m in request.messages), completion_tokens=len(item.split()))
             results.append(item)
         return results
+
+    async def generate_streaming(self, request: GenerationRequest, on_text: OnText) -> GenerationResult:
+        """The scripted output, its text so far given to `on_text` after each closing character
+        (`CLOSING_CHARS`), `stream_step_s` apart, then whole."""
+        (result,) = await self.generate([request])
+        for end, char in enumerate(result.text, 1):
+            if char in CLOSING_CHARS:
+                on_text(result.text[:end])
+                await asyncio.sleep(self.stream_step_s)
+        on_text(result.text)
+        return result

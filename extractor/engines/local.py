@@ -42,13 +42,14 @@ from extractor.engines.base import (
     FinishReason,
     GenerationRequest,
     GenerationResult,
+    OnText,
     TokenLogprob,
 )
-from extractor.engines.detok import token_pieces
+from extractor.engines.detok import closing_token_ids, token_pieces
 from extractor.engines.grammar_cache import GrammarCache
 from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarProcess, wait_event
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
-from extractor.engines.worker import Job, abandoned, settle
+from extractor.engines.worker import Job, abandoned, notify, settle
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,8 @@ class LocalEngine(Engine):
             max_entries=grammar_cache_entries, max_bytes=grammar_cache_bytes)
         # no token is longer than this: a prompt of more characters than context x this is too long, untokenized
         self._max_token_chars = max(len(t) for t in self.tokenizer.get_vocab())
+        #: a streaming row's text is decoded after each of these tokens (`generate_streaming`)
+        self._closing_ids = closing_token_ids(self.tokenizer)
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
         self._prefixes: OrderedDict[tuple[str | None, tuple[int, ...]], Any] = OrderedDict()
@@ -219,6 +222,18 @@ class LocalEngine(Engine):
         for job in jobs:
             self._queue.put(job)
         return list(await asyncio.gather(*(j.future for j in jobs)))
+
+    async def generate_streaming(self, request: GenerationRequest, on_text: OnText) -> GenerationResult:
+        """`TextStreaming`: one request, batched with the others like `generate`'s, its text so far
+        handed to `on_text` after each token that may close a JSON value."""
+        if not self._worker.is_alive():
+            raise EngineUnavailable("the local engine has been closed")
+        loop = asyncio.get_running_loop()
+        job = _Job(request, loop.create_future(), loop, on_text)
+        self._queue.put(job)
+        result = await job.future
+        on_text(result.text)
+        return result
 
     async def compiler_ready(self) -> None:
         if self._grammar_process is not None:
@@ -448,6 +463,8 @@ class LocalEngine(Engine):
                     finish[i] = "stop"
                     continue
                 generated[i].append(tok)
+                if jobs[i].on_text is not None and tok in self._closing_ids:
+                    notify(jobs[i], self.tokenizer.decode(generated[i], skip_special_tokens=True))
                 if lps is not None and jobs[i].request.logprobs:
                     logprobs[i].append(float(lps[r]))
                 if len(generated[i]) >= jobs[i].request.max_tokens:

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx2
 
-from extractor.engines.base import Capacity, Engine, GenerationRequest, GenerationResult, TokenLogprob
+from extractor.engines.base import CLOSING_CHARS, Capacity, Engine, GenerationRequest, GenerationResult, OnText, TokenLogprob
 from extractor.engines.compile_guard import CompileGuard
 from extractor.engines.detok import byte_pieces
 from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, local_tokenizer_dir
@@ -151,6 +151,59 @@ def parse_choice(response: dict[str, Any]) -> GenerationResult:
         completion_tokens=int(usage.get("completion_tokens") or 0),
         logprobs=logprobs,
     )
+
+
+#: what a streamed request adds to its body: the usage comes in a last chunk of its own
+STREAM_FIELDS: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
+
+
+class StreamedCompletion:
+    """The Server-Sent Events of a streamed chat completion, line by line (`feed`), put back
+    together as the JSON of an unstreamed one (`completion`, for `parse_choice`): the content's
+    pieces joined, the finish reason, the token logprobs in order, the usage. The text so far goes
+    to `on_text` after each piece holding a character that may close a JSON value."""
+
+    def __init__(self, on_text: OnText) -> None:
+        self.on_text = on_text
+        self.pieces: list[str] = []
+        self.finish_reason: str | None = None
+        self.logprobs: list[Any] | None = None
+        self.usage: dict[str, Any] = {}
+
+    def feed(self, line: str) -> bool:
+        """Read one line of the stream; True at its end (`data: [DONE]`). ValueError for a data line
+        that is no chunk; an error the server sends mid-stream is an `EngineError`."""
+        if not line.startswith("data:"):
+            return False
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return True
+        chunk = json.loads(data)
+        if not isinstance(chunk, dict):
+            raise ValueError(f"not a JSON object: {data[:120]!r}")
+        if "error" in chunk:
+            raise EngineError(f"the server failed mid-stream: {str(chunk['error'])[:300]}")
+        self.usage = chunk.get("usage") or self.usage
+        for choice in chunk.get("choices") or ():
+            piece = (choice.get("delta") or {}).get("content") or ""
+            if piece:
+                self.pieces.append(piece)
+                if any(c in piece for c in CLOSING_CHARS):
+                    self.on_text("".join(self.pieces))
+            content = (choice.get("logprobs") or {}).get("content")
+            if content:
+                if self.logprobs is None:
+                    self.logprobs = []
+                self.logprobs.extend(content)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return False
+
+    def completion(self) -> dict[str, Any]:
+        choice: dict[str, Any] = {"message": {"content": "".join(self.pieces)}, "finish_reason": self.finish_reason}
+        if self.logprobs is not None:
+            choice["logprobs"] = {"content": self.logprobs}
+        return {"choices": [choice], "usage": self.usage}
 
 
 PROBE_ANSWER = json.dumps({"probe": "zq-7-enforced", "n": 7321}, separators=(",", ":"))
@@ -316,23 +369,40 @@ class VllmHttpEngine(Engine):
         await self.schemas.check(schema)
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        requests = await self._ready(requests)
+        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+
+    async def generate_streaming(self, request: GenerationRequest, on_text: OnText) -> GenerationResult:
+        """`TextStreaming`: the completion streamed (`"stream": true`, Server-Sent Events), its text
+        so far handed to `on_text` after each piece that may close a JSON value."""
+        (request,) = await self._ready([request])
+        result = await self._one(request, on_text)
+        on_text(result.text)
+        return result
+
+    async def _ready(self, requests: Sequence[GenerationRequest]) -> list[GenerationRequest]:
+        """Requests in vLLM's form, their schemas checked (`vllm_schema.py`) and their adapters served."""
         await self.start()
-        requests = await self.schemas.requests(requests)  # vLLM's form, checked: `vllm_schema.py`
-        for adapter in {r.adapter for r in requests if r.adapter is not None}:
+        ready = await self.schemas.requests(requests)
+        for adapter in {r.adapter for r in ready if r.adapter is not None}:
             if adapter.name not in self.served:
                 raise EngineUnavailable(
                     f"{self.base_url} does not serve the adapter {adapter.name!r} (it serves {', '.join(self.served)}); "
                     f"start vLLM with --enable-lora --max-lora-rank {max(16, adapter.rank)} "
                     f"--lora-modules {adapter.name}={adapter.path}")
-        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+        return list(ready)
 
-    async def _one(self, request: GenerationRequest) -> GenerationResult:
+    async def _one(self, request: GenerationRequest, on_text: OnText | None = None) -> GenerationResult:
         session = self._current()
         async with session.slots:
             client, busy = session.least_busy()
             busy[0] += 1
             try:
-                response = await self._call(self._post_chat, client=client, body=self._body(request))
+                if on_text is None:
+                    response = await self._call(self._post_chat, client=client, body=self._body(request))
+                else:
+                    response = await self._call(self._post_chat_stream, client=client, body=self._body(request),
+                                                on_text=on_text)
             finally:
                 busy[0] -= 1
         return self._parsed(response)
@@ -360,6 +430,24 @@ class VllmHttpEngine(Engine):
             return await self._request(client, "POST", "/chat/completions", body)
         except ValueError as exc:  # a 200 that is no JSON object: an HTML page of a proxy, a cut body
             raise EngineError(f"{self.base_url} answered with no chat completion ({exc})") from exc
+
+    async def _post_chat_stream(self, client: httpx2.AsyncClient, body: dict[str, Any],
+                                on_text: OnText) -> dict[str, Any]:
+        """A streamed chat completion, read as it comes and put back together as the JSON of an
+        unstreamed one (`streamed_completion`); a retry after a dropped stream starts it again."""
+        content = json.dumps({**body, **STREAM_FIELDS}, ensure_ascii=False).encode()
+        async with client.stream("POST", f"{self.base_url}/chat/completions", content=content) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise _StatusError(response.status_code, _error_message(response), _retry_after(response))
+            reader = StreamedCompletion(on_text)
+            try:
+                async for line in response.aiter_lines():
+                    if reader.feed(line):
+                        break
+            except ValueError as exc:  # a data line that is no JSON chunk
+                raise EngineError(f"{self.base_url} streamed no chat completion ({exc})") from exc
+        return reader.completion()
 
     async def _call(self, fn: Any, **kwargs: Any) -> Any:
         """Call the server; back off and retry on 429, 5xx and dropped connections."""

@@ -39,13 +39,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from extractor.engines.base import AdapterRef, Capacity, Engine, FinishReason, GenerationRequest, GenerationResult, Message, TokenLogprob
+from extractor.engines.base import (
+    AdapterRef,
+    Capacity,
+    Engine,
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    Message,
+    OnText,
+    TokenLogprob,
+)
 from extractor.engines.compile_guard import CompileGuard
-from extractor.engines.detok import token_pieces
+from extractor.engines.detok import closing_token_ids, token_pieces
 from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
 from extractor.engines.vllm_schema import GuardedSchemas
-from extractor.engines.worker import Job, abandoned, settle
+from extractor.engines.worker import Job, abandoned, notify, settle
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
 
 log = logging.getLogger(__name__)
@@ -242,6 +252,7 @@ class VllmEngine(Engine):
         self._sampling_params = SamplingParams
         self._lora_request = LoRARequest
         self._final_only = RequestOutputKind.FINAL_ONLY
+        self._cumulative = RequestOutputKind.CUMULATIVE  # a streaming request's outputs at every step
         self._structured_params = StructuredOutputsParams
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
         try:
@@ -253,6 +264,8 @@ class VllmEngine(Engine):
         self._lora_enabled = bool(engine_args.get("enable_lora"))
         self._lora_ids: dict[str, tuple[int, str]] = {}  # adapter name -> (lora_int_id, path)
         self._prompts = PromptCache(self.tokenizer)
+        #: a streaming request's text is decoded after each of these tokens (`generate_streaming`)
+        self._closing_ids = closing_token_ids(self.tokenizer)
         self.special_tokens = self._prompts.defuse.tokens
         # the output text as vLLM's detokenizer writes it: special tokens skipped, no clean-up of spaces
         self._decode: Callable[[list[int]], str] = lambda ids: str(self.tokenizer.decode(
@@ -305,6 +318,20 @@ class VllmEngine(Engine):
             self._inbox.put(job)
         return list(await asyncio.gather(*(j.future for j in jobs)))
 
+    async def generate_streaming(self, request: GenerationRequest, on_text: OnText) -> GenerationResult:
+        """`TextStreaming`: one request, stepped with all the others; vLLM reports it at every step
+        (`RequestOutputKind.CUMULATIVE`) and its text so far goes to `on_text` after each token that
+        may close a JSON value (decoded on the engine thread only then)."""
+        if self._failed is not None or not self._worker.is_alive():
+            raise EngineUnavailable(f"the vllm engine is not running ({self._failed or 'closed'})")
+        (request,) = await self.schemas.requests([request])
+        loop = asyncio.get_running_loop()
+        job = Job(request, loop.create_future(), loop, on_text)
+        self._inbox.put(job)
+        result = await job.future
+        on_text(result.text)
+        return result
+
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
         """Tokens of the rendered prompt (`TokenBudget`), as `_add` counts them."""
         return len(render_prompt(self.tokenizer, GenerationRequest(messages=messages, schema={}, max_tokens=1)))
@@ -343,7 +370,7 @@ class VllmEngine(Engine):
                 f"the model's context of {self.context_length} tokens")
         sampling, structured = sampling_options(request)
         params = self._sampling_params(**sampling, structured_outputs=self._structured_params(**structured),
-                                       output_kind=self._final_only)
+                                       output_kind=self._final_only if job.on_text is None else self._cumulative)
         request_id = f"x{next(self._ids)}"
         lora = self._lora(request.adapter) if request.adapter is not None else None
         self._engine.add_request(request_id, {"prompt_token_ids": prompt}, params, lora_request=lora)
@@ -398,13 +425,22 @@ class VllmEngine(Engine):
                 self._drain_inbox(exc)
                 return
             for output in outputs:
-                if not output.finished or output.request_id not in running:
+                if output.request_id not in running:
+                    continue
+                if not output.finished:
+                    self._stream(running[output.request_id][0], output)
                     continue
                 job, prompt_len = running.pop(output.request_id)
                 try:
                     settle(job, to_result(output, prompt_len, job.request.logprobs, self._decode))
                 except Exception as exc:
                     settle(job, EngineError(f"vLLM returned an unreadable output: {exc}"))
+
+    def _stream(self, job: Job, output: Any) -> None:
+        """A streaming request's text so far to its caller, when its last token may close a value."""
+        ids = output.outputs[0].token_ids if output.outputs else ()
+        if job.on_text is not None and ids and ids[-1] in self._closing_ids:
+            notify(job, self._decode(list(ids)))
 
     def _abort_abandoned(self, running: dict[str, tuple[Job, int]]) -> None:
         """Abort in vLLM the requests whose caller gave up (deadline, client gone): they stop

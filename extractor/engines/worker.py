@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from extractor.engines.base import GenerationRequest, GenerationResult
+from extractor.engines.base import GenerationRequest, GenerationResult, OnText
 
 
 @dataclass
@@ -14,6 +14,8 @@ class Job:
     request: GenerationRequest
     future: asyncio.Future[GenerationResult]
     loop: asyncio.AbstractEventLoop
+    #: the caller's `TextStreaming` callback, for a job that streams its text
+    on_text: OnText | None = None
 
 
 def abandoned(job: Job) -> bool:
@@ -37,4 +39,15 @@ def settle(job: Job, outcome: GenerationResult | BaseException) -> None:
     try:
         job.loop.call_soon_threadsafe(resolve)
     except RuntimeError:  # "Event loop is closed": nobody is waiting any more
+        pass
+
+
+def notify(job: Job, text: str) -> None:
+    """Hand `text`, the job's output so far, to its `on_text` on the job's own loop (thread-safe);
+    nothing once the caller gave up."""
+    if job.on_text is None or abandoned(job):
+        return
+    try:
+        job.loop.call_soon_threadsafe(job.on_text, text)
+    except RuntimeError:  # the loop closed meanwhile
         pass

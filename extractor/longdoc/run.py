@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -70,8 +72,11 @@ from extractor.pipeline.loop import Job, extract_one, extract_together
 from extractor.pipeline.options import DEFAULT_OPTIONS, ExtractOptions
 from extractor.pipeline.prompt import build_messages
 from extractor.pipeline.result import Extraction, Meta
+from extractor.pipeline.streaming import FieldStream
 from extractor.pipeline.validate import Invalid, Valid, validate_output
 from extractor.pipeline.visible import VisibleText, visible_text
+
+log = logging.getLogger(__name__)
 
 #: by rows, at most this many passes after the first re-run the rows still unread
 MAX_RERUNS = 3
@@ -180,10 +185,31 @@ async def stream_document(engine: Engine, task: Task[Any], document: str,
         async for event in LongRun(engine, task, view.text, options).events():
             yield _event_on_original(view, event)
         return
-    extraction = _on_original(view, await extract_one(engine, task, view.text, options, adapter))
+    watch = FieldStream(task, view.text)
+    run = asyncio.ensure_future(extract_one(engine, task, view.text, options, adapter, watch))
+    try:
+        while not run.done() or not watch.events.empty():
+            if watch.events.empty():
+                waiting = asyncio.ensure_future(watch.events.get())
+                await asyncio.wait({run, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiting.done():
+                    waiting.cancel()
+                    continue
+                yield waiting.result()
+            else:
+                yield watch.events.get_nowait()
+        extraction = _on_original(view, run.result())
+    finally:
+        if not run.done():  # the consumer went away (a client gone, a deadline): stop the extraction
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run
     data = extraction.data_dict()
     for name, value in (data.items() if isinstance(data, dict) else ()):
-        yield {"event": "field", "field": name, "value": value}
+        if name not in watch.sent:
+            yield {"event": "field", "field": name, "value": value}
+        elif watch.sent[name] != value:  # a model validator rewrote a sent field (see pipeline.streaming)
+            log.warning("%s: the streamed field %r was %r, the result has %r", task.name, name, watch.sent[name], value)
     yield {"event": "result", **extraction.to_dict()}
 
 

@@ -53,7 +53,15 @@ from pydantic import BaseModel
 from extractor.contracts.bounds import COMPACT_BOUNDS, bound_repetitions, looping
 from extractor.contracts.contract import Task
 from extractor.contracts.prepare import loose_schema
-from extractor.engines.base import AdapterRef, Engine, GenerationRequest, GenerationResult, Message, TokenBudget
+from extractor.engines.base import (
+    AdapterRef,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    Message,
+    TokenBudget,
+    generate_streaming,
+)
 from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout, SchemaRejected
 from extractor.grounding.candidates import put_back, set_aside
 from extractor.grounding.confidence import field_confidence
@@ -64,6 +72,7 @@ from extractor.pipeline.injection import echo_errors
 from extractor.pipeline.options import DEFAULT_OPTIONS, ExtractOptions
 from extractor.pipeline.prompt import build_messages, feedback_message
 from extractor.pipeline.result import Extraction, Meta
+from extractor.pipeline.streaming import FieldStream, pin_fields
 from extractor.pipeline.validate import Invalid, validate_output, validator_changes
 
 #: a retry is cut to the context's room only while at least this many output tokens are left
@@ -195,6 +204,9 @@ class _Attempts:
     pending: Mapping[str, Any] | None = None
     #: meta.grammar: None, or "validate-only:<reason>" once `loosen` took the schema's skeleton
     grammar: str | None = None
+    #: the document's fields streamed as they settle (`extractor.pipeline.streaming`): the engine's
+    #: text goes to it, and every attempt decodes with the fields it sent pinned
+    watch: FieldStream | None = None
 
     def __post_init__(self) -> None:
         self.start = time.perf_counter()
@@ -239,7 +251,8 @@ class _Attempts:
         self._fit()
         options = self.options
         assert self.schema is not None
-        return GenerationRequest(messages=tuple(self.messages), schema=self.schema, max_tokens=self.max_tokens,
+        schema = pin_fields(self.schema, self.watch.pinned) if self.watch is not None else self.schema
+        return GenerationRequest(messages=tuple(self.messages), schema=schema, max_tokens=self.max_tokens,
                                  temperature=options.retry_temperature if (self.seen or self.feedback) else 0.0,
                                  seed=options.seed + self.attempt - 1, logprobs=options.logprobs or options.confidence,
                                  repetition_penalty=options.repetition_penalty, adapter=self.adapter)
@@ -427,7 +440,10 @@ async def _round(engine: Engine, states: Sequence[_Attempts]) -> None:
         await asyncio.gather(*(s.reground() for s in retried))
     while True:
         try:
-            results = await engine.generate([s.request() for s in states])
+            if len(states) == 1 and (watch := states[0].watch) is not None:
+                results = [await generate_streaming(engine, states[0].request(), watch.on_text)]
+            else:
+                results = await engine.generate([s.request() for s in states])
         except (GrammarTimeout, SchemaRejected) as exc:
             if not any([s.step_down(exc) for s in states]):
                 raise
@@ -450,10 +466,12 @@ async def extract_together(engine: Engine, jobs: Sequence[Job], options: Extract
 
 
 async def extract_one(engine: Engine, task: Task[Any], document: str, options: ExtractOptions = DEFAULT_OPTIONS,
-                      adapter: AdapterRef | None = None) -> Extraction[Any]:
+                      adapter: AdapterRef | None = None, watch: FieldStream | None = None) -> Extraction[Any]:
     """One document through the retry loop; every attempt runs with `adapter` (the task's LoRA
-    adapter, `extractor.adapters`) when one is given."""
+    adapter, `extractor.adapters`) when one is given, and streams its text to `watch`, the
+    fields it sent pinned, when one is given."""
     state = await _begin(engine, task, document, options, adapter=adapter)
+    state.watch = watch
     while state.outcome is None:
         await _round(engine, [state])
     if isinstance(state.outcome, ExtractionFailed):
