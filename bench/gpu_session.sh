@@ -3,7 +3,7 @@
 # Run on the GPU box after the bundle is installed (source /tmp/gpu-env.sh); every step writes
 # under $OUT/<step>/ and the results are packed into $OUT/<step>.tar (the device returns few files).
 #   bash bench/gpu_session.sh lora | person | grounded | quality | person-quality | schemas
-#   bash bench/gpu_session.sh w1 | w1s | w1a | w1b | w1c | w1p | w1r | w2 | long    (each one device call: quality + schemas; grounded + the service)
+#   bash bench/gpu_session.sh w1 | w1s | w1a | w1b | w1c | w1p | w1r | w2 | long | stream    (each one device call: quality + schemas; grounded + the service)
 set -uo pipefail
 step=${1:?step}
 : "${OUT:?OUT}" "${SMOLLM2_DIR:?SMOLLM2_DIR}"
@@ -47,6 +47,9 @@ case $step in
   w1r)      # issue 12 on a random sample of 100 of the 565 schemas (the end of a session's device time)
             run 290 python3 bench/schema_e2e.py --engine vllm --engine-option model="$SMOLLM2_DIR" \
               --engine-option grammar_check_processes=12 --sample 100 --seed 0 --data "$SCHEMA_DEV" --out "$dir" ;;
+  stream)   # issue 18: time to the first streamed field against vLLM's time to first token, 1/64/256 in flight
+            run 300 python3 bench/stream_ttff.py --engine vllm --engine-option model="$SMOLLM2_DIR" --docs 512 \
+              --single-docs 32 --concurrency 1 64 256 --out "$dir" ;;
   long)     # issue 18: the 22 long documents on vLLM
             run 300 python3 bench/eval_long.py --engine vllm --engine-option model="$SMOLLM2_DIR" --chunk-tokens 512 --out "$dir" ;;
   w2)       # issue 15: grounded against plain decoding, then the service with its defaults at 256 in flight
