@@ -17,7 +17,7 @@ import pytest
 from extractor import Extractor, GenerationRequest, GenerationResult, ScriptedEngine
 from extractor.contracts.contract import task_from_model
 from extractor.engines.base import Message
-from extractor.errors import DocumentTooLarge
+from extractor.errors import DocumentTooLarge, ExtractionFailed
 from extractor.grounding.decoding import offers
 from extractor.grounding.rows import RowText, constrain_rows
 from extractor.longdoc.merge import chunk_record, merge_records
@@ -308,6 +308,18 @@ def test_a_total_the_rows_contradict_reruns_the_header_view_only() -> None:
     headers = [r for r in engine.requests if "total" in r.schema.get("properties", {})]
     assert len(headers) == 2 and len(engine.requests) == result.meta.long["chunks"] + 1
     assert result.meta.long["retried_chunks"] == [result.meta.long["chunks"] - 1]
+
+
+def test_a_document_of_rows_only_is_not_read_again_for_fields_no_piece_can_give() -> None:
+    """Issue 17's one-line invoice of 400 amounts: the whole document is rows, no header piece is
+    left to read the vendor, date or total, so the failed merge is final after one reading (a
+    re-run of the rows cost the local engine another 13 s of prefill for nothing)."""
+    text = "Widget " + " ".join(f"{1000 + i}.{(i * 37) % 100:02d}" for i in range(400))
+    engine = ScriptedEngine(['{"line_items":[{"description":"Widget","quantity":1,"unit_price":1000.0}]}'])
+    with pytest.raises(ExtractionFailed) as failed:
+        Extractor(engine, grounded_decoding=False, chunk_tokens=512).run("invoice", text)
+    assert "$.vendor" in str(failed.value)
+    assert len(engine.requests) == 1
 
 
 # -- the context --------------------------------------------------------------------------------

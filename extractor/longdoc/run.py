@@ -457,7 +457,7 @@ class LongRun:
     def _concerned(self, errors: list[str], merged: Merged) -> list[int]:
         """The pieces the merged record's validation errors point at. A whole-record error: by
         rows, the header pieces (the rows were checked complete); by size, every chunk that gave
-        a value."""
+        a value. A field outside the lists, by rows: the header pieces only (none: nothing)."""
         chunks: set[int] = set()
         headers = [j.index for j in self.jobs if j.role == "header"]
         everyone = [c for cs in merged.sources.values() for c in cs]
@@ -469,8 +469,11 @@ class LongRun:
             key = match.group(1) + (match.group(2) or "")
             found = [c for path, cs in merged.sources.items() if path == key or path.startswith(key + "[")
                      for c in cs]
-            if not found and match.group(1) not in self.lists:
-                found = headers
+            if not found and match.group(1) not in self.lists and self.plan is not None:
+                # by rows, only the header pieces read the fields outside the lists: with none (the
+                # whole document is rows), no piece can give them and none is re-run for them
+                chunks.update(headers)
+                continue
             chunks.update(found or everyone)
         return sorted(chunks)
 
@@ -584,6 +587,8 @@ class LongRun:
             if retry or self.options.max_retries == 0:
                 break
             concerned = set(self._concerned(outcome.errors, merged))
+            if not concerned:  # no piece could mend it: a re-run would only cost its time
+                break
             self.retried_chunks = sorted(concerned)
             jobs = [replace(j, pass_no=1, feedback=outcome.errors) for j in self.jobs if j.index in concerned]
             # the new reading replaces every earlier one of the piece; where it fails, the old one stays
