@@ -44,6 +44,8 @@ class Reply:
     raw: bytes | None = None
     #: a streamed request (`"stream": true`): the pause between two pieces of the content
     step: float = 0.0
+    #: a streamed request: the stream stops after its content, with no finish reason nor [DONE]
+    cut: bool = False
 
 
 def completion(text: str, finish: str = "stop") -> dict[str, Any]:
@@ -158,7 +160,8 @@ class FakeOpenAI:
         return JSONResponse(completion(reply.content, reply.finish), headers=reply.headers)
 
     async def _stream(self, reply: Reply) -> AsyncIterator[str]:
-        for chunk in stream_chunks(reply.content, reply.finish):
+        chunks = stream_chunks(reply.content, reply.finish)
+        for chunk in chunks[:-3] if reply.cut else chunks:
             yield chunk
             await asyncio.sleep(reply.step)
 

@@ -67,7 +67,12 @@ def test_a_field_is_sent_only_if_its_own_validation_passes() -> None:
 def test_pinned_fields_become_consts() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}}
     assert pin_fields(schema, {}) is schema
-    assert pin_fields(schema, {"a": "x", "z": 1})["properties"] == {"a": {"const": "x"}, "b": {"type": "integer"}}
+    pinned = pin_fields(schema, {"a": "x"})
+    assert pinned["properties"] == {"a": {"const": "x"}, "b": {"type": "integer"}} and pinned["required"] == ["a"]
+    # a retry under the compact bounds (required properties only) still holds every field sent
+    compact = {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"]}
+    assert pin_fields(compact, {"a": "x"}) == {"type": "object", "properties": {"b": {"type": "integer"},
+                                               "a": {"const": "x"}}, "required": ["b", "a"]}
 
 
 def _events(engine: Any, schema: str, text: str, **options: Any) -> list[tuple[float, dict[str, Any]]]:
@@ -226,3 +231,106 @@ def test_the_local_engine_streams_fields_before_its_generation_ends() -> None:
         assert fields == events[-1]["data"] == {"name": "Alice Smith", "age": 34, "city": "Lisbon", "email": None}
     finally:
         engine.close()
+
+
+def test_gates_of_the_whole_record_that_a_field_alone_can_fail_hold_it_back() -> None:
+    from pydantic import BaseModel, Field, ValidationInfo, field_serializer, field_validator, model_validator
+
+    from extractor import task_from_json_schema
+    from extractor.contracts.contract import task_from_model
+    from extractor.pipeline.streaming import FieldGates
+
+    raw = task_from_json_schema({"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"},
+                                                                          "uniqueItems": True}},
+                                 "required": ["tags"]}, name="tagged")
+    assert settle(raw, "tags", ["a", "a"], "a b") == (False, None)  # the user's own schema refuses it
+    assert settle(raw, "tags", ["a", "b"], "a b") == (True, ["a", "b"])
+
+    person = default_registry().get("person")
+    grounded = FieldGates(require_grounded=True)
+    assert settle(person, "name", "Bob Jones", ALICE, grounded) == (False, None)
+    assert settle(person, "name", "Alice Smith", ALICE, grounded) == (True, "Alice Smith")
+    echo = FieldGates(system="Extract the person's name, age and city from the document below.")
+    assert settle(person, "city", "Extract the person's name, age and city from the document below.", ALICE,
+                  echo) == (False, None)
+
+    class Reads(BaseModel):
+        a: int = 0
+        b: int = 0
+        secret: str = Field("", exclude=True)
+        shout: str = ""
+
+        @field_validator("b")
+        @classmethod
+        def over_a(cls, value: int, info: ValidationInfo) -> int:
+            return value // info.data["a"]  # another field's value: only the whole record has it
+
+        @field_serializer("shout")
+        def upper(self, value: str) -> str:
+            return value.upper()
+
+    reads = task_from_model(Reads)
+    assert settle(reads, "b", 5, "") == (False, None)  # not the default a=0's ZeroDivisionError, nor b=0
+    assert settle(reads, "secret", "x", "") == (False, None)  # the result leaves it out
+    assert settle(reads, "shout", "abc", "") == (True, "ABC")  # as the result serializes it
+
+    class Before(BaseModel):
+        a: str = ""
+
+        @model_validator(mode="before")
+        @classmethod
+        def lower(cls, data: Any) -> Any:
+            return {k: v.lower() for k, v in data.items()} if isinstance(data, dict) else data
+
+    assert settle(task_from_model(Before), "a", "BOB", "") == (False, None)
+
+
+def test_a_pinned_schema_the_engine_cannot_compile_drops_the_pins() -> None:
+    from extractor.errors import GrammarTimeout
+
+    wrong_total = {**GOOD_INVOICE, "total": 99.0}
+
+    def script(request: GenerationRequest) -> str | Exception:
+        if any("const" in node for node in request.schema["properties"].values()):
+            return GrammarTimeout("$", "too slow with the consts")
+        return json.dumps(wrong_total if len(engine.requests) == 1 else GOOD_INVOICE)
+
+    engine = ScriptedEngine(script)
+    events = [e for _, e in _events(engine, "invoice", INVOICE_DOC, grounded_decoding=False)]
+    assert events[-1]["event"] == "result" and events[-1]["data"]["total"] == 55.0
+    assert not any("const" in node for node in engine.requests[-1].schema["properties"].values())
+
+
+def test_a_consumer_that_stops_early_leaves_nothing_running() -> None:
+    async def go() -> set[asyncio.Task[Any]]:
+        engine = ScriptedEngine([GOOD], stream_step_s=0.05)
+        async with Extractor(engine) as ex:
+            stream = ex.astream("person", ALICE, grounded_decoding=False)
+            async for event in stream:
+                assert event["event"] == "field"
+                break
+            await stream.aclose()
+        await asyncio.sleep(0.1)
+        return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+
+    assert asyncio.run(go()) == set()
+
+
+def test_vllm_http_sends_a_cut_stream_again() -> None:
+    from extractor.engines.vllm_http import VllmHttpEngine
+
+    replies = [Reply(GOOD, cut=True), Reply(GOOD)]
+    with fake_openai(lambda body: replies.pop(0) if body.get("stream") else Reply(GOOD)) as server:
+        engine = VllmHttpEngine(server.url, grammar_timeout_s=0, backoff_s=0.01)
+
+        async def go() -> Any:
+            request = GenerationRequest(messages=({"role": "user", "content": ALICE},), schema={"type": "object"},
+                                        max_tokens=64)
+            try:
+                return await engine.generate_streaming(request, lambda t: None)
+            finally:
+                await engine.aclose()
+
+        result = asyncio.run(go())
+        assert sum(bool(b.get("stream")) for b in server.bodies) == 2
+    assert (result.text, result.finish_reason) == (GOOD, "stop")

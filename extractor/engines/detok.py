@@ -54,3 +54,30 @@ def closing_token_ids(tokenizer: Any) -> frozenset[int]:
     that streams decodes its text so far only after one of them (`TextStreaming`). ASCII
     punctuation is written as itself in byte-level BPE and SentencePiece vocabularies alike."""
     return frozenset(i for token, i in tokenizer.get_vocab().items() if any(c in token for c in CLOSING_CHARS))
+
+
+class GrowingText:
+    """A streaming request's output text as its tokens come (`TextStreaming`): decoded only after
+    a token that may close a JSON value (`closing_token_ids`), and then only the tokens since the
+    last piece decoded, so a long output costs one decode of each token, not of every prefix. Its
+    pieces start where a closing token (ASCII) ended, on a character boundary, so they join to
+    what decoding the whole output gives for byte-level BPE and SentencePiece vocabularies."""
+
+    def __init__(self, decode: Callable[[list[int]], str], closing_ids: frozenset[int]) -> None:
+        self.decode, self.closing_ids = decode, closing_ids
+        self.text = ""
+        self.decoded = 0  # tokens in `text`
+        self.seen = 0  # tokens looked at
+
+    def update(self, ids: Sequence[int]) -> str | None:
+        """The text so far when a token since the last call may close a value, else None."""
+        new = ids[self.seen:]
+        self.seen = len(ids)
+        if not any(i in self.closing_ids for i in new):
+            return None
+        piece = self.decode(list(ids[self.decoded:]))
+        if piece.endswith("\ufffd"):  # ends inside a character: wait for its last byte
+            return None
+        self.text += piece
+        self.decoded = len(ids)
+        return self.text

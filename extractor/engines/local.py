@@ -45,7 +45,7 @@ from extractor.engines.base import (
     OnText,
     TokenLogprob,
 )
-from extractor.engines.detok import closing_token_ids, token_pieces
+from extractor.engines.detok import GrowingText, closing_token_ids, token_pieces
 from extractor.engines.grammar_cache import GrammarCache
 from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarProcess, wait_event
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
@@ -417,6 +417,8 @@ class LocalEngine(Engine):
         next_pos = torch.tensor([p + len(j.suffix_ids) for j in jobs])
 
         generated: list[list[int]] = [[] for _ in jobs]
+        decode = self._decode_text
+        streams = [GrowingText(decode, self._closing_ids) if j.on_text is not None else None for j in jobs]
         logprobs: list[list[float]] = [[] for _ in jobs]
         finish: list[FinishReason | None] = [None] * n
         live = list(range(n))  # job index of each row still in the batch
@@ -463,8 +465,8 @@ class LocalEngine(Engine):
                     finish[i] = "stop"
                     continue
                 generated[i].append(tok)
-                if jobs[i].on_text is not None and tok in self._closing_ids:
-                    notify(jobs[i], self.tokenizer.decode(generated[i], skip_special_tokens=True))
+                if (grown := streams[i]) is not None and (text := grown.update(generated[i])) is not None:
+                    notify(jobs[i], text)
                 if lps is not None and jobs[i].request.logprobs:
                     logprobs[i].append(float(lps[r]))
                 if len(generated[i]) >= jobs[i].request.max_tokens:
@@ -487,7 +489,7 @@ class LocalEngine(Engine):
 
         return [
             GenerationResult(
-                text=self.tokenizer.decode(generated[i], skip_special_tokens=True),
+                text=self._decode_text(generated[i]),
                 finish_reason=finish[i] or "length",
                 prompt_tokens=p + len(j.suffix_ids),
                 completion_tokens=len(generated[i]),
@@ -495,6 +497,9 @@ class LocalEngine(Engine):
             )
             for i, j in enumerate(jobs)
         ]
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def _token_logprobs(self, ids: list[int], logprobs: list[float]) -> tuple[TokenLogprob, ...]:
         pieces = token_pieces(lambda prefix: str(self.tokenizer.decode(prefix, skip_special_tokens=True)), ids)

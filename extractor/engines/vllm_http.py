@@ -181,8 +181,8 @@ class StreamedCompletion:
         chunk = json.loads(data)
         if not isinstance(chunk, dict):
             raise ValueError(f"not a JSON object: {data[:120]!r}")
-        if "error" in chunk:
-            raise EngineError(f"the server failed mid-stream: {str(chunk['error'])[:300]}")
+        if "error" in chunk or chunk.get("object") == "error":
+            raise EngineError(f"the server failed mid-stream: {str(chunk.get('error') or chunk)[:300]}")
         self.usage = chunk.get("usage") or self.usage
         for choice in chunk.get("choices") or ():
             piece = (choice.get("delta") or {}).get("content") or ""
@@ -447,6 +447,8 @@ class VllmHttpEngine(Engine):
                         break
             except ValueError as exc:  # a data line that is no JSON chunk
                 raise EngineError(f"{self.base_url} streamed no chat completion ({exc})") from exc
+        if reader.finish_reason is None:  # cut before its end (a proxy, a server going down): sent again
+            raise _StatusError(502, "the stream ended before its finish reason", None)
         return reader.completion()
 
     async def _call(self, fn: Any, **kwargs: Any) -> Any:

@@ -51,7 +51,7 @@ from extractor.engines.base import (
     TokenLogprob,
 )
 from extractor.engines.compile_guard import CompileGuard
-from extractor.engines.detok import closing_token_ids, token_pieces
+from extractor.engines.detok import GrowingText, closing_token_ids, token_pieces
 from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
 from extractor.engines.vllm_schema import GuardedSchemas
@@ -266,6 +266,7 @@ class VllmEngine(Engine):
         self._prompts = PromptCache(self.tokenizer)
         #: a streaming request's text is decoded after each of these tokens (`generate_streaming`)
         self._closing_ids = closing_token_ids(self.tokenizer)
+        self._growing: dict[str, GrowingText] = {}  # request id -> its text so far (worker thread only)
         self.special_tokens = self._prompts.defuse.tokens
         # the output text as vLLM's detokenizer writes it: special tokens skipped, no clean-up of spaces
         self._decode: Callable[[list[int]], str] = lambda ids: str(self.tokenizer.decode(
@@ -375,6 +376,8 @@ class VllmEngine(Engine):
         lora = self._lora(request.adapter) if request.adapter is not None else None
         self._engine.add_request(request_id, {"prompt_token_ids": prompt}, params, lora_request=lora)
         running[request_id] = (job, len(prompt))
+        if job.on_text is not None:
+            self._growing[request_id] = GrowingText(self._decode, self._closing_ids)
 
     def _lora(self, adapter: AdapterRef) -> Any:
         """The `LoRARequest` of an adapter: one stable `lora_int_id` per adapter name."""
@@ -422,6 +425,7 @@ class VllmEngine(Engine):
                 for job, _ in running.values():
                     settle(job, EngineUnavailable(f"vLLM failed: {exc}"))
                 running.clear()
+                self._growing.clear()
                 self._drain_inbox(exc)
                 return
             for output in outputs:
@@ -431,16 +435,18 @@ class VllmEngine(Engine):
                     self._stream(running[output.request_id][0], output)
                     continue
                 job, prompt_len = running.pop(output.request_id)
+                self._growing.pop(output.request_id, None)
                 try:
                     settle(job, to_result(output, prompt_len, job.request.logprobs, self._decode))
                 except Exception as exc:
                     settle(job, EngineError(f"vLLM returned an unreadable output: {exc}"))
 
     def _stream(self, job: Job, output: Any) -> None:
-        """A streaming request's text so far to its caller, when its last token may close a value."""
-        ids = output.outputs[0].token_ids if output.outputs else ()
-        if job.on_text is not None and ids and ids[-1] in self._closing_ids:
-            notify(job, self._decode(list(ids)))
+        """A streaming request's text so far to its caller, when a token since its last step may
+        close a value (`GrowingText`)."""
+        grown = self._growing.get(output.request_id)
+        if grown is not None and output.outputs and (text := grown.update(output.outputs[0].token_ids)) is not None:
+            notify(job, text)
 
     def _abort_abandoned(self, running: dict[str, tuple[Job, int]]) -> None:
         """Abort in vLLM the requests whose caller gave up (deadline, client gone): they stop
@@ -455,6 +461,7 @@ class VllmEngine(Engine):
             return
         for request_id in gone:
             running.pop(request_id, None)
+            self._growing.pop(request_id, None)
 
     def _drain_inbox(self, exc: BaseException) -> None:
         while True:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import json
 import logging
 import re
@@ -187,23 +186,28 @@ async def stream_document(engine: Engine, task: Task[Any], document: str,
         return
     watch = FieldStream(task, view.text)
     run = asyncio.ensure_future(extract_one(engine, task, view.text, options, adapter, watch))
+    waiting: asyncio.Future[dict[str, Any]] | None = None
     try:
         while not run.done() or not watch.events.empty():
-            if watch.events.empty():
-                waiting = asyncio.ensure_future(watch.events.get())
-                await asyncio.wait({run, waiting}, return_when=asyncio.FIRST_COMPLETED)
-                if not waiting.done():
-                    waiting.cancel()
-                    continue
+            if not watch.events.empty():
+                yield watch.events.get_nowait()
+                continue
+            waiting = asyncio.ensure_future(watch.events.get())
+            await asyncio.wait({run, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
                 yield waiting.result()
             else:
-                yield watch.events.get_nowait()
+                waiting.cancel()
+            waiting = None
         extraction = _on_original(view, run.result())
     finally:
+        if waiting is not None:
+            waiting.cancel()
         if not run.done():  # the consumer went away (a client gone, a deadline): stop the extraction
             run.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await run
+            await asyncio.wait({run})
+        if run.done() and not run.cancelled():
+            run.exception()  # retrieved: raised above, or of no interest to a consumer gone
     data = extraction.data_dict()
     for name, value in (data.items() if isinstance(data, dict) else ()):
         if name not in watch.sent:

@@ -72,7 +72,7 @@ from extractor.pipeline.injection import echo_errors
 from extractor.pipeline.options import DEFAULT_OPTIONS, ExtractOptions
 from extractor.pipeline.prompt import build_messages, feedback_message
 from extractor.pipeline.result import Extraction, Meta
-from extractor.pipeline.streaming import FieldStream, pin_fields
+from extractor.pipeline.streaming import FieldGates, FieldStream, pin_fields
 from extractor.pipeline.validate import Invalid, validate_output, validator_changes
 
 #: a retry is cut to the context's room only while at least this many output tokens are left
@@ -207,6 +207,10 @@ class _Attempts:
     #: the document's fields streamed as they settle (`extractor.pipeline.streaming`): the engine's
     #: text goes to it, and every attempt decodes with the fields it sent pinned
     watch: FieldStream | None = None
+    #: decode with the fields `watch` sent pinned; off once a pinned schema failed to compile
+    pin: bool = True
+    #: the attempt under way has fields pinned
+    pinned: bool = False
 
     def __post_init__(self) -> None:
         self.start = time.perf_counter()
@@ -251,7 +255,7 @@ class _Attempts:
         self._fit()
         options = self.options
         assert self.schema is not None
-        schema = pin_fields(self.schema, self.watch.pinned) if self.watch is not None else self.schema
+        schema = pin_fields(self.schema, self.watch.pinned) if self.watch is not None and self.pin else self.schema
         return GenerationRequest(messages=tuple(self.messages), schema=schema, max_tokens=self.max_tokens,
                                  temperature=options.retry_temperature if (self.seen or self.feedback) else 0.0,
                                  seed=options.seed + self.attempt - 1, logprobs=options.logprobs or options.confidence,
@@ -440,17 +444,38 @@ async def _round(engine: Engine, states: Sequence[_Attempts]) -> None:
         await asyncio.gather(*(s.reground() for s in retried))
     while True:
         try:
-            if len(states) == 1 and (watch := states[0].watch) is not None:
-                results = [await generate_streaming(engine, states[0].request(), watch.on_text)]
+            if len(states) == 1 and states[0].watch is not None:
+                results = [await _streamed(engine, states[0])]
             else:
                 results = await engine.generate([s.request() for s in states])
         except (GrammarTimeout, SchemaRejected) as exc:
+            if states[0].pinned:  # the sent fields' consts cost the grammar: this document decodes without them
+                states[0].pin, states[0].pinned, states[0].attempt = False, False, states[0].attempt - 1
+                continue
             if not any([s.step_down(exc) for s in states]):
                 raise
             continue
         for state, result in zip(states, results, strict=True):
             state.take(result)
         return
+
+
+async def _streamed(engine: Engine, state: _Attempts) -> GenerationResult:
+    """One attempt of a streamed document (`state.watch`): its text goes to the watch as it grows,
+    judged by this attempt's gates. A schema with sent fields pinned (`state.pinned`) is derived
+    from the one the attempt would have used, and admitted or compiled on its own; a compile past
+    the engine's limit drops the pins."""
+    watch = state.watch
+    assert watch is not None
+    unpinned = state.schema
+    request = state.request()
+    state.pinned = request.schema is not unpinned
+    if state.pinned and unpinned is not None and await _compile_failure(engine, request.schema, patient=True,
+                                                                        base=unpinned) is not None:
+        state.pin = state.pinned = False
+        request = replace(request, schema=unpinned)
+    watch.gates = FieldGates(system=state.messages[0]["content"], require_grounded=state.options.require_grounded)
+    return await generate_streaming(engine, request, watch.on_text)
 
 
 async def extract_together(engine: Engine, jobs: Sequence[Job], options: ExtractOptions = DEFAULT_OPTIONS,

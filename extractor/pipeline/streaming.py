@@ -3,15 +3,19 @@
 A top-level field of the output is *settled* once the JSON after it has begun (the `,` that
 closes its value at depth 1): the grammar cannot change a value the model has written past. The
 last field is closed by the record's own `}`: the whole record is then judged at once (a model
-validator over every field), so that field comes with the result.
-`SettledFields` finds them in the output's text as it grows (pure, incremental). A settled value
-is sent only if it passes the field's own validation with the document as context (`settle`): a
-Pydantic model's field validators (an e-mail dropped if it is not in the document is not sent as
-written), a raw schema's value as the user's schema has it. What is sent is then fixed: a retry
-(a later field invalid, a model validator refusing the whole record) decodes with every sent
-field pinned to its value (`pin_fields`, a `const` in the schema the engine enforces), so the
-result repeats it. A field whose value only the whole record decides (a raw schema's root that
-is not an object, a field its validator refuses on its own) is sent with the result.
+validator over every field), so that field comes with the result. A settled value is sent only
+if every gate the record must pass that can be judged on the field alone passes (`settle`): the
+strict schema and a raw schema's own, a Pydantic field's validators with the document as
+context (an e-mail the person contract drops is sent as `null`, as the result has it), no echo
+of the instructions, grounded where that is required. `SettledFields` finds the settled fields
+in the output's text as it grows (pure, incremental).
+
+What is sent is then fixed: a retry (a later field invalid, a model validator refusing the whole
+record) decodes with every sent field pinned to its value (`pin_fields`, a `const` in the schema
+the engine enforces), so the result repeats it. A field whose value only the whole record
+decides (a raw schema's root that is not an object, a field refused on its own) is sent with the
+result. Sent fields are final, not a promise of success: a record that still fails after its
+retries ends the stream with an error, the fields sent before it stay sent.
 
 `FieldStream` ties these to one document's extraction: the engine's text goes to `on_text`
 (`TextStreaming`), each newly settled field becomes an event in `events`, and the extraction
@@ -22,13 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import to_jsonable_python
 
 from extractor.contracts.contract import Task
+from extractor.grounding.spans import ground_record, ungrounded_errors
+from extractor.pipeline.injection import echo_errors
+from extractor.pipeline.validate import field_errors
+
+log = logging.getLogger(__name__)
 
 _WHITESPACE = " \t\r\n"
 
@@ -106,43 +116,92 @@ class SettledFields:
         self.key = self.value_start = self.key_start = None
 
 
-def settle(task: Task[Any], name: str, written: Any, document: str) -> tuple[bool, Any]:
-    """(True, the value as the result will hold it) for a field the model wrote as `written`,
-    where the field's own validation passes; (False, None) where only the whole record decides."""
+@dataclass(frozen=True)
+class FieldGates:
+    """What one attempt's output must pass beyond the task's own validation (`loop._judge`): not
+    echoing the instructions (`system`), and grounded in the document when `require_grounded`."""
+
+    system: str = ""
+    require_grounded: bool = False
+
+
+def settle(task: Task[Any], name: str, written: Any, document: str,
+           gates: FieldGates = FieldGates()) -> tuple[bool, Any]:
+    """(True, the value as the result will hold it) for a top-level field the model wrote as
+    `written`, where every gate the whole record will pass can be judged on the field alone and it
+    passes them: the strict schema and, for a raw schema, the user's own (`field_errors`); for a
+    Pydantic model, the field's validators with the document as context, its value as
+    `model_dump` gives it; the instructions not echoed; grounded where that is required.
+    (False, None) where only the whole record decides: a field refused on its own, a wrapped
+    root, a model with `before`/`wrap` model validators (they may rewrite any field), a field
+    `model_dump` leaves out, a validator that reads a field not written yet."""
+    if field_errors(task.schema_json, name, written):
+        return False, None
     model: type[BaseModel] | None = task.model
     if model is not None:
-        if name not in model.model_fields:
+        ok, value = _model_field(model, name, written, document)
+    elif task.prepared is not None:
+        ok, value = _raw_field(task, name, written)
+    else:
+        ok, value = True, written
+    if not ok:
+        return False, None
+    if echo_errors(json.dumps({name: value}), gates.system, document):
+        return False, None
+    if gates.require_grounded:
+        record = {name: value}
+        if ungrounded_errors(record, task.strict_schema, ground_record(record, document)):
             return False, None
-        record = model.model_construct()
-        try:
-            model.__pydantic_validator__.validate_assignment(record, name, written, context={"document": document})
-        except ValidationError as exc:
-            if any(tuple(error["loc"][:1]) == (name,) for error in exc.errors()):
-                return False, None
-            # a model validator refused the partial record: the field's own validation had passed
-        except Exception:  # a model validator reading a field the partial record has not got
-            pass
-        if name not in record.__dict__:
+    return True, value
+
+
+def _model_field(model: type[BaseModel], name: str, written: Any, document: str) -> tuple[bool, Any]:
+    if name not in model.model_fields or any(
+            d.info.mode != "after" for d in model.__pydantic_decorators__.model_validators.values()):
+        return False, None
+    # a partial record holding nothing else (no defaults: a validator that reads another field
+    # fails, and the field is judged with the whole record instead)
+    record = model.__new__(model)
+    for attr, value in (("__dict__", {}), ("__pydantic_fields_set__", set()), ("__pydantic_extra__", None),
+                        ("__pydantic_private__", None)):
+        object.__setattr__(record, attr, value)
+    try:
+        model.__pydantic_validator__.validate_assignment(record, name, written, context={"document": document})
+    except ValidationError as exc:
+        if any(tuple(error["loc"][:1]) == (name,) for error in exc.errors()):
             return False, None
-        return True, to_jsonable_python(record.__dict__[name], by_alias=False)
+        # an `after` model validator refused the partial record: the field's own validation passed
+    except Exception:  # an `after` model validator reading a field the partial record has not got
+        pass
+    if name not in record.__dict__:  # the assignment itself did not happen
+        return False, None
+    dumped = record.model_dump(mode="json", include={name}, warnings=False)
+    return (True, dumped[name]) if name in dumped else (False, None)
+
+
+def _raw_field(task: Task[Any], name: str, written: Any) -> tuple[bool, Any]:
     prepared = task.prepared
-    if prepared is None:
-        return True, written
+    assert prepared is not None and task.original_schema_json is not None
     if prepared.wrapped:
         return False, None
     finished = prepared.finish({name: written})
     if not isinstance(finished, dict) or name not in finished:
         return False, None  # a null strict mode added for an optional property: the result leaves it out
+    if field_errors(task.original_schema_json, name, finished[name], original=True):
+        return False, None
     return True, finished[name]
 
 
 def pin_fields(schema: Mapping[str, Any], pinned: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`schema` with each of its top-level properties in `pinned` allowed only the value written."""
+    """`schema` with each top-level property in `pinned` allowed only the value written, and
+    required: a schema that left it out (the compact bounds keep required properties only) gets it
+    back, so that no field sent is missing from the result."""
     properties = schema.get("properties")
     if not pinned or not isinstance(properties, Mapping):
         return schema
-    fixed = {name: {"const": value} for name, value in pinned.items() if name in properties}
-    return {**schema, "properties": {**properties, **fixed}} if fixed else schema
+    required = list(schema.get("required") or [])
+    return {**schema, "properties": {**properties, **{name: {"const": value} for name, value in pinned.items()}},
+            "required": required + [name for name in pinned if name not in required]}
 
 
 class FieldStream:
@@ -152,6 +211,8 @@ class FieldStream:
 
     def __init__(self, task: Task[Any], document: str) -> None:
         self.task, self.document = task, document
+        #: the gates of the attempt being streamed (`loop._Attempts` sets them for each attempt)
+        self.gates = FieldGates()
         self.reader = SettledFields()
         self.pinned: dict[str, Any] = {}
         self.sent: dict[str, Any] = {}
@@ -159,13 +220,23 @@ class FieldStream:
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     def on_text(self, text: str) -> None:
-        for name, written in self.reader.feed(text):
+        try:
+            settled = self.reader.feed(text)
+        except Exception:  # never the extraction's failure: its fields then come with the result
+            log.exception("%s: the output's fields could not be read as it grew", self.task.name)
+            self.reader.dead = True
+            return
+        for name, written in settled:
             if name in self.sent:
                 continue
             key = (name, json.dumps(written, sort_keys=True))
             if key in self.refused:
                 continue
-            ok, value = settle(self.task, name, written, self.document)
+            try:
+                ok, value = settle(self.task, name, written, self.document, self.gates)
+            except Exception:  # a model whose validation cannot run on a partial record at all
+                log.exception("%s: the field %r could not be judged alone; it comes with the result", self.task.name, name)
+                ok, value = False, None
             if not ok:
                 self.refused.add(key)
                 continue

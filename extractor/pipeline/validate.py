@@ -133,6 +133,24 @@ def validate_output(task: Task[Any], text: str, document: str | None = None) -> 
         ])
 
 
+@lru_cache(maxsize=256)
+def _without_root_required(schema_json: str) -> str:
+    schema = json.loads(schema_json)
+    if isinstance(schema, dict):
+        schema.pop("required", None)
+    return json.dumps(schema)
+
+
+def field_errors(schema_json: str, name: str, value: Any, *, original: bool = False) -> list[str]:
+    """Messages for what the top-level field `name` holding `value` breaks in the schema (the
+    strict one; `original`: the user's own, in its draft), the other fields left out: errors at
+    `$.name` or below it only. For a field streamed before the record is whole (`pipeline.streaming`)."""
+    partial = _without_root_required(schema_json)
+    errors = original_errors(partial, {name: value}) if original else schema_errors(partial, {name: value})
+    own = f"$.{name}"
+    return [e for e in errors if e.startswith(own) and e[len(own):len(own) + 1] in (":", ".", "[")]
+
+
 def label_errors(task: Task[Any], expected: dict[str, Any], document: str | None = None) -> list[str]:
     """Why a label (`expected`, an evaluation's partial record) is refused for `document`; [] when
     it is accepted. A top-level field the label leaves out or gives as `null` is not checked (it is
