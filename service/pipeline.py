@@ -21,7 +21,11 @@ from extractor.pipeline.result import Extraction
 from service.engine import EngineHolder
 from service.metrics import Metrics
 from service.models import RequestOptions, extract_options
-from service.queue import AdmissionQueue
+from service.queue import AdmissionQueue, request_cost
+
+#: documents up to this many characters are counted with the engine's tokenizer before admission
+#: (about a millisecond per 3,000 characters, on the event loop), longer ones estimated
+COUNTED_CHARS = 20_000
 
 
 class TimedEngine(Engine):
@@ -88,6 +92,14 @@ class Pipeline:
         #: schema -> LoRA adapter (`EXTRACTOR_ADAPTERS`)
         self.adapters = adapters if adapters is not None else AdapterRegistry()
 
+    @staticmethod
+    def _cost(engine: Engine, text: str) -> int:
+        """The admission slots of a document (`request_cost`): its tokens by the engine's own
+        tokenizer where it has one and the text is short enough to count at once, else estimated."""
+        if isinstance(engine, TokenBudget) and len(text) <= COUNTED_CHARS:
+            return request_cost(engine.count_prompt_tokens([{"role": "user", "content": text}]))
+        return request_cost(len(text) // 4)
+
     async def stream(self, task: Task[Any], text: str, options: RequestOptions) -> AsyncIterator[dict[str, Any]]:
         """The events of one document (`extractor.longdoc.stream_document`), admitted and under
         the deadline like `extract`."""
@@ -95,7 +107,7 @@ class Pipeline:
         merged = self.defaults.merged(extract_options(options))
         deadline = min(getattr(options, "timeout_s", None) or self.deadline_s, self.deadline_s)
         try:
-            async with asyncio.timeout(deadline) as timer, self.queue.slot(deadline):
+            async with asyncio.timeout(deadline) as timer, self.queue.slot(deadline, self._cost(engine, text)):
                 async for event in stream_document(engine, task, text, merged):
                     yield event
         except TimeoutError as exc:
@@ -114,7 +126,7 @@ class Pipeline:
         failures = 0
         try:
             async with asyncio.timeout(deadline) as timer:
-                async with self.queue.slot(deadline):
+                async with self.queue.slot(deadline, self._cost(engine, text)):
                     queue_s = time.perf_counter() - started
                     self.metrics.queue_wait.observe(queue_s)
                     result = await extract_document(engine, task, text, merged, self.adapters.ref_for(task))

@@ -42,6 +42,19 @@ from dataclasses import dataclass
 
 from extractor.errors import QueueFull
 
+#: document tokens that take one slot more: a short document holds one slot, the 400-amount
+#: invoice (about 3,200 tokens, 13 s of prefill for the local engine on this 2-core box against
+#: 1.4 s for a person record) nine
+COST_TOKENS = 400
+
+
+def request_cost(document_tokens: int) -> int:
+    """The slots a request holds (`AdmissionQueue.slot`): 1, plus one per `COST_TOKENS` tokens of its
+    document. The engine's time per request grows with its prompt (prefill) and the batch it
+    shares; a large document admitted like a small one held every request batched with it past
+    its deadline (bench/hostile_load.py: 6 good requests of 3,537 answered 504, and 2 of its own)."""
+    return 1 + max(0, document_tokens) // COST_TOKENS
+
 
 class AdmissionQueue:
     def __init__(self, max_inflight: int, max_waiting: int, *, retry_after_s: int = 1,
@@ -84,21 +97,22 @@ class AdmissionQueue:
         return (position + 1) * self.hold_s / self.slots
 
     @asynccontextmanager
-    async def slot(self, deadline_s: float | None = None) -> AsyncIterator[None]:
-        """Hold one in-flight slot for the body of the `async with`.
+    async def slot(self, deadline_s: float | None = None, cost: int = 1) -> AsyncIterator[None]:
+        """Hold `cost` in-flight slots (one for a document of the usual size, more for a large one:
+        `request_cost`; at most the slots open) for the body of the `async with`.
 
         With `deadline_s`, a request that would wait is refused (`QueueFull`) when the
         expected wait plus the expected time in its slot exceeds it. Cancellation (a
         deadline) while waiting gives the place up; while running, the slot is released
         as the body unwinds.
         """
-        await self._acquire(deadline_s)
+        taken = await self._acquire(deadline_s, max(1, min(cost, self.slots)))
         held = self._clock()
         try:
             yield
         finally:
             self._observe(self._clock() - held)
-            self._release()
+            self._release(taken)
 
     @property
     def hold_budget_s(self) -> float | None:
@@ -122,21 +136,23 @@ class AdmissionQueue:
             # one cut per quarter target: a whole batch finishing late together is one signal, not many
             self.limit, self._last_cut = max(1.0, self.limit * 0.75), now
 
-    async def _acquire(self, deadline_s: float | None = None) -> None:
-        if self.inflight < self.slots and not self._waiters:
-            self.inflight += 1
+    async def _acquire(self, deadline_s: float | None = None, cost: int = 1) -> int:
+        """Take `cost` slots (fewer where the slots open shrank meanwhile); returns how many."""
+        if self.inflight + cost <= self.slots and not self._waiters:
+            self.inflight += cost
             self._changed()
-            return
+            return cost
         if len(self._waiters) >= self.max_waiting:
             raise QueueFull(f"the service is at capacity ({self.max_inflight} in flight, {self.max_waiting} waiting); "
                             "retry later", retry_after=self.retry_after_s)
         wait = self.expected_wait_s(len(self._waiters))
         hold = self.hold_budget_s
-        if deadline_s is not None and wait is not None and hold is not None and wait + hold > deadline_s:
-            raise self._busy(wait, deadline_s)
+        if deadline_s is not None and wait is not None and hold is not None and wait + hold * cost > deadline_s:
+            raise self._busy(wait, deadline_s, cost)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         deadline_at = self._clock() + deadline_s if deadline_s is not None else None
-        self._waiters.append(_Waiter(waiter, deadline_at, deadline_s))
+        entry = _Waiter(waiter, deadline_at, deadline_s, cost)
+        self._waiters.append(entry)
         self._changed()
         try:
             while not waiter.done():
@@ -146,18 +162,19 @@ class AdmissionQueue:
                 done, _ = await asyncio.wait({waiter}, timeout=timeout)
                 if not done:
                     self._shed()
-            waiter.result()  # _release hands its slot over (inflight already counts us), or _shed refused us
+            waiter.result()  # _release hands its slots over (inflight already counts them), or _shed refused us
+            return entry.cost
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._release()  # the slot was handed over just as we were cancelled
+                self._release(entry.cost)  # the slots were handed over just as we were cancelled
             else:
                 self._forget(waiter)
             raise
 
-    def _busy(self, wait: float, deadline_s: float) -> QueueFull:
+    def _busy(self, wait: float, deadline_s: float, cost: int = 1) -> QueueFull:
         assert self.hold_budget_s is not None
-        return QueueFull(f"the service is busy: about {wait:.0f} s in the queue plus up to {self.hold_budget_s:.0f} s to "
-                         f"extract "
+        return QueueFull(f"the service is busy: about {wait:.0f} s in the queue plus up to "
+                         f"{self.hold_budget_s * cost:.0f} s to extract "
                          f"would pass this request's {deadline_s:g} s deadline; retry later",
                          retry_after=max(self.retry_after_s, math.ceil(wait)))
 
@@ -181,8 +198,8 @@ class AdmissionQueue:
             wait = self.expected_wait_s(len(kept))
             assert wait is not None
             if (entry.deadline_at is not None and entry.deadline_s is not None and not entry.future.done()
-                    and now + wait + hold > entry.deadline_at):
-                entry.future.set_exception(self._busy(wait, entry.deadline_s))
+                    and now + wait + hold * entry.cost > entry.deadline_at):
+                entry.future.set_exception(self._busy(wait, entry.deadline_s, entry.cost))
                 entry.future.exception()  # retrieved: the waiter reads it, or is gone already
             else:
                 kept.append(entry)
@@ -190,15 +207,18 @@ class AdmissionQueue:
             self._waiters = kept
             self._changed()
 
-    def _release(self) -> None:
-        """Free a slot; hand the slots open (fewer, or more, after `_observe`) to the waiters in order,
-        then refuse those that can no longer make their deadline."""
-        self.inflight -= 1
-        while self._waiters and self.inflight < self.slots:
+    def _release(self, cost: int = 1) -> None:
+        """Free `cost` slots; hand the slots open (fewer, or more, after `_observe`) to the waiters in
+        order (a large one first in line waits for enough of them: first come, first served), then
+        refuse those that can no longer make their deadline."""
+        self.inflight -= cost
+        while self._waiters and (self._waiters[0].future.done()
+                                 or self.inflight + min(self._waiters[0].cost, self.slots) <= self.slots):
             entry = self._waiters.popleft()
             if not entry.future.done():
-                entry.future.set_result(None)  # the slot passes to the waiter: inflight counts it now
-                self.inflight += 1
+                entry.cost = min(entry.cost, self.slots)
+                entry.future.set_result(None)  # the slots pass to the waiter: inflight counts them now
+                self.inflight += entry.cost
         self._shed()
         self._changed()
 
@@ -209,3 +229,5 @@ class _Waiter:
     #: the clock's time by which the request must be done, and its deadline as given
     deadline_at: float | None
     deadline_s: float | None
+    #: the slots it takes (`request_cost`)
+    cost: int = 1

@@ -191,3 +191,71 @@ def test_requests_are_judged_by_the_average_hold_plus_twice_its_deviation() -> N
         assert (queue.hold_s, queue.hold_dev_s) == (14.0, 8.75) and queue.hold_budget_s == 31.5
 
     asyncio.run(go())
+
+
+def test_a_large_document_holds_slots_by_its_size() -> None:
+    from service.queue import request_cost
+
+    assert [request_cost(n) for n in (20, 399, 400, 3200)] == [1, 1, 2, 9]
+    queue = AdmissionQueue(4, 8)
+    order: list[str] = []
+
+    async def go() -> None:
+        gates = {n: asyncio.Event() for n in "abc"}
+
+        async def job(name: str, cost: int) -> None:
+            async with queue.slot(cost=cost):
+                order.append(name)
+                await gates[name].wait()
+
+        small = asyncio.create_task(job("a", 1))
+        await asyncio.sleep(0)
+        large = asyncio.create_task(job("b", 9))  # more than all four slots: it takes the whole engine
+        await asyncio.sleep(0)
+        after = asyncio.create_task(job("c", 1))  # first come, first served: behind the large one
+        await asyncio.sleep(0)
+        assert (order, queue.inflight, queue.waiting) == (["a"], 1, 2)
+        gates["a"].set()
+        await small
+        await asyncio.sleep(0)
+        assert (order, queue.inflight) == (["a", "b"], 4)
+        gates["b"].set()
+        await large
+        await asyncio.sleep(0)
+        assert (order, queue.inflight) == (["a", "b", "c"], 1)
+        gates["c"].set()
+        await after
+
+    asyncio.run(go())
+    assert (queue.inflight, queue.waiting) == (0, 0)
+
+
+def test_a_large_document_that_would_wait_is_refused_by_its_own_expected_hold() -> None:
+    import pytest
+
+    from extractor.errors import QueueFull
+
+    queue = AdmissionQueue(2, 8)
+    queue.hold_s, queue.hold_dev_s = 30.0, 0.0  # requests hold their slot 30 s
+
+    async def go() -> int:
+        gate = asyncio.Event()
+
+        async def busy(cost: int = 1) -> None:
+            async with queue.slot(60.0, cost):
+                await gate.wait()
+
+        running = [asyncio.create_task(busy()) for _ in range(2)]
+        await asyncio.sleep(0)
+        # 15 s of expected wait plus twice 30 s in its slots passes its 60 s deadline: refused at once
+        with pytest.raises(QueueFull, match="up to 60 s to extract"):
+            async with queue.slot(60.0, cost=2):
+                pass
+        small = asyncio.create_task(busy())  # 15 s plus 30 s fits: it waits
+        await asyncio.sleep(0)
+        waiting = queue.waiting
+        gate.set()
+        await asyncio.gather(*running, small)
+        return waiting
+
+    assert asyncio.run(go()) == 1
