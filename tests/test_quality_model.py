@@ -54,3 +54,12 @@ def test_a_receipts_address_is_not_its_date_line(local_engine: Any) -> None:
     assert receipt.date == "2025-03-09"
     assert "08:41" not in receipt.address and receipt.address.startswith("NO 12")
     assert receipt.total == "8.64"
+
+
+def test_an_invoice_lines_count_and_price_are_not_swapped(local_engine: Any) -> None:
+    # SmolLM2 read "3 x Cable reel at 24.00" as 24 reels at 3.00 (and every other line tried the same
+    # way); the items-add-up check cannot see it. The count is no longer offered the money amount.
+    text = "INVOICE INV-2041\nBrightline Supplies GmbH\nDate: 2025-04-02\n3 x Cable reel at 24.00 EUR\nTotal: 72.00 EUR"
+    invoice = Extractor(local_engine).extract("invoice", text)
+    assert [(i.quantity, i.unit_price) for i in invoice.line_items] == [(3, 24.0)]
+    assert invoice.total == 72.0

@@ -60,7 +60,7 @@ import copy
 import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from extractor.contracts.schema_walk import allows_null, def_name, is_free_text, resolve_ref, type_names
@@ -176,10 +176,15 @@ def _amounts_only(text: str) -> str:
 
 def _amount_slots(text: str) -> list[list[float]]:
     """The amounts `text` prints, one entry per printed amount (with every reading of it)."""
+    return [readings for _, readings in _amount_prints(text)]
+
+
+def _amount_prints(text: str) -> list[tuple[str, list[float]]]:
+    """`_amount_slots` with each amount as printed (`24.00`, `3`, `88k`)."""
     text = _amounts_only(text)
-    slots = [_readings(m.group()) for m in _NUMBER.finditer(text)]
-    slots += [[round(v * 1000, 6) for v in _readings(m.group(1))] for m in _THOUSANDS.finditer(text)]
-    return slots
+    prints = [(m.group(), _readings(m.group())) for m in _NUMBER.finditer(text)]
+    prints += [(m.group(), [round(v * 1000, 6) for v in _readings(m.group(1))]) for m in _THOUSANDS.finditer(text)]
+    return prints
 
 
 def candidate_numbers(document: str) -> list[float]:
@@ -360,15 +365,37 @@ def _factors(slots: list[list[float]]) -> list[list[float]]:
     """A line's amounts without the last one that is the product of two others (`5  3.50  17.50`:
     the line total of a quantity and a unit price), for an item of two number fields. A line of
     more than `MAX_FACTOR_SLOTS` amounts is returned as it is."""
+    total = _line_total(slots)
+    return slots if total is None else [slot for i, slot in enumerate(slots) if i != total]
+
+
+def _line_total(slots: list[list[float]]) -> int | None:
+    """The index of `_factors`' line total, or None."""
     if len(slots) > MAX_FACTOR_SLOTS:
-        return slots
+        return None
     for c in range(len(slots) - 1, -1, -1):
         others = [slot for i, slot in enumerate(slots) if i != c]
         if len(others) >= 2 and any(abs(x * y - z) <= max(0.01, 0.005 * abs(z))
                                     for a in range(len(others)) for b in range(a + 1, len(others))
                                     for x in others[a] for y in others[b] for z in slots[c]):
-            return others
-    return slots
+            return c
+    return None
+
+
+#: an item's number field that counts (a quantity), and amounts printed as money or as a count
+_COUNT_FIELD = re.compile(r"(?:^|_)(?:quantity|qty|count|units|pieces|pcs)$", re.IGNORECASE)
+_PRINTED_MONEY = re.compile(r"-?\d+(?:[.,' ]\d{3})*[.,]\d\d")
+_PRINTED_COUNT = re.compile(r"\d{1,4}")
+
+
+def _money_as_count(fields: Sequence[tuple[str, str]], chosen: Sequence[int], printed: Sequence[str]) -> bool:
+    """Whether a choice of a line's amounts gives a count field (`quantity`) an amount printed as
+    money (`24.00`) and another field one printed as a count (`3`): `3 x Cable reel at 24.00` read
+    as 24 reels at 3.00. SmolLM2 chose that swap on every invoice line tried (issue 13), and the
+    items-add-up check cannot see it (3 x 24 = 24 x 3)."""
+    counts = [i for i, (name, _) in enumerate(fields) if _COUNT_FIELD.search(name)]
+    return any(_PRINTED_MONEY.fullmatch(printed[chosen[i]]) for i in counts) and any(
+        _PRINTED_COUNT.fullmatch(printed[chosen[j]]) for j in range(len(fields)) if j not in counts)
 
 
 def _number_fields(item: Mapping[str, Any], root: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -625,13 +652,17 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
         first_def = len(line_defs)
         for part in parts:
             part_spans = candidate_spans(part)
-            slots = _amount_slots(part)
-            if k == 2:
-                slots = _factors(slots)
+            prints = _amount_prints(part)
+            if k == 2 and (total := _line_total([readings for _, readings in prints])) is not None:
+                del prints[total]
+            slots = [readings for _, readings in prints]
+            printed = [token for token, _ in prints]
             name = f"{SPAN_DEF}Line{len(line_defs)}"
             line_defs[name] = span_schema(part_spans)
             base = walk(copy.deepcopy(dict(item)), [v for slot in slots for v in slot], {"$ref": f"#/$defs/{name}"})
             base_key = json.dumps(base, sort_keys=True)
+            line: dict[str, dict[str, Any]] = {}
+            swapped: set[str] = set()  # a count given money (`_money_as_count`): kept only if nothing else is left
             for tried, chosen in enumerate(itertools.permutations(range(len(slots)), k)):
                 if tried > MAX_ITEM_VARIANTS * 4:
                     break  # the rest of a line of hundreds of amounts: no item prints that many
@@ -646,11 +677,16 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
                     variant["properties"][field] = {**node, "enum": allowed}
                     key.append(allowed)
                 else:
-                    variants.setdefault(json.dumps(key), variant)
-                if len(variants) > MAX_ITEM_VARIANTS:
+                    line.setdefault(json.dumps(key), variant)
+                    if _money_as_count(fields, chosen, printed):
+                        swapped.add(json.dumps(key))
+                if len(variants) + len(line) > MAX_ITEM_VARIANTS:
                     for stale in list(line_defs)[first_def:]:
                         del line_defs[stale]
                     return None
+            kept = {key: v for key, v in line.items() if key not in swapped} or line
+            for key_text, variant in kept.items():
+                variants.setdefault(key_text, variant)
         return list(variants.values()) or None
 
     defs = out.get("$defs", {})
