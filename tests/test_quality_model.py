@@ -63,3 +63,8 @@ def test_an_invoice_lines_count_and_price_are_not_swapped(local_engine: Any) -> 
     invoice = Extractor(local_engine).extract("invoice", text)
     assert [(i.quantity, i.unit_price) for i in invoice.line_items] == [(3, 24.0)]
     assert invoice.total == 72.0
+
+
+def test_a_self_introduction_in_another_language_gives_the_name_not_the_sentence(local_engine: Any) -> None:
+    person = Extractor(local_engine).extract("person", "Hola, me llamo Lucía Fernández, tengo 34 años y vivo en Sevilla.")
+    assert (person.name, person.age, person.city, person.email) == ("Lucía Fernández", 34, "Sevilla", None)
