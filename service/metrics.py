@@ -34,7 +34,7 @@ class Metrics:
                                            "engine outputs that failed validation (each one retried or final)",
                                            ["schema"], registry=r)
         self.tokens = Counter("extractor_tokens", "tokens through the engine", ["schema", "kind"], registry=r)
-        self.inflight = Gauge("extractor_queue_inflight", "requests extracting now", registry=r,
+        self.inflight = Gauge("extractor_queue_inflight", "slots held by extracting requests (a large document holds several)", registry=r,
                               multiprocess_mode="livesum")
         self.waiting = Gauge("extractor_queue_waiting", "requests waiting for an in-flight slot", registry=r,
                              multiprocess_mode="livesum")

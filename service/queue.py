@@ -7,8 +7,12 @@ them (the local engine micro-batches concurrent `generate` calls; vLLM
 schedules concurrent requests), so `max_inflight` is the batch the service
 offers the engine.
 
+A request holds one slot, or more for a large document (`request_cost`: 1 + tokens/400, at most
+the slots open), and waits first come first served for as many.
+
 A request that would have to wait is also refused at once when the queue could not
-serve it within its deadline: the wait is estimated from how long slots are held
+serve it within its deadline (its wait plus its slots' count of expected holds): the wait is
+estimated from how long slots are held
 (a moving average of the last requests) and how many are ahead of it. Under
 overload clients then get a 429 with a `Retry-After` of that estimate, not a 504
 after the whole deadline spent in the queue. A request already waiting is refused
@@ -158,7 +162,8 @@ class AdmissionQueue:
             while not waiter.done():
                 # wake at the last moment an extraction of the usual length could still start in time
                 hold = self.hold_budget_s
-                timeout = None if deadline_at is None or hold is None else max(0.05, deadline_at - hold - self._clock())
+                timeout = (None if deadline_at is None or hold is None
+                           else max(0.05, deadline_at - hold * entry.cost - self._clock()))
                 done, _ = await asyncio.wait({waiter}, timeout=timeout)
                 if not done:
                     self._shed()
@@ -182,6 +187,7 @@ class AdmissionQueue:
         for entry in self._waiters:
             if entry.future is waiter:
                 self._waiters.remove(entry)
+                self._dispatch()  # a large waiter gone from the head: the small ones behind it may fit
                 self._changed()
                 return
 
@@ -205,6 +211,7 @@ class AdmissionQueue:
                 kept.append(entry)
         if len(kept) != len(self._waiters):
             self._waiters = kept
+            self._dispatch()
             self._changed()
 
     def _release(self, cost: int = 1) -> None:
@@ -212,6 +219,12 @@ class AdmissionQueue:
         order (a large one first in line waits for enough of them: first come, first served), then
         refuse those that can no longer make their deadline."""
         self.inflight -= cost
+        self._dispatch()
+        self._shed()
+        self._changed()
+
+    def _dispatch(self) -> None:
+        """Hand the slots open to the waiters in order, while the first in line fits."""
         while self._waiters and (self._waiters[0].future.done()
                                  or self.inflight + min(self._waiters[0].cost, self.slots) <= self.slots):
             entry = self._waiters.popleft()
@@ -219,8 +232,6 @@ class AdmissionQueue:
                 entry.cost = min(entry.cost, self.slots)
                 entry.future.set_result(None)  # the slots pass to the waiter: inflight counts them now
                 self.inflight += entry.cost
-        self._shed()
-        self._changed()
 
 
 @dataclass

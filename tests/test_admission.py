@@ -259,3 +259,30 @@ def test_a_large_document_that_would_wait_is_refused_by_its_own_expected_hold() 
         return waiting
 
     assert asyncio.run(go()) == 1
+
+
+def test_a_large_waiter_leaving_the_head_lets_the_small_ones_behind_it_in() -> None:
+    queue = AdmissionQueue(4, 8)
+
+    async def go() -> tuple[int, int]:
+        gate = asyncio.Event()
+
+        async def job(cost: int) -> None:
+            async with queue.slot(cost=cost):
+                await gate.wait()
+
+        running = asyncio.create_task(job(1))
+        await asyncio.sleep(0)
+        large = asyncio.create_task(job(4))  # waits for all four
+        small = asyncio.create_task(job(1))  # behind it, though three slots are free
+        await asyncio.sleep(0)
+        assert (queue.inflight, queue.waiting) == (1, 2)
+        large.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        seen = (queue.inflight, queue.waiting)
+        gate.set()
+        await asyncio.gather(running, small)
+        return seen
+
+    assert asyncio.run(go()) == (2, 0)

@@ -157,6 +157,15 @@ def test_a_count_keeps_every_reading_where_the_printing_does_not_tell_count_from
     assert pairs == {(2.5, 80), (80, 2.5), (1.5, 12.4), (12.4, 1.5)}
 
 
+def test_a_count_read_from_its_own_amount_is_kept_when_a_swap_gives_the_same_values() -> None:
+    # "3" -> quantity and "3.00" -> quantity give the same (3, 3.0): the swap does not drop the reading
+    doc = "Widget Co\nInvoice W-1, 2 May 2025\n3 x Widget at 3.00 EUR, pack of 12\nTotal: 9.00 EUR"
+    out = constrain_to_document(task_from_model(Invoice).strict_schema, doc)
+    pairs = {(v["properties"]["quantity"]["enum"][0], v["properties"]["unit_price"]["enum"][0])
+             for v in out["properties"]["line_items"]["items"]["anyOf"]}
+    assert (3, 3) in pairs
+
+
 def test_items_whose_lines_print_no_text_keep_the_amounts_of_all_item_lines() -> None:
     doc = "ACME\nDesk lamp\n5   199.00\nOffice chair\n2   1450.00\nTotal 3895.00"
     out = constrain_to_document(task_from_model(Invoice).strict_schema, doc)

@@ -150,7 +150,7 @@ def test_an_engine_that_cannot_compile_the_constraint_falls_back() -> None:
 
 
 def test_a_one_line_invoice_of_400_amounts_is_built_quickly_and_falls_back_on_size() -> None:
-    """Issue 17: `_factors` grew with the fourth power of a line's amounts (400: 9.4 s, then a
+    """Issue 17: `_factors` (now `_line_total`) grew with the fourth power of a line's amounts (400: 9.4 s, then a
     141 MB grammar). Now the line is no item line, and its 71 KB schema is past the size budget:
     it decodes with the task's schema, its list bounded by the one line that can be an item (without
     the bound SmolLM2 wrote items until max_tokens, past every deadline)."""

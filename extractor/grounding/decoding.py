@@ -356,21 +356,15 @@ def _max_items(node: Mapping[str, Any], root: Mapping[str, Any], document: str) 
 _LETTER = re.compile(r"[^\W\d_]")
 
 
-#: `_factors` looks for a line total only on lines printing at most this many amounts: the search
+#: `_line_total` looks for a line total only on lines printing at most this many amounts: the search
 #: is cubic in them, and a line printing more is no item line (a one-line invoice of 400 amounts)
 MAX_FACTOR_SLOTS = 12
 
 
-def _factors(slots: list[list[float]]) -> list[list[float]]:
-    """A line's amounts without the last one that is the product of two others (`5  3.50  17.50`:
-    the line total of a quantity and a unit price), for an item of two number fields. A line of
-    more than `MAX_FACTOR_SLOTS` amounts is returned as it is."""
-    total = _line_total(slots)
-    return slots if total is None else [slot for i, slot in enumerate(slots) if i != total]
-
-
 def _line_total(slots: list[list[float]]) -> int | None:
-    """The index of `_factors`' line total, or None."""
+    """The index of a line's last amount that is the product of two others (`5  3.50  17.50`: the
+    line total of a quantity and a unit price), left out for an item of two number fields; None
+    where there is none, or the line prints more than `MAX_FACTOR_SLOTS` amounts."""
     if len(slots) > MAX_FACTOR_SLOTS:
         return None
     for c in range(len(slots) - 1, -1, -1):
@@ -384,7 +378,7 @@ def _line_total(slots: list[list[float]]) -> int | None:
 
 #: an item's number field that counts (a quantity), and amounts printed as money or as a count
 _COUNT_FIELD = re.compile(r"(?:^|_)(?:quantity|qty|count|units|pieces|pcs)$", re.IGNORECASE)
-_PRINTED_MONEY = re.compile(r"-?\d+(?:[.,' ]\d{3})*[.,]\d\d")
+_PRINTED_MONEY = re.compile(r"[-\u2212]?\d+(?:[.,'\u00a0\u202f]\d{3})*[.,]\d\d")
 _PRINTED_COUNT = re.compile(r"\d{1,4}")
 
 
@@ -662,7 +656,10 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
             base = walk(copy.deepcopy(dict(item)), [v for slot in slots for v in slot], {"$ref": f"#/$defs/{name}"})
             base_key = json.dumps(base, sort_keys=True)
             line: dict[str, dict[str, Any]] = {}
-            swapped: set[str] = set()  # a count given money (`_money_as_count`): kept only if nothing else is left
+            # a count given money (`_money_as_count`), and what some other choice gives as well (the
+            # same values read from other amounts: `3 x Widget at 3.00`): dropped where others are left
+            swapped: set[str] = set()
+            clean: set[str] = set()
             for tried, chosen in enumerate(itertools.permutations(range(len(slots)), k)):
                 if tried > MAX_ITEM_VARIANTS * 4:
                     break  # the rest of a line of hundreds of amounts: no item prints that many
@@ -678,13 +675,12 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
                     key.append(allowed)
                 else:
                     line.setdefault(json.dumps(key), variant)
-                    if _money_as_count(fields, chosen, printed):
-                        swapped.add(json.dumps(key))
+                    (swapped if _money_as_count(fields, chosen, printed) else clean).add(json.dumps(key))
                 if len(variants) + len(line) > MAX_ITEM_VARIANTS:
                     for stale in list(line_defs)[first_def:]:
                         del line_defs[stale]
                     return None
-            kept = {key: v for key, v in line.items() if key not in swapped} or line
+            kept = {key: v for key, v in line.items() if key not in swapped - clean} or line
             for key_text, variant in kept.items():
                 variants.setdefault(key_text, variant)
         return list(variants.values()) or None
