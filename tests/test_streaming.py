@@ -150,23 +150,28 @@ def test_the_service_streams_fields_before_the_result() -> None:
     assert events[-1]["data"] == json.loads(GOOD)
 
 
-def test_vllm_http_streams_the_completion_and_reads_it_back() -> None:
+def _stream_over_http(url: str, on_text: Any = lambda text: None, max_tokens: int = 64, **engine: Any) -> Any:
+    """One request streamed by a `VllmHttpEngine` on `url` (a fake server), the engine closed after."""
     from extractor.engines.vllm_http import VllmHttpEngine
 
+    client = VllmHttpEngine(url, grammar_timeout_s=0, **engine)
+
+    async def go() -> Any:
+        request = GenerationRequest(messages=({"role": "user", "content": ALICE},), schema={"type": "object"},
+                                    max_tokens=max_tokens)
+        try:
+            return await client.generate_streaming(request, on_text)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def test_vllm_http_streams_the_completion_and_reads_it_back() -> None:
     with fake_openai(lambda body: Reply(GOOD, step=0.05)) as server:
-        engine = VllmHttpEngine(server.url, grammar_timeout_s=0)
         seen: list[tuple[float, str]] = []
-
-        async def go() -> Any:
-            started = time.perf_counter()
-            request = GenerationRequest(messages=({"role": "user", "content": ALICE},),
-                                        schema={"type": "object"}, max_tokens=64)
-            try:
-                return await engine.generate_streaming(request, lambda t: seen.append((time.perf_counter() - started, t)))
-            finally:
-                await engine.aclose()
-
-        result = asyncio.run(go())
+        started = time.perf_counter()
+        result = _stream_over_http(server.url, lambda t: seen.append((time.perf_counter() - started, t)))
         streamed = [b for b in server.bodies if b.get("stream")]
     assert result.text == GOOD and result.finish_reason == "stop"
     assert (result.prompt_tokens, result.completion_tokens) == (11, 7)
@@ -178,21 +183,9 @@ def test_vllm_http_streams_the_completion_and_reads_it_back() -> None:
 
 
 def test_vllm_http_stream_ends_with_the_length_cut() -> None:
-    from extractor.engines.vllm_http import VllmHttpEngine
-
     cut = GOOD[:20]
     with fake_openai(lambda body: Reply(cut, finish="length")) as server:
-        engine = VllmHttpEngine(server.url, grammar_timeout_s=0)
-
-        async def go() -> Any:
-            request = GenerationRequest(messages=({"role": "user", "content": ALICE},), schema={"type": "object"},
-                                        max_tokens=8)
-            try:
-                return await engine.generate_streaming(request, lambda t: None)
-            finally:
-                await engine.aclose()
-
-        result = asyncio.run(go())
+        result = _stream_over_http(server.url, max_tokens=8)
     assert (result.text, result.finish_reason) == (cut, "length")
 
 
@@ -317,20 +310,8 @@ def test_a_consumer_that_stops_early_leaves_nothing_running() -> None:
 
 
 def test_vllm_http_sends_a_cut_stream_again() -> None:
-    from extractor.engines.vllm_http import VllmHttpEngine
-
     replies = [Reply(GOOD, cut=True), Reply(GOOD)]
     with fake_openai(lambda body: replies.pop(0) if body.get("stream") else Reply(GOOD)) as server:
-        engine = VllmHttpEngine(server.url, grammar_timeout_s=0, backoff_s=0.01)
-
-        async def go() -> Any:
-            request = GenerationRequest(messages=({"role": "user", "content": ALICE},), schema={"type": "object"},
-                                        max_tokens=64)
-            try:
-                return await engine.generate_streaming(request, lambda t: None)
-            finally:
-                await engine.aclose()
-
-        result = asyncio.run(go())
+        result = _stream_over_http(server.url, backoff_s=0.01)
         assert sum(bool(b.get("stream")) for b in server.bodies) == 2
     assert (result.text, result.finish_reason) == (GOOD, "stop")

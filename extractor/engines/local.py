@@ -49,7 +49,7 @@ from extractor.engines.detok import GrowingText, closing_token_ids, token_pieces
 from extractor.engines.grammar_cache import GrammarCache
 from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarProcess, wait_event
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
-from extractor.engines.worker import Job, abandoned, notify, settle
+from extractor.engines.worker import Job, abandoned, notify, settle, submit
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
 
 log = logging.getLogger(__name__)
@@ -215,25 +215,20 @@ class LocalEngine(Engine):
 
     # -- public -------------------------------------------------------------
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        if not self._worker.is_alive():
-            raise EngineUnavailable("the local engine has been closed")
-        loop = asyncio.get_running_loop()
-        jobs = [_Job(r, loop.create_future(), loop) for r in requests]
-        for job in jobs:
-            self._queue.put(job)
-        return list(await asyncio.gather(*(j.future for j in jobs)))
+        self._check_running()
+        return await submit(self._queue.put, _Job, requests)
 
     async def generate_streaming(self, request: GenerationRequest, on_text: OnText) -> GenerationResult:
         """`TextStreaming`: one request, batched with the others like `generate`'s, its text so far
         handed to `on_text` after each token that may close a JSON value."""
-        if not self._worker.is_alive():
-            raise EngineUnavailable("the local engine has been closed")
-        loop = asyncio.get_running_loop()
-        job = _Job(request, loop.create_future(), loop, on_text)
-        self._queue.put(job)
-        result = await job.future
+        self._check_running()
+        (result,) = await submit(self._queue.put, _Job, [request], on_text)
         on_text(result.text)
         return result
+
+    def _check_running(self) -> None:
+        if not self._worker.is_alive():
+            raise EngineUnavailable("the local engine has been closed")
 
     async def compiler_ready(self) -> None:
         if self._grammar_process is not None:
@@ -417,8 +412,7 @@ class LocalEngine(Engine):
         next_pos = torch.tensor([p + len(j.suffix_ids) for j in jobs])
 
         generated: list[list[int]] = [[] for _ in jobs]
-        decode = self._decode_text
-        streams = [GrowingText(decode, self._closing_ids) if j.on_text is not None else None for j in jobs]
+        streams = [GrowingText(self._decode_text, self._closing_ids) if j.on_text is not None else None for j in jobs]
         logprobs: list[list[float]] = [[] for _ in jobs]
         finish: list[FinishReason | None] = [None] * n
         live = list(range(n))  # job index of each row still in the batch
@@ -502,5 +496,5 @@ class LocalEngine(Engine):
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def _token_logprobs(self, ids: list[int], logprobs: list[float]) -> tuple[TokenLogprob, ...]:
-        pieces = token_pieces(lambda prefix: str(self.tokenizer.decode(prefix, skip_special_tokens=True)), ids)
+        pieces = token_pieces(self._decode_text, ids)
         return tuple(TokenLogprob(piece, lp) for piece, lp in zip(pieces, logprobs, strict=True))

@@ -55,7 +55,7 @@ from extractor.engines.detok import GrowingText, closing_token_ids, token_pieces
 from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
 from extractor.engines.vllm_schema import GuardedSchemas
-from extractor.engines.worker import Job, abandoned, notify, settle
+from extractor.engines.worker import Job, abandoned, notify, settle, submit
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
 
 log = logging.getLogger(__name__)
@@ -310,28 +310,21 @@ class VllmEngine(Engine):
         await self.schemas.check(schema)
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        if self._failed is not None or not self._worker.is_alive():
-            raise EngineUnavailable(f"the vllm engine is not running ({self._failed or 'closed'})")
-        requests = await self.schemas.requests(requests)  # vLLM's form, checked: `vllm_schema.py`
-        loop = asyncio.get_running_loop()
-        jobs = [Job(r, loop.create_future(), loop) for r in requests]
-        for job in jobs:
-            self._inbox.put(job)
-        return list(await asyncio.gather(*(j.future for j in jobs)))
+        return await submit(self._inbox.put, Job, await self._ready(requests))
 
     async def generate_streaming(self, request: GenerationRequest, on_text: OnText) -> GenerationResult:
         """`TextStreaming`: one request, stepped with all the others; vLLM reports it at every step
         (`RequestOutputKind.CUMULATIVE`) and its text so far goes to `on_text` after each token that
         may close a JSON value (decoded on the engine thread only then)."""
-        if self._failed is not None or not self._worker.is_alive():
-            raise EngineUnavailable(f"the vllm engine is not running ({self._failed or 'closed'})")
-        (request,) = await self.schemas.requests([request])
-        loop = asyncio.get_running_loop()
-        job = Job(request, loop.create_future(), loop, on_text)
-        self._inbox.put(job)
-        result = await job.future
+        (result,) = await submit(self._inbox.put, Job, await self._ready([request]), on_text)
         on_text(result.text)
         return result
+
+    async def _ready(self, requests: Sequence[GenerationRequest]) -> Sequence[GenerationRequest]:
+        """The requests in vLLM's form, their schemas checked (`vllm_schema.py`), if the engine runs."""
+        if self._failed is not None or not self._worker.is_alive():
+            raise EngineUnavailable(f"the vllm engine is not running ({self._failed or 'closed'})")
+        return await self.schemas.requests(requests)
 
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
         """Tokens of the rendered prompt (`TokenBudget`), as `_add` counts them."""

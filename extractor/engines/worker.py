@@ -4,7 +4,9 @@ to the worker, and settling its future back on that loop from the worker thread.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from extractor.engines.base import GenerationRequest, GenerationResult, OnText
 
@@ -51,3 +53,17 @@ def notify(job: Job, text: str) -> None:
         job.loop.call_soon_threadsafe(job.on_text, text)
     except RuntimeError:  # the loop closed meanwhile
         pass
+
+
+J = TypeVar("J", bound="Job")
+
+
+async def submit(put: Callable[[J], object], job_type: type[J], requests: Sequence[GenerationRequest],
+                 on_text: OnText | None = None) -> list[GenerationResult]:
+    """Hand each request to the worker (`put`) as a `job_type` on this loop, streaming its text to
+    `on_text` if given, and wait for every result, in order."""
+    loop = asyncio.get_running_loop()
+    jobs = [job_type(r, loop.create_future(), loop, on_text) for r in requests]
+    for job in jobs:
+        put(job)
+    return list(await asyncio.gather(*(j.future for j in jobs)))
