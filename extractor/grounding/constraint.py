@@ -43,7 +43,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from extractor.grounding.decoding import SPAN_DEF, bound_lists, constrain_to_document, has_free_text
+from extractor.grounding.decoding import SPAN_DEF, ConstraintTooLarge, bound_lists, constrain_to_document, has_free_text
 
 __all__ = ["DEFAULT_BUDGET", "SIZE_REASONS", "ConstraintBudget", "ConstraintBuilder", "DocumentConstraint",
            "bounded_fallback", "build_constraint", "default_builder"]
@@ -106,7 +106,10 @@ def build_constraint(schema: Mapping[str, Any], document: str, budget: Constrain
     runs it off the event loop with the time limit)."""
     if len(document) > budget.max_document_chars:
         return bounded_fallback(schema, document, "document_too_long")
-    constrained = constrain_to_document(schema, document)
+    try:
+        constrained = constrain_to_document(schema, document, max_bytes=budget.max_schema_bytes)
+    except ConstraintTooLarge:
+        return bounded_fallback(schema, document, "too_large")
     if SPAN_DEF not in constrained.get("$defs", {}) and has_free_text(schema):
         return bounded_fallback(schema, document, "too_many_spans")
     if len(json.dumps(constrained)) > budget.max_schema_bytes:

@@ -64,8 +64,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from extractor.contracts.schema_walk import allows_null, def_name, is_free_text, resolve_ref, type_names
+from extractor.engines.base import DOCUMENT_SPAN_DEF
 
-__all__ = ["amount_count", "bound_lists", "candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document",
+__all__ = ["ConstraintTooLarge",
+           "amount_count", "bound_lists", "candidate_dates", "candidate_numbers", "candidate_spans", "constrain_to_document",
            "has_free_text", "number_enum", "offers", "prints_money", "prints_text", "required_numbers", "span_pattern", "span_schema"]
 
 MAX_WORDS = 12
@@ -77,7 +79,7 @@ MAX_CONSTRAINED_CHARS = 200_000
 #: at most this many item variants (item lines x ways to give the number fields their amounts)
 MAX_ITEM_VARIANTS = 256
 #: the `$defs` entry holding the document's spans
-SPAN_DEF = "DocumentSpan"
+SPAN_DEF = DOCUMENT_SPAN_DEF
 
 _CELL_SPLIT = re.compile(r"\s{2,}|\t|\s\|\s")
 _TRIM = " \t,;:.()[]{}<>\"'*#-\u2013\u2014/\\"
@@ -473,23 +475,32 @@ def span_pattern(spans: Iterable[str]) -> str:
             node = node.setdefault(piece, {})
         node[""] = None  # a span ends here
     # written in pre-order from a stack of nodes and text: linear in the trie's size, and no
-    # recursion (a span may be longer than Python's recursion limit)
+    # recursion (a span may be longer than Python's recursion limit); a chain of nodes with one
+    # child each (most of a long span) is written in one go, without going through the stack
     out: list[str] = []
     stack: list[str | dict[str, Any]] = [trie]
+    escaped: dict[str, str] = {}
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             out.append(item)
             continue
-        children = [(piece, child) for piece, child in item.items() if piece]
+        node = item
+        while len(node) == 1 and "" not in node:
+            ((piece, node),) = node.items()
+            out.append(escaped.get(piece) or escaped.setdefault(piece, piece.translate(_REGEX_ESCAPES)))
+        children = [(piece, child) for piece, child in node.items() if piece]
         if not children:
             continue
-        wrap = len(children) > 1 or "" in item
-        parts: list[str | dict[str, Any]] = ["(?:"] if wrap else []
-        for i, (ch, child) in enumerate(children):
-            parts += ["|"] * (i > 0) + [ch.translate(_REGEX_ESCAPES), child]
-        if wrap:
-            parts.append(")?" if "" in item else ")")
+        ends = "" in node
+        parts: list[str | dict[str, Any]] = ["(?:"] if len(children) > 1 or ends else []
+        for i, (piece, child) in enumerate(children):
+            if i:
+                parts.append("|")
+            parts.append(escaped.get(piece) or escaped.setdefault(piece, piece.translate(_REGEX_ESCAPES)))
+            parts.append(child)
+        if parts and parts[0] == "(?:":
+            parts.append(")?" if ends else ")")
         stack.extend(reversed(parts))
     return "^" + "".join(out) + "$"
 
@@ -554,17 +565,26 @@ def bound_lists(schema: Mapping[str, Any], document: str) -> dict[str, Any]:
     return {key: walk(value) for key, value in out.items()}
 
 
+class ConstraintTooLarge(ValueError):
+    """The document's spans alone are past `constrain_to_document`'s `max_bytes`."""
+
+
 def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: bool = True,
-                          max_candidates: int = MAX_CANDIDATES) -> dict[str, Any]:
+                          max_candidates: int = MAX_CANDIDATES, max_bytes: int | None = None) -> dict[str, Any]:
     """A copy of `schema` (a strict schema) whose free-text strings, and numbers unless
     `numbers=False`, can only take values that occur in `document`. A document longer than
     `MAX_CONSTRAINED_CHARS` (far past any model's context) gets the schema unchanged: the engine
-    refuses it as too long anyway."""
+    refuses it as too long anyway. `max_bytes`: raise `ConstraintTooLarge` as soon as the
+    document's spans alone are larger than that in JSON, before the rest is built (a line of 400
+    amounts would take most of the time in its item variants)."""
     out: dict[str, Any] = copy.deepcopy(dict(schema))
     if len(document) > MAX_CONSTRAINED_CHARS:
         return out
     root = dict(schema)
     spans = _spans_within(document, max_candidates)
+    span_def = span_schema(spans) if spans and has_free_text(schema) else None
+    if span_def is not None and max_bytes is not None and len(json.dumps(span_def)) > max_bytes:
+        raise ConstraintTooLarge(f"the document's spans alone are past {max_bytes} bytes")
     found = candidate_numbers(document) if numbers else []
     item_defs = _item_defs(root)
     # one definition that every free-text field refers to: the grammar compiles the list once
@@ -692,7 +712,7 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
     phone_properties(out)
     out = {key: value if key == "$defs" else walk(value, found) for key, value in out.items()}
     if used:
-        out.setdefault("$defs", {})[SPAN_DEF] = span_schema(spans)
+        out.setdefault("$defs", {})[SPAN_DEF] = span_def if span_def is not None else span_schema(spans)
     if line_defs:
         out.setdefault("$defs", {}).update(line_defs)
     if phone_used:
