@@ -181,11 +181,19 @@ async def measure(upstream: str, service: str, service_pid: int, upstream_pid: i
 
     bodies = [direct_body(r["text"]) for r in records]
 
+    #: per service request at load: (client wall - meta.engine_ms, - meta.queue_ms as well), ms
+    added: list[tuple[float, float]] = []
+
     async def post(http: httpx2.AsyncClient, target: str, i: int) -> bool:
         if target == "direct":
             r = await http.post(f"{upstream}/chat/completions", json=bodies[i])
         else:
+            t0 = time.perf_counter()
             r = await http.post(f"{service}/extract/person", json={"text": records[i]["text"]})
+            wall = (time.perf_counter() - t0) * 1000
+            meta = r.json().get("meta", {}) if r.status_code == 200 else {}
+            if meta.get("engine_ms") is not None:
+                added.append((wall - float(meta["engine_ms"]), wall - float(meta["engine_ms"]) - float(meta.get("queue_ms") or 0)))
         return r.status_code == 200
 
     out: dict[str, Any] = {"sequential": {}, "throughput": []}
@@ -225,6 +233,7 @@ async def measure(upstream: str, service: str, service_pid: int, upstream_pid: i
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     await asyncio.sleep(1)
                 cpu0 = {"service": _cpu_s(service_pid), "upstream": _cpu_s(upstream_pid)}
+                added.clear()
                 t0 = time.perf_counter()
                 oks = await asyncio.gather(*(one(i) for i in range(n)))
                 elapsed = time.perf_counter() - t0
@@ -236,6 +245,8 @@ async def measure(upstream: str, service: str, service_pid: int, upstream_pid: i
                 row[f"{target}_upstream_cpu_ms_per_req"] = round((_cpu_s(upstream_pid) - cpu0["upstream"]) * 1000 / n, 3)
                 if target == "service":
                     row["service_cpu_ms_per_req"] = round((_cpu_s(service_pid) - cpu0["service"]) * 1000 / n, 3)
+                    row["wall_minus_engine_p50_ms"] = _p([a for a, _ in added], 0.5)
+                    row["wall_minus_engine_and_queue_p50_ms"] = _p([b for _, b in added], 0.5)
             row["ratio"] = round(row["service_docs_per_s"] / row["direct_docs_per_s"], 3)
             out["throughput"].append(row)
     return out

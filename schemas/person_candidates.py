@@ -30,7 +30,7 @@ computed, only what is printed is offered.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 __all__ = ["FIELDS", "person_candidates"]
 
@@ -102,6 +102,36 @@ _AGE_CUES = (
 #: what comes before the age of something or someone a person has (`he has a 3-year-old husky`, `her 5-year-old son`)
 _OWNED = re.compile(r"\b(?:has|have|had|with|owns?|adopted|his|her|their|my|our|your)(?:[ \t]+(?:a|an|two|three|little|new))?[ \t]*$", re.I)
 _YEAR_LIKE = re.compile(r"^(?:1[89]|20)\d\d$")
+
+
+def _after(text: str, literal: str, tail: re.Pattern[str], *, ignore_case: bool = False,
+           word_start: bool = False) -> Iterator[re.Match[str]]:
+    """The matches of `tail` right after each occurrence of `literal` in `text` (`\\b` before it
+    where `word_start`): what `re.finditer(re.escape(literal) + tail.pattern)` finds, without a
+    regex compiled per literal (one per name a document evicted this module's own patterns from
+    `re`'s cache, and compiling them again was a sixth of the service's CPU a person record)."""
+    haystack, needle = text, literal
+    if ignore_case:
+        haystack, needle = text.lower(), literal.lower()
+        if len(haystack) != len(text) or len(needle) != len(literal):  # a letter whose lower case is longer
+            yield from re.finditer(re.escape(literal) + tail.pattern, text, tail.flags)
+            return
+    start = haystack.find(needle)
+    while needle and start >= 0:
+        if not word_start or _WORD_EDGE.match(text, start):
+            m = tail.match(text, start + len(needle))
+            if m is not None:
+                yield m
+                start = haystack.find(needle, max(m.end(), start + 1))
+                continue
+        start = haystack.find(needle, start + 1)
+
+
+_WORD_EDGE = re.compile(r"\b")
+_HERE = re.compile(r",?[ \t]+(?:here|aquí|aqui|hier|ici|qui)\b")
+_AGE_AFTER_NAME = re.compile(rf"[ \t]*(?:\(|,)[ \t]*(?:age[ \t]+)?{_AGE_NUM}[ \t]*(?:\)|,)", re.I)
+_RESIDENT = re.compile(r"[ \t]+(?:resident|native|local)\b")
+_AFTER_NAME = re.compile(r"(?:\s*,\s*\d{1,3})?\s*[,|]\s*")
 
 
 def _word_number(token: str) -> int | None:
@@ -318,7 +348,7 @@ def person_candidates(text: str) -> dict[str, list[object]]:
         r"\bconosco a|\bcomeça conosco a|\bintroducing|\bjoins?|\bsigned|\bcontact:?|\bship to:?|\bit'?s|\bdomicilié)\s+", re.I)
     for m in intro.finditer(text):
         ranked.add("name", _names_in(text[m.end():m.end() + 80])[:1])
-    ranked.add("name", (run for run in _names_in(text) if re.search(rf"{re.escape(run)},?[ \t]+(?:here|aquí|aqui|hier|ici|qui)\b", text)))
+    ranked.add("name", (run for run in _names_in(text) if any(_after(text, run, _HERE))))
     ranked.tier = 2
     ranked.add("name", (c for ln in lines for c in [_clean(ln)] if _is_name(c) and len(c.split()) <= 4))
     ranked.tier = 3
@@ -333,7 +363,7 @@ def person_candidates(text: str) -> dict[str, list[object]]:
     # ages beside a name: `Name (26)`, `Name, 47,` / `Name, 30, based` (a 4-digit year is never one)
     for name in ranked.values["name"][:3]:
         assert isinstance(name, str)
-        for m in re.finditer(rf"{re.escape(name)}[ \t]*(?:\(|,)[ \t]*(?:age[ \t]+)?{_AGE_NUM}[ \t]*(?:\)|,)", text, re.I):
+        for m in _after(text, name, _AGE_AFTER_NAME, ignore_case=True):
             ranked.add("age", [_age(m.group(1))])
     ranked.tier = 3
     for m in re.finditer(r"\(\s*(?:age\s+)?(\d{1,3})\s*\)", text, re.I):
@@ -350,11 +380,11 @@ def person_candidates(text: str) -> dict[str, list[object]]:
         ranked.add("city", (c for m in rx.finditer(text) for c in _cities_in(m.group(1))[:1]))
     ranked.tier = 1
     ranked.add("city", (run for run in _cap_runs(text, max_words=3)
-                        if re.search(rf"\b{re.escape(run)}[ \t]+(?:resident|native|local)\b", text)))
+                        if any(_after(text, run, _RESIDENT, word_start=True))))
     ranked.tier = 3
     for name in ranked.values["name"][:2]:
         assert isinstance(name, str)
-        for m in re.finditer(rf"{re.escape(name)}(?:\s*,\s*\d{{1,3}})?\s*[,|]\s*", text):
+        for m in _after(text, name, _AFTER_NAME):
             ranked.add("city", _cities_in(text[m.end():m.end() + 40])[:1])
     for line in lines:
         cells = [c.strip() for c in re.split(r"[|·•]", line)] if len(re.findall(r"[|·•]", line)) >= 1 else []
