@@ -144,14 +144,17 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="only the first N documents of each set")
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--max-retries", type=int, default=2, help="as users get it by default")
+    parser.add_argument("--backend", choices=["xgrammar", "guidance"],
+                        help="vLLM's structured-output backend (engine-wide; default: the engine's, xgrammar)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.engine == "vllm":
         if not args.model:
             parser.error("--model (or $SMOLLM2_DIR) is needed for vllm")
+        backend = {"backend": args.backend} if args.backend else {}
         extractor = Extractor("vllm", model=args.model, served_model_name=SERVED, gpu_memory_utilization=0.5,
-                              max_retries=args.max_retries)
+                              max_retries=args.max_retries, **backend)
     else:
         extractor = Extractor(args.engine, max_retries=args.max_retries)
     loaders = {"receipt": receipts, "person": persons}

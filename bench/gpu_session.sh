@@ -3,7 +3,7 @@
 # Run on the GPU box after the bundle is installed (source /tmp/gpu-env.sh); every step writes
 # under $OUT/<step>/ and the results are packed into $OUT/<step>.tar (the device returns few files).
 #   bash bench/gpu_session.sh lora | person | grounded | quality | person-quality | schemas
-#   bash bench/gpu_session.sh w1 | w1s | w1a | w1b | w1c | w1p | w1r | w2 | long | stream    (each one device call: quality + schemas; grounded + the service)
+#   bash bench/gpu_session.sh w1 | w1s | w1a | w1b | w1c | w1p | w1r | w2 | w2g | long | stream    (each one device call: quality + schemas; grounded + the service)
 set -uo pipefail
 step=${1:?step}
 : "${OUT:?OUT}" "${SMOLLM2_DIR:?SMOLLM2_DIR}"
@@ -55,6 +55,10 @@ case $step in
   w2)       # issue 15: grounded against plain decoding, then the service with its defaults at 256 in flight
             run 270 python3 bench/gpu_grounded.py --model "$SMOLLM2_DIR" --out "$dir"
             run 280 python3 bench/gpu_person.py all --model "$SMOLLM2_DIR" --out "$dir" --phases http,lean,service ;;
+  w2g)      # issue 15: grounded against plain decoding with vLLM's llguidance backend (per-document grammars
+            # built lazily, as the local engine does), then with xgrammar, the engine's default, in one call
+            run 270 python3 bench/gpu_grounded.py --model "$SMOLLM2_DIR" --backend guidance --out "$dir/guidance"
+            run 270 python3 bench/gpu_grounded.py --model "$SMOLLM2_DIR" --backend xgrammar --out "$dir/xgrammar" ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac
 tar cf "$OUT/$step.tar" -C "$OUT" "$step" && rm -rf "$dir"

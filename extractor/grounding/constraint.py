@@ -56,11 +56,13 @@ class ConstraintBudget:
     """How much one document's constraint may cost (figures: bench/grounding_cost.py)."""
 
     #: longer documents are decoded plain (and checked afterwards); every dev and sroie-dev document
-    #: is under 1,300 characters, and a 5,000-character one costs 0.3-0.9 s to build alone
+    #: is under 1,300 characters; a 5,000-character invoice's constraint takes 40 ms to build and a
+    #: 20,000-character one's 200 ms (Python), past the 50 ms a call should wait
     max_document_chars: int = 4_000
-    #: the largest per-document schema used, in bytes of JSON: its grammar compiles in roughly
-    #: 0.1 s per KB on one CPU thread (bench/grounding_cost.py); the dev and sroie-dev documents'
-    #: schemas are at most 21 KB, a 5,000-character receipt's 44 KB (14 s on a loaded 2-core box)
+    #: the largest per-document schema used, in bytes of JSON (checked on the document's spans
+    #: before the rest is built): the local engine builds its grammar lazily (llguidance, about
+    #: 0.5 ms per KB to the first token), but xgrammar, which the vLLM engines use, compiles it
+    #: ahead in tens of ms per KB; the dev and sroie-dev documents' schemas are at most 21 KB
     max_schema_bytes: int = 24 * 1024
     #: the longest a call waits for the per-document schema to be built, from the build's start
     build_timeout_s: float = 1.0
