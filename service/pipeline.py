@@ -12,8 +12,8 @@ from typing import Any
 
 from extractor.adapters.registry import AdapterRegistry
 from extractor.contracts.contract import Task
-from extractor.engines import Engine, GenerationRequest, GenerationResult, TokenBudget
-from extractor.engines.base import OnText, generate_streaming
+from extractor.engines import Engine, GenerationRequest, GenerationResult
+from extractor.engines.base import OnText, generate_streaming, has_token_budget
 from extractor.errors import DeadlineExceeded, ExtractionFailed
 from extractor.longdoc import extract_document, stream_document
 from extractor.pipeline.options import ExtractOptions
@@ -39,7 +39,7 @@ class TimedEngine(Engine):
         self.calls = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        if isinstance(engine, TokenBudget):  # chunking measures prompts with the engine's own tokenizer
+        if has_token_budget(engine):  # chunking measures prompts with the engine's own tokenizer
             self.context_length = engine.context_length
             self.count_prompt_tokens = engine.count_prompt_tokens
 
@@ -96,7 +96,7 @@ class Pipeline:
     def _cost(engine: Engine, text: str) -> int:
         """The admission slots of a document (`request_cost`): its tokens by the engine's own
         tokenizer where it has one and the text is short enough to count at once, else estimated."""
-        if isinstance(engine, TokenBudget) and len(text) <= COUNTED_CHARS:
+        if has_token_budget(engine) and len(text) <= COUNTED_CHARS:
             return request_cost(engine.count_prompt_tokens([{"role": "user", "content": text}]))
         return request_cost(len(text) // 4)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Self, TypedDict, runtime_checkable
+from typing import Any, Literal, Protocol, Self, TypedDict, TypeGuard, runtime_checkable
 
 
 class Message(TypedDict):
@@ -90,6 +90,13 @@ class TokenBudget(Protocol):
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
         """Tokens of `messages` rendered with the chat template, generation prompt included."""
         ...
+
+
+def has_token_budget(engine: object) -> TypeGuard[TokenBudget]:
+    """`isinstance(engine, TokenBudget)`, in a fraction of its time: a runtime-checkable protocol's
+    `isinstance` looks up every member each call (about 10 us), and the pipeline asks several times
+    per document."""
+    return hasattr(engine, "count_prompt_tokens") and hasattr(engine, "context_length")
 
 
 @runtime_checkable
@@ -176,8 +183,8 @@ class TextStreaming(Protocol):
 async def generate_streaming(engine: Engine, request: GenerationRequest, on_text: OnText) -> GenerationResult:
     """One request with its text reported as it grows where the engine streams (`TextStreaming`),
     else all at once when it is done."""
-    if isinstance(engine, TextStreaming):
-        return await engine.generate_streaming(request, on_text)
+    if hasattr(engine, "generate_streaming"):  # `TextStreaming` (see `has_token_budget` on isinstance's cost)
+        return await engine.generate_streaming(request, on_text)  # type: ignore[no-any-return]
     (result,) = await engine.generate([request])
     on_text(result.text)
     return result

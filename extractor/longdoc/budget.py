@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from extractor.engines.base import Engine, Message, TokenBudget
+from extractor.engines.base import Engine, Message, has_token_budget
 
 #: characters a token where the engine cannot count them
 CHARS_PER_TOKEN = 2.0
@@ -31,11 +31,11 @@ LENGTH_GROWTH = 2
 
 
 def context_length(engine: Engine) -> int:
-    return engine.context_length if isinstance(engine, TokenBudget) else DEFAULT_CONTEXT
+    return engine.context_length if has_token_budget(engine) else DEFAULT_CONTEXT
 
 
 def prompt_tokens(engine: Engine, messages: Sequence[Message]) -> int:
-    if isinstance(engine, TokenBudget):
+    if has_token_budget(engine):
         return engine.count_prompt_tokens(messages)
     return int(sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD * len(messages)
 
@@ -55,7 +55,7 @@ class ChunkBudget:
 
 def chars_per_token(engine: Engine, document: str, sample: int = 8000) -> float:
     """This document's characters per token, measured on its first `sample` characters."""
-    if not isinstance(engine, TokenBudget):
+    if not has_token_budget(engine):
         return CHARS_PER_TOKEN
     text = document[:sample]
     empty = engine.count_prompt_tokens([{"role": "user", "content": ""}])

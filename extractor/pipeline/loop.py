@@ -59,8 +59,8 @@ from extractor.engines.base import (
     GenerationRequest,
     GenerationResult,
     Message,
-    TokenBudget,
     generate_streaming,
+    has_token_budget,
 )
 from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout, SchemaRejected
 from extractor.grounding.candidates import put_back, set_aside
@@ -236,7 +236,7 @@ class _Attempts:
         dropped (the document and the latest errors stay), then the budget cut to what is left (a
         first attempt too: a short document under a schema whose prompt is long)."""
         engine = self.engine
-        if not isinstance(engine, TokenBudget):
+        if not has_token_budget(engine):
             return
         used = engine.count_prompt_tokens(self.messages)
         if used + self.max_tokens <= engine.context_length:
