@@ -84,3 +84,29 @@ def test_the_person_contract_decodes_among_its_candidates() -> None:
 ])
 def test_what_is_offered(text: str, field: str, values: list[object]) -> None:
     assert person_candidates(text)[field] == values
+
+
+@pytest.mark.parametrize(("text", "literal", "tail", "flags"), [
+    ("Tom Becker (29) moved; tom becker, 31, stayed", "Tom Becker", r"[ \t]*(?:\(|,)[ \t]*(\d{1,3})[ \t]*(?:\)|,)", "i"),
+    ("İlker Kaya (40) and İLKER KAYA, 41,", "İlker Kaya", r"[ \t]*(?:\(|,)[ \t]*(\d{1,3})[ \t]*(?:\)|,)", "i"),
+    ("Ana Ruiz, here. Ana Ruiz here", "Ana Ruiz", r",?[ \t]+(?:here)\b", ""),
+    ("XOslo native; Oslo native", "Oslo", r"[ \t]+(?:native)\b", "w"),
+    ("Kim Lee, 30 | Busan; Kim Lee | Seoul", "Kim Lee", r"(?:\s*,\s*\d{1,3})?\s*[,|]\s*", ""),
+])
+def test_matches_after_a_literal_are_the_ones_a_regex_per_literal_finds(text: str, literal: str, tail: str,
+                                                                       flags: str) -> None:
+    """`_after` replaces `re.finditer(re.escape(literal) + tail)` (a regex compiled per name):
+    the same matches, case folded where the regex was case-insensitive (a letter whose lower case
+    is longer, `İ`, takes the regex), `\\b` before the literal where it had one. The callers read a
+    match's groups and its end."""
+    import re
+
+    from schemas.person_candidates import _after
+
+    compiled = re.compile(tail, re.I if "i" in flags else 0)
+    found = [(m.end(), m.groups()) for m in
+             _after(text, literal, compiled, ignore_case="i" in flags, word_start="w" in flags)]
+    prefix = r"\b" if "w" in flags else ""
+    expected = [(m.end(), m.groups()) for m in
+                re.finditer(prefix + re.escape(literal) + tail, text, compiled.flags)]
+    assert found == expected and found
