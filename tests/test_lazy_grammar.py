@@ -74,6 +74,17 @@ def test_the_request_ends_on_the_stop_token_not_on_the_last_brace(local_engine: 
     assert matcher.accept_token(local_engine.tokenizer.eos_token_id) and matcher.is_terminated()
 
 
+def test_a_matcher_past_its_limits_ends_its_row_instead_of_failing_the_batch(local_engine: Any,
+                                                                             grammars: LazyGrammars) -> None:
+    """llguidance never raises mid-decoding: past a limit its matcher is in error and allows only
+    the stop token, which the matcher then takes as the end of the row (its JSON incomplete, the
+    pipeline retries it), where a refused token would fail every request of the engine's batch."""
+    matcher = grammars.compile(json.dumps(constrain_to_document(RECEIPT.strict_schema, DOC))).start()
+    matcher._matcher.consume_token(local_engine.tokenizer.encode("}", add_special_tokens=False)[0])  # not JSON's start
+    assert matcher._matcher.is_error()
+    assert matcher.accept_token(local_engine.tokenizer.eos_token_id) and matcher.is_terminated()
+
+
 def test_copies_of_one_template_decode_independently(local_engine: Any, grammars: LazyGrammars) -> None:
     template = grammars.compile(json.dumps(constrain_to_document(RECEIPT.strict_schema, DOC)))
     first, second = template.start(), template.start()

@@ -19,6 +19,7 @@ one rule both the engine and the benchmarks read.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ import llguidance.torch
 
 from extractor.engines.base import DOCUMENT_SPAN_DEF
 from extractor.errors import SchemaRejected
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LazyGrammars", "LazyMatcher", "LazyTemplate", "is_per_document"]
 
@@ -56,9 +59,15 @@ class LazyMatcher:
         # llguidance stops as soon as the JSON is complete, where xgrammar waits for the stop token:
         # a token taken once it has stopped is that stop token, and ends the request as xgrammar's
         complete = bool(self._matcher.is_stopped())
-        accepted = bool(self._matcher.consume_token(token)) and not self._matcher.is_error()
-        self._ended = accepted and complete
-        return accepted
+        if self._matcher.is_error() or not self._matcher.consume_token(token):
+            # past one of llguidance's limits mid-decoding (it never raises: its mask then allows
+            # only the stop token): this row ends, its JSON incomplete, so the pipeline retries
+            # it; the engine's other rows go on (a token refused would fail the whole batch)
+            log.warning("llguidance stopped a per-document grammar: %s", self._matcher.get_error()[:300])
+            self._ended = True
+            return True
+        self._ended = complete
+        return True
 
     def is_terminated(self) -> bool:
         """Whether the stop token after the complete JSON has been taken (xgrammar's meaning)."""
