@@ -20,6 +20,9 @@ class Message(TypedDict):
 
 #: JSON separators of few-shot records; engines that control whitespace emit the same.
 JSON_SEPARATORS = (",", ":")
+#: llguidance's JSON options for the same compact JSON (no free whitespace, `JSON_SEPARATORS`)
+LLGUIDANCE_COMPACT_JSON = {"whitespace_flexible": False, "item_separator": JSON_SEPARATORS[0],
+                           "key_separator": JSON_SEPARATORS[1]}
 #: the `$defs` entry of grounded decoding's per-document schemas, which holds the document's spans
 #: (`extractor.grounding.decoding`); an engine may compile such a schema differently
 #: (`extractor.engines.lazy_grammar`)
@@ -180,11 +183,16 @@ class TextStreaming(Protocol):
         ...
 
 
+def has_text_streaming(engine: object) -> TypeGuard[TextStreaming]:
+    """`isinstance(engine, TextStreaming)`, as cheaply as `has_token_budget`."""
+    return hasattr(engine, "generate_streaming")
+
+
 async def generate_streaming(engine: Engine, request: GenerationRequest, on_text: OnText) -> GenerationResult:
     """One request with its text reported as it grows where the engine streams (`TextStreaming`),
     else all at once when it is done."""
-    if hasattr(engine, "generate_streaming"):  # `TextStreaming` (see `has_token_budget` on isinstance's cost)
-        return await engine.generate_streaming(request, on_text)  # type: ignore[no-any-return]
+    if has_text_streaming(engine):
+        return await engine.generate_streaming(request, on_text)
     (result,) = await engine.generate([request])
     on_text(result.text)
     return result

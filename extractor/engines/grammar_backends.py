@@ -27,6 +27,7 @@ import llguidance
 import xgrammar as xgr
 
 from extractor.contracts.schema_walk import fold_pattern_properties
+from extractor.engines.base import LLGUIDANCE_COMPACT_JSON
 from extractor.engines.xgrammar_regex import counted_optional_groups, search_pattern
 
 __all__ = [
@@ -119,9 +120,8 @@ def adapt(schema: dict[str, Any], backend: BackendName) -> tuple[dict[str, Any],
 
 def llguidance_error(schema: dict[str, Any]) -> str | None:
     """Why llguidance cannot compile `schema` (no tokenizer needed), or None when it can."""
-    options = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=options)  # type: ignore[arg-type]
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=LLGUIDANCE_COMPACT_JSON)  # type: ignore[arg-type]
     except ValueError as exc:
         return f"llguidance: {exc}"[:500]
     error = llguidance.LLMatcher.validate_grammar(grammar)

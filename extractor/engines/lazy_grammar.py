@@ -20,6 +20,7 @@ one rule both the engine and the benchmarks read.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,15 +29,12 @@ import llguidance
 import llguidance.hf
 import llguidance.torch
 
-from extractor.engines.base import DOCUMENT_SPAN_DEF
+from extractor.engines.base import DOCUMENT_SPAN_DEF, LLGUIDANCE_COMPACT_JSON
 from extractor.errors import SchemaRejected
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LazyGrammars", "LazyMatcher", "LazyTemplate", "is_per_document"]
-
-#: compact JSON, as every engine decodes it (`JSON_SEPARATORS`, no free whitespace)
-_OVERRIDES = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
 
 
 def is_per_document(schema: Mapping[str, Any]) -> bool:
@@ -93,15 +91,26 @@ class LazyGrammars:
     """Builds llguidance matchers for one Hugging Face tokenizer."""
 
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:
-        self._tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
+        self._hf_tokenizer = tokenizer
+        self._vocab_size = vocab_size
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    def _ll_tokenizer(self) -> Any:
+        """llguidance's tokenizer, made on the first compile: 0.3 s, which an engine that never
+        decodes grounded (or keeps xgrammar for it) should not spend at start-up."""
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = llguidance.hf.from_tokenizer(self._hf_tokenizer, n_vocab=self._vocab_size)
+            return self._tokenizer
 
     def compile(self, schema_json: str) -> LazyTemplate:
         """`schema_json`'s template; `SchemaRejected` where llguidance refuses the schema."""
         try:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_json, overrides=_OVERRIDES)  # type: ignore[arg-type]
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_json, overrides=LLGUIDANCE_COMPACT_JSON)  # type: ignore[arg-type]
         except ValueError as exc:
             raise SchemaRejected("$", f"llguidance cannot compile the schema: {exc}"[:500]) from exc
-        matcher = llguidance.LLMatcher(self._tokenizer, grammar, log_level=0)
+        matcher = llguidance.LLMatcher(self._ll_tokenizer(), grammar, log_level=0)
         if matcher.is_error():
             raise SchemaRejected("$", f"llguidance cannot compile the schema: {matcher.get_error()}"[:500])
         return LazyTemplate(matcher, 64 * len(schema_json))

@@ -480,6 +480,13 @@ def span_pattern(spans: Iterable[str]) -> str:
     out: list[str] = []
     stack: list[str | dict[str, Any]] = [trie]
     escaped: dict[str, str] = {}
+
+    def escape(piece: str) -> str:
+        found = escaped.get(piece)
+        if found is None:
+            found = escaped[piece] = piece.translate(_REGEX_ESCAPES)
+        return found
+
     while stack:
         item = stack.pop()
         if isinstance(item, str):
@@ -488,18 +495,19 @@ def span_pattern(spans: Iterable[str]) -> str:
         node = item
         while len(node) == 1 and "" not in node:
             ((piece, node),) = node.items()
-            out.append(escaped.get(piece) or escaped.setdefault(piece, piece.translate(_REGEX_ESCAPES)))
+            out.append(escape(piece))
         children = [(piece, child) for piece, child in node.items() if piece]
         if not children:
             continue
         ends = "" in node
-        parts: list[str | dict[str, Any]] = ["(?:"] if len(children) > 1 or ends else []
+        wrap = len(children) > 1 or ends
+        parts: list[str | dict[str, Any]] = ["(?:"] if wrap else []
         for i, (piece, child) in enumerate(children):
             if i:
                 parts.append("|")
-            parts.append(escaped.get(piece) or escaped.setdefault(piece, piece.translate(_REGEX_ESCAPES)))
+            parts.append(escape(piece))
             parts.append(child)
-        if parts and parts[0] == "(?:":
+        if wrap:
             parts.append(")?" if ends else ")")
         stack.extend(reversed(parts))
     return "^" + "".join(out) + "$"
@@ -711,8 +719,8 @@ def constrain_to_document(schema: Mapping[str, Any], document: str, *, numbers: 
         defs[name] = walk(definition, (item_numbers(k) or found) if k else found)
     phone_properties(out)
     out = {key: value if key == "$defs" else walk(value, found) for key, value in out.items()}
-    if used:
-        out.setdefault("$defs", {})[SPAN_DEF] = span_def if span_def is not None else span_schema(spans)
+    if used and span_def is not None:  # (a free-text field took the spans: there are spans and free text)
+        out.setdefault("$defs", {})[SPAN_DEF] = span_def
     if line_defs:
         out.setdefault("$defs", {}).update(line_defs)
     if phone_used:
