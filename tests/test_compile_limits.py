@@ -9,6 +9,7 @@ import os
 import string
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -148,6 +149,51 @@ def test_a_script_without_a_main_guard_starts_the_grammar_child_once(tmp_path: A
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "compiled"
     assert runs.read_text().splitlines() == ["run"]
+
+
+def test_a_grammar_child_whose_parent_is_gone_ends_without_a_traceback() -> None:
+    """A child whose parent had exited (or closed its pipe) while it started printed
+    `BrokenPipeError` to the parent's stderr, a service's JSON log, on Ctrl-C: now it just ends."""
+    import multiprocessing as mp
+
+    from extractor.engines.grammar_check import _child
+
+    parent, child = mp.Pipe()
+    parent.close()
+    _child(child, None)  # its greeting finds no reader: returns, raises nothing
+
+
+RESTARTING_SCRIPT = """
+import sys, threading, time
+from extractor.engines.grammar_check import GrammarProcess, InterpreterExiting
+
+def keep_starting():
+    while True:
+        try:
+            GrammarProcess().start()
+        except InterpreterExiting:
+            return
+
+threading.Thread(target=keep_starting, daemon=True).start()
+time.sleep(float(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("exit_after_s", [0.0, 0.02, 0.5, 1.5])
+def test_exiting_while_a_grammar_child_starts_prints_nothing(tmp_path: Any, exit_after_s: float) -> None:
+    """A program that exits while a background thread starts grammar children (a service stopped
+    with Ctrl-C while its compile guard starts one) exits quietly: a start in progress finishes
+    handing the child its data (else the child printed `EOFError: Ran out of input`), none starts
+    after the exit began, and one terminated by the exit is no failure to log."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "restarting.py"
+    script.write_text(RESTARTING_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, str(script), str(exit_after_s)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
 
 
 class GroundedGrammarTooSlow(Engine):

@@ -46,7 +46,13 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarCheck, GrammarProcess, wait_event
+from extractor.engines.grammar_check import (
+    DEFAULT_COMPILE_TIMEOUT_S,
+    GrammarCheck,
+    GrammarProcess,
+    InterpreterExiting,
+    wait_event,
+)
 from extractor.errors import GrammarTimeout, SchemaRejected
 
 log = logging.getLogger(__name__)
@@ -127,6 +133,8 @@ class CompileGuard:
         process = self._take()
         try:
             process.start()
+        except InterpreterExiting:
+            pass
         except Exception as exc:  # the first check starts one again and says why
             log.warning("compile guard: the grammar compiler process did not start: %s", exc)
         finally:

@@ -16,9 +16,11 @@ per distinct schema: compiled grammars are cached (`grammar_cache.py`).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import multiprocessing as mp
+import multiprocessing.util  # its exit handler registered before ours (`_wait_for_starts`), so it runs after
 import os
 import sys
 import threading
@@ -55,6 +57,31 @@ def _cpu_seconds(pid: int | None) -> float | None:
 
 #: held while `__main__` is hidden for a child's start (`_start_spawned`)
 _MAIN_LOCK = threading.Lock()
+#: seconds the interpreter's exit waits for a child's start in progress (`_wait_for_starts`)
+_EXIT_WAIT_S = 10.0
+#: set at the interpreter's exit: no child is started after it
+_EXITING = threading.Event()
+
+
+class InterpreterExiting(RuntimeError):
+    """A grammar child was to be started while the interpreter exits (a background start)."""
+
+
+def _wait_for_starts() -> None:
+    """At exit, let a child's start in progress (a background thread's) finish handing the child
+    its preparation data, and start no other. Exiting in between left a child that read a closed
+    pipe (`EOFError: Ran out of input`), and a child started after multiprocessing's exit handler
+    had terminated the others outlived the parent (`BrokenPipeError` on its greeting): both
+    printed a traceback to the parent's stderr, a service's JSON log, on Ctrl-C. A child started
+    before this is among multiprocessing's children, which its own exit handler (run after this
+    one: atexit runs the last registered first) terminates."""
+    acquired = _MAIN_LOCK.acquire(timeout=_EXIT_WAIT_S)
+    _EXITING.set()
+    if acquired:
+        _MAIN_LOCK.release()
+
+
+atexit.register(_wait_for_starts)
 
 
 def _start_spawned(proc: Any) -> None:
@@ -65,10 +92,12 @@ def _start_spawned(proc: Any) -> None:
     killed it too; the parent then waited `_START_TIMEOUT_S` on every compile. The child needs
     nothing of `__main__`, so its path and spec are hidden while the child starts."""
     main = sys.modules.get("__main__")
-    if main is None:
-        proc.start()
-        return
     with _MAIN_LOCK:
+        if _EXITING.is_set():
+            raise InterpreterExiting("the interpreter is exiting: no grammar child is started")
+        if main is None:
+            proc.start()
+            return
         path, spec = main.__dict__.pop("__file__", None), getattr(main, "__spec__", None)
         main.__spec__ = None
         try:
@@ -97,6 +126,13 @@ class GrammarCheck:
 
 
 def _child(conn: Connection, tokenizer_info_json: str | None, tokenizer: str | None = None) -> None:
+    try:
+        _serve(conn, tokenizer_info_json, tokenizer)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the parent is gone (it exited, or closed this child): nothing to say, no traceback
+
+
+def _serve(conn: Connection, tokenizer_info_json: str | None, tokenizer: str | None) -> None:
     import xgrammar as xgr
 
     compiler = None
@@ -192,6 +228,8 @@ class GrammarProcess:
                 self._info = greeting[1]
         except (EOFError, OSError, RuntimeError) as exc:
             self._stop(kill=True)
+            if _EXITING.is_set():  # terminated by multiprocessing's exit handler: not a failure
+                raise InterpreterExiting("the interpreter exited while the grammar child started") from exc
             raise EngineUnavailable(f"the grammar compiler process failed to start: {exc}") from exc
         self._conn = parent
         return parent

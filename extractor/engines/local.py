@@ -50,7 +50,7 @@ from extractor.engines.base import (
 )
 from extractor.engines.detok import GrowingText, closing_token_ids, token_pieces
 from extractor.engines.grammar_cache import GrammarCache
-from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarProcess, wait_event
+from extractor.engines.grammar_check import DEFAULT_COMPILE_TIMEOUT_S, GrammarProcess, InterpreterExiting, wait_event
 from extractor.engines.lazy_grammar import LazyGrammars, LazyTemplate, is_per_document
 from extractor.engines.special_tokens import Defuser, tokenizer_special_tokens
 from extractor.engines.worker import Job, abandoned, notify, settle, submit
@@ -270,6 +270,8 @@ class LocalEngine(Engine):
         assert self._grammar_process is not None
         try:
             self._grammar_process.start()
+        except InterpreterExiting:
+            pass
         except Exception:  # the first compile tries again and says why
             log.exception("the grammar compiler process did not start")
 
