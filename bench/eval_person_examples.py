@@ -15,7 +15,7 @@ an example that the document does not contain (`extractor.eval.leaks`). Full rep
 
 Variants (all but `shipped` decode plainly, without the contract's candidates, as person v1/v2 did):
     shipped  the contract as it ships (version 3: grounded decoding among the candidates of
-             `schemas/person_candidates.py`, with its examples)
+             `extractor/grounding/person_rules.py`, with its examples)
     v1     the two examples person version 1 shipped ("Maria Garcia is 41 ...", "Tom Becker (29) moved
            to Hamburg last year."): every field given, so the model never sees a null age or city
     none   zero-shot: instructions and field list only

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pydantic import Field, ValidationInfo, field_validator
 
 from extractor.contracts.contract import Contract, Example
-from schemas.person_candidates import person_candidates
+from extractor.grounding.person_rules import person_candidates
 
 
 class Person(Contract):
@@ -19,7 +19,7 @@ class Person(Contract):
     # bench/eval_person_examples.py) carry values no real document is likely to print, so a copy
     # shows as one (extractor.eval.leaks), and one of them shows a null age and city.
     #
-    # version 3: grounded decoding with the ranked candidates of `schemas/person_candidates.py`
+    # version 3: grounded decoding with the ranked candidates of `extractor/grounding/person_rules.py`
     # (names, ages, cities and emails as people's texts print them, in several languages); a field
     # with no candidate can only be null, so a 135M model can neither invent an age nor copy an
     # example's city. Measured in bench/results/eval_person_*.json.
@@ -30,7 +30,7 @@ class Person(Contract):
     @classmethod
     def field_candidates(cls, document: str) -> Mapping[str, Sequence[object]]:
         """Name, age, city and email: a few ranked candidates from rules general to texts about
-        people (schemas/person_candidates.py); `[None]` where the text gives none."""
+        people (extractor/grounding/person_rules.py); `[None]` where the text gives none."""
         return person_candidates(document)
     instructions = "Extract the person described in the document: full name, age in years, city, and email if given."
     examples = (

@@ -72,6 +72,7 @@ def test_the_request_ends_on_the_stop_token_not_on_the_last_brace(local_engine: 
         assert matcher.accept_token(token)
     assert not matcher.is_terminated()
     assert matcher.accept_token(local_engine.tokenizer.eos_token_id) and matcher.is_terminated()
+    assert not matcher.failed
 
 
 def test_a_matcher_past_its_limits_ends_its_row_instead_of_failing_the_batch(local_engine: Any,
@@ -83,6 +84,7 @@ def test_a_matcher_past_its_limits_ends_its_row_instead_of_failing_the_batch(loc
     matcher._matcher.consume_token(local_engine.tokenizer.encode("}", add_special_tokens=False)[0])  # not JSON's start
     assert matcher._matcher.is_error()
     assert matcher.accept_token(local_engine.tokenizer.eos_token_id) and matcher.is_terminated()
+    assert matcher.failed  # the local engine ends the row with finish_reason "grammar"
 
 
 def test_copies_of_one_template_decode_independently(local_engine: Any, grammars: LazyGrammars) -> None:
@@ -111,3 +113,21 @@ def test_the_local_engine_decodes_grounded_with_the_lazy_grammar(local_engine: A
     bitmask = xgr.allocate_token_bitmask(1, local_engine.vocab_size)
     matcher.fill_next_token_bitmask(bitmask, 0)
     assert torch.count_nonzero(bitmask) > 0
+
+
+def test_a_row_the_grammar_stopped_is_retried_under_the_tasks_own_schema() -> None:
+    """A per-document grammar past llguidance's limits stops its row ("grammar"): decoding is
+    deterministic, so the retry under the same grammar would stop again; the task's own schema
+    takes over (grounded after the fact), and that attempt is not the model's to count."""
+    from extractor import Extractor, GenerationResult
+    from extractor.engines.fake import ScriptedEngine
+
+    record = {"company": "KEDAI MAKANAN SRI MELATI", "address": "NO 12, JALAN SS 2/24,", "date": "2017-11-09",
+              "total": "8.70", "items": None}
+    engine = ScriptedEngine([GenerationResult('{"company":"KEDAI', "grammar", 10, 3), json.dumps(record)])
+    extractor = Extractor(engine, max_retries=0)  # no retry of the model's own: the fallback is not one
+    result = extractor.run("receipt", DOC)
+    first, second = engine.requests
+    assert first.schema != RECEIPT.strict_schema and second.schema == RECEIPT.strict_schema
+    assert result.meta.grounded_decoding == "fallback:grammar_limit" and result.meta.attempts == 1
+    assert result.meta.errors == [["the engine's grammar stopped the output mid-decoding (past one of its limits)"]]

@@ -1,4 +1,4 @@
-"""The person contract's candidate rules (schemas/person_candidates.py) and how grounded decoding
+"""The person contract's candidate rules (extractor/grounding/person_rules.py) and how grounded decoding
 offers them: integers, and `null` only where the text gives nothing."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from extractor import Extractor
 from extractor.contracts.contract import task_from_model
 from extractor.engines.fake import ScriptedEngine
 from extractor.grounding.candidates import offer_candidates
+from extractor.grounding.person_rules import person_candidates
 from schemas.person import Person
-from schemas.person_candidates import person_candidates
 
 PERSON = task_from_model(Person)
 
@@ -101,7 +101,7 @@ def test_matches_after_a_literal_are_the_ones_a_regex_per_literal_finds(text: st
     match's groups and its end."""
     import re
 
-    from schemas.person_candidates import _after
+    from extractor.grounding.person_rules import _after
 
     compiled = re.compile(tail, re.I if "i" in flags else 0)
     found = [(m.end(), m.groups()) for m in

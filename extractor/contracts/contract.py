@@ -84,6 +84,10 @@ class Task(Generic[ModelT]):
     merge_rules: Mapping[str, str] = field(default_factory=dict)
     #: ordered candidate values per field for grounded decoding (`Contract.field_candidates`)
     field_candidates: Callable[[str], Mapping[str, Sequence[object]]] | None = None
+    #: a plain model's: the fields its property names type take their candidates
+    #: (`extractor.grounding.field_kinds`), under plain decoding too unless a call chooses
+    #: `grounded_decoding` itself
+    candidates_from_names: bool = False
     #: a raw schema's preparation: the user's ORIGINAL schema (every record is validated against
     #: it after the grammar schema), how to unwrap a wrapped root, and the keyword report; None
     #: for Pydantic contracts, which keep their typed strict schema
@@ -158,6 +162,7 @@ def task_from_model(model: type[ModelT]) -> Task[ModelT]:
         grounded_decoding=grounded,
         merge_rules=rules,
         field_candidates=candidates,
+        candidates_from_names=not issubclass(model, Contract),
     )
 
 

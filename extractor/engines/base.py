@@ -28,7 +28,10 @@ LLGUIDANCE_COMPACT_JSON = {"whitespace_flexible": False, "item_separator": JSON_
 #: (`extractor.engines.lazy_grammar`)
 DOCUMENT_SPAN_DEF = "DocumentSpan"
 
-FinishReason = Literal["stop", "length"]
+#: why a row ended: "stop" (the model ended it), "length" (at max_tokens), "grammar" (the grammar
+#: library stopped it mid-decoding, past one of its limits: the text is incomplete, and the pipeline
+#: retries the document under the task's own schema, `loop._Attempts.take`)
+FinishReason = Literal["stop", "length", "grammar"]
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ class LazyMatcher:
     def __init__(self, matcher: Any) -> None:
         self._matcher = matcher
         self._ended = False
+        #: llguidance stopped this row mid-decoding (its finish reason is then "grammar")
+        self.failed = False
 
     def fill_next_token_bitmask(self, bitmask: Any, index: int = 0) -> None:
         llguidance.torch.fill_next_token_bitmask(self._matcher, bitmask, index)
@@ -59,10 +61,11 @@ class LazyMatcher:
         complete = bool(self._matcher.is_stopped())
         if self._matcher.is_error() or not self._matcher.consume_token(token):
             # past one of llguidance's limits mid-decoding (it never raises: its mask then allows
-            # only the stop token): this row ends, its JSON incomplete, so the pipeline retries
-            # it; the engine's other rows go on (a token refused would fail the whole batch)
+            # only the stop token): this row ends, its JSON incomplete, and the pipeline retries
+            # it under the task's own schema; the engine's other rows go on (a token refused
+            # would fail the whole batch)
             log.warning("llguidance stopped a per-document grammar: %s", self._matcher.get_error()[:300])
-            self._ended = True
+            self._ended = self.failed = True
             return True
         self._ended = complete
         return True

@@ -476,7 +476,7 @@ class LocalEngine(Engine):
                 if not matchers[i].accept_token(tok):
                     raise EngineError(f"grammar rejected token {tok} it had allowed")
                 if tok in self.stop_ids or matchers[i].is_terminated():
-                    finish[i] = "stop"
+                    finish[i] = "grammar" if getattr(matchers[i], "failed", False) else "stop"
                     continue
                 generated[i].append(tok)
                 if (grown := streams[i]) is not None and (text := grown.update(generated[i])) is not None:

@@ -422,6 +422,11 @@ _DATE_RUN = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\
 PHONE_DEF = "DocumentPhone"
 
 
+def is_phone_field(name: str) -> bool:
+    """Whether a property's name says it holds a phone number (`phone`, `mobile_number`, `fax` ...)."""
+    return _PHONE_FIELD.search(name) is not None
+
+
 def phone_spans(document: str) -> list[str]:
     """The runs of `document` that can be a phone number: digits (7 or more) with the separators
     phone numbers print ("+1 416 555 0199", "(03) 8736-1234", "555-0101"), dates left out."""

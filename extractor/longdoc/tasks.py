@@ -98,7 +98,8 @@ def header_task(task: Task[Any], lists: list[str], max_tokens: int, part: bool =
                      for ex in task.examples)
     return Task(name=task.name, version=task.version, instructions=f"{task.instructions}\n{note}",
                 strict_schema=schema, max_tokens=max_tokens, model=None, examples=examples,
-                grounded_decoding=task.grounded_decoding, field_candidates=task.field_candidates)
+                grounded_decoding=task.grounded_decoding, field_candidates=task.field_candidates,
+                candidates_from_names=task.candidates_from_names)
 
 
 def part_task(task: Task[Any], max_tokens: int) -> Task[BaseModel]:

@@ -63,9 +63,10 @@ from extractor.engines.base import (
     has_token_budget,
 )
 from extractor.errors import EmptyDocument, ExtractionFailed, GrammarTimeout, SchemaRejected
-from extractor.grounding.candidates import put_back, set_aside
+from extractor.grounding.candidates import offer_candidates, put_back, set_aside
 from extractor.grounding.confidence import field_confidence
 from extractor.grounding.constraint import SIZE_REASONS, DocumentConstraint, bounded_fallback, default_builder, fallback
+from extractor.grounding.field_kinds import task_rules
 from extractor.grounding.spans import Span, ground_record, ungrounded_errors
 from extractor.pipeline.documents import check_unicode
 from extractor.pipeline.injection import echo_errors
@@ -103,6 +104,7 @@ class _Judged:
     outcome: Any  # a validated value, or Invalid
     spans: dict[str, list[Span]] | None = None
     cut: bool = False  # finished at max_tokens
+    grammar_stopped: bool = False  # the engine's grammar library stopped it mid-decoding
     changed: dict[str, Any] | None = None  # what the model wrote where a validator dropped or changed it
 
 
@@ -115,6 +117,9 @@ def _judge(task: Task[Any], result: GenerationResult, document: str, system: str
         # (a record complete before the budget ran out, the rest whitespace the grammar allows
         # after it, is taken: on vLLM SmolLM2 wrote a whole record, then newlines until the end)
         return _Judged(Invalid([f"output cut off at max_tokens={max_tokens} before the JSON was complete"]), cut=True)
+    if result.finish_reason == "grammar" and isinstance(outcome, Invalid):
+        return _Judged(Invalid(["the engine's grammar stopped the output mid-decoding (past one of its limits)"]),
+                       grammar_stopped=True)
     if not isinstance(outcome, Invalid) and (echoes := echo_errors(result.text, system, document)):
         outcome = Invalid(echoes)  # a field repeats the instructions (a prompt injection): refused, retried
     if isinstance(outcome, Invalid):
@@ -166,7 +171,7 @@ async def _grounded_constraint(engine: Engine, task: Task[Any], document: str,
     strict = task.strict_schema
     # the candidate rules read only documents the builder takes (a longer one falls back unread:
     # the rules are regexes over the whole text, and megabytes would hold the event loop)
-    rules = task.field_candidates if len(document) <= builder.budget.max_document_chars else None
+    rules = task_rules(task) if len(document) <= builder.budget.max_document_chars else None
     base, settled = set_aside(strict, rules(document)) if rules is not None else (strict, {})
     constraint = await builder.constraint(base if settled else strict, document)
     if not constraint.full:
@@ -181,6 +186,19 @@ async def _grounded_constraint(engine: Engine, task: Task[Any], document: str,
     if failure is None:
         return constraint, None
     return fallback(task.strict_schema, failure), (constraint.schema if failure == "compile_timeout" else None)
+
+
+async def _offered(engine: Engine, task: Task[Any], document: str, patient: bool) -> Mapping[str, Any]:
+    """A plain model's schema under plain decoding, with the fields its property names type
+    offered their candidates only (`extractor.grounding.field_kinds`); the task's schema where
+    none changes, the document is past the rules' length, or the offered schema does not compile."""
+    rules = task_rules(task)
+    if rules is None or len(document) > default_builder().budget.max_document_chars:
+        return task.strict_schema
+    offered = offer_candidates(task.strict_schema, rules(document))
+    if offered == task.strict_schema or await _compile_failure(engine, offered, patient, base=task.strict_schema):
+        return task.strict_schema
+    return offered
 
 
 @dataclass
@@ -338,6 +356,11 @@ class _Attempts:
         if isinstance(judged.outcome, Invalid):
             self.seen.append(judged.outcome.errors)
             self.last_output = result.text
+            # a per-document grammar past its library's limits would stop the same way again (the
+            # decoding is deterministic): the task's own grammar takes over, and the attempt is not
+            # the model's to count
+            if judged.grammar_stopped and self.ungrounded("grammar_limit"):
+                return
             if judged.cut:
                 # a cut output is retried with a larger budget, up to the cap (reported in meta); at
                 # the cap, or at once where the output was looping (`looping`), with the schema's
@@ -433,6 +456,8 @@ async def _begin(engine: Engine, task: Task[Any], document: str, options: Extrac
             state = _Attempts(task, document, options, engine, feedback, adapter, schema, grounded, pending)
             state.options = options.model_copy(update={"require_grounded": True})  # grounded after the fact
             return state
+    elif task.candidates_from_names and options.grounded_decoding is None:
+        schema = await _offered(engine, task, document, patient)
     return _Attempts(task, document, options, engine, feedback, adapter, schema, grounded)
 
 

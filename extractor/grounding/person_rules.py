@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
-__all__ = ["FIELDS", "person_candidates"]
+__all__ = ["FIELDS", "NOT_NAME", "person_candidates"]
 
 FIELDS = ("name", "age", "city", "email")
 _MAX = 5
@@ -61,6 +61,8 @@ _NOT_NAME = frozenset(w.lower() for w in (
     "yes no dietary vegetarian order invoice based i'm im it's its avis décès resident member spotlight born "
     "monday tuesday wednesday thursday friday saturday sunday "
     "january february march april may june july august september october november december".split()))
+#: the same words, for other rules that read names (`extractor.grounding.field_kinds`)
+NOT_NAME = _NOT_NAME
 _NAME = re.compile(rf"{_CAP}(?:\s+(?:(?:{'|'.join(sorted(_PARTICLES))})\s+)?{_CAP}){{1,3}}")
 
 #: label words before a colon, per field (lower-case, as written in forms in several languages)
