@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.eval_person_examples import figures  # noqa: E402
+from bench.shared_data import shared_data  # noqa: E402
 from extractor import Extractor, task_from_model  # noqa: E402
 from extractor.engines import engine_names, parse_options  # noqa: E402
 from extractor.eval.report import build_report, write_report  # noqa: E402
@@ -45,7 +46,7 @@ from extractor.eval.run import aevaluate, read_dataset  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DEV = ROOT / "fixtures" / "dev"
-SROIE = Path(os.environ.get("SROIE_DEV", ROOT.parent / "shared" / "data" / "sroie-dev.jsonl"))
+SROIE = Path(os.environ.get("SROIE_DEV", shared_data("sroie-dev.jsonl")))
 
 
 class Person(BaseModel):

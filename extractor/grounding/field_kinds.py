@@ -18,11 +18,11 @@ names say what they hold, or None where no name does:
 - an age, a city: `age`; `city`, `town`, `home_city`: `person_rules`'.
 
 A company is, strongest rule first: a labelled value (`Company: ...`, `Empresa: ...`), a run of
-capitalised words ending in a company word (`Inc.`, `GmbH`, `Corporation`, `Traders` ...), or a
-capitalised run after `at`, `from`, `with`, `works for`, `en`, `bei` ... that is neither the
-person's name nor a place. Every kind offers `null` where its rules find nothing (the field then
-can only be `null`, if the model allows it: nothing is invented), and a company or an age or a
-city offers it beside the values too.
+capitalised words ending in a company word (`Inc.`, `GmbH`, `Corporation`, `Traders` ...), a
+capitalised run after `at`, `from`, `with`, `works for`, `en`, `bei` ... that is not the person's
+name, or last, a letterhead's line written in capitals (a receipt's first lines). Every kind
+offers `null` where its rules find nothing (the field then can only be `null`, if the model allows
+it: nothing is invented), and a company or an age or a city offers it beside the values too.
 
 The pipeline offers these candidates (`candidates.offer_candidates`) under plain decoding too,
 unless a call chooses `grounded_decoding` itself: the other fields stay free text.
@@ -84,8 +84,8 @@ def _normal(name: str) -> str:
 def _strip_lead(run: str) -> str:
     """A run without the sentence words before its name (`Call Fabrikam Inc.` -> `Fabrikam Inc.`)."""
     words = run.split()
-    while len(words) > 1 and words[0].lower().strip(".,") in person_rules.NOT_NAME and not _CORP_END.search(
-            " " + " ".join(words[:1])):
+    while len(words) > 1 and words[0].lower().strip(".,") in person_rules.NOT_NAME \
+            and not _CORP_END.search(" " + words[0]):
         words = words[1:]
     return " ".join(words)
 
@@ -128,7 +128,7 @@ def company_candidates(text: str, people: Sequence[object] = ()) -> list[object]
     headings = [ln.strip() for ln in text.splitlines()[:_HEADING_LINES] if _is_heading(ln)]
     headings = [h for h in headings if not any(str(p) in h for p in people if p)]
     for values in (labelled, suffixed, cued, headings):
-        found = [v for v in dict.fromkeys(values) if v and not any(ch.isdigit() for ch in v[:1])]
+        found = [v for v in dict.fromkeys(values) if v and not v[0].isdigit()]
         if found:
             return [*found[:_MAX], None]
     return [None]
@@ -146,9 +146,12 @@ def _kinds(strict_schema: Mapping[str, Any]) -> dict[str, str]:
     if strict_schema.get("type") != "object" or not isinstance(props, Mapping):
         return {}
     kinds: dict[str, str] = {}
+    names: list[str] = []  # properties called `name`: a person's only where the object is about one
     for prop in props:
         key = _normal(prop)
-        if key in _PERSON_NAME:
+        if key == "name":
+            names.append(prop)
+        elif key in _PERSON_NAME:
             kinds[prop] = "name"
         elif key in _COMPANY:
             kinds[prop] = "company"
@@ -161,10 +164,8 @@ def _kinds(strict_schema: Mapping[str, Any]) -> dict[str, str]:
         elif is_phone_field(key):
             kinds[prop] = "phone"
     title = _normal(str(strict_schema.get("title", "")))
-    about_a_person = title in _PERSON_TITLES or any(k in ("company", "age") for k in kinds.values())
-    for prop in props:
-        if _normal(prop) == "name" and about_a_person:
-            kinds[prop] = "name"
+    if title in _PERSON_TITLES or any(k in ("company", "age") for k in kinds.values()):
+        kinds.update((prop, "name") for prop in names)
     return kinds
 
 

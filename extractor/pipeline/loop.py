@@ -162,6 +162,16 @@ async def _compile_failure(engine: Engine, schema: Mapping[str, Any], patient: b
     return None
 
 
+def _candidates(task: Task[Any], document: str) -> Mapping[str, Sequence[object]] | None:
+    """The task's candidate values for `document` (`field_kinds.task_rules`), or None where it has
+    no rules or the document is longer than the constraint builder takes: the rules are regexes
+    over the whole text, and megabytes would hold the event loop."""
+    rules = task_rules(task)
+    if rules is None or len(document) > default_builder().budget.max_document_chars:
+        return None
+    return rules(document)
+
+
 async def _grounded_constraint(engine: Engine, task: Task[Any], document: str,
                                patient: bool = False) -> tuple[DocumentConstraint, Mapping[str, Any] | None]:
     """The document's constraint, its grammar ready in an engine that compiles in-process; a
@@ -169,10 +179,8 @@ async def _grounded_constraint(engine: Engine, task: Task[Any], document: str,
     the grounded schema whose compile is still going on (for a retry) where that was the reason."""
     builder = default_builder()
     strict = task.strict_schema
-    # the candidate rules read only documents the builder takes (a longer one falls back unread:
-    # the rules are regexes over the whole text, and megabytes would hold the event loop)
-    rules = task_rules(task) if len(document) <= builder.budget.max_document_chars else None
-    base, settled = set_aside(strict, rules(document)) if rules is not None else (strict, {})
+    candidates = _candidates(task, document)
+    base, settled = set_aside(strict, candidates) if candidates is not None else (strict, {})
     constraint = await builder.constraint(base if settled else strict, document)
     if not constraint.full:
         if settled:  # the task's own schema again (its lists bounded where the reason was size)
@@ -192,10 +200,10 @@ async def _offered(engine: Engine, task: Task[Any], document: str, patient: bool
     """A plain model's schema under plain decoding, with the fields its property names type
     offered their candidates only (`extractor.grounding.field_kinds`); the task's schema where
     none changes, the document is past the rules' length, or the offered schema does not compile."""
-    rules = task_rules(task)
-    if rules is None or len(document) > default_builder().budget.max_document_chars:
+    candidates = _candidates(task, document)
+    if candidates is None:
         return task.strict_schema
-    offered = offer_candidates(task.strict_schema, rules(document))
+    offered = offer_candidates(task.strict_schema, candidates)
     if offered == task.strict_schema or await _compile_failure(engine, offered, patient, base=task.strict_schema):
         return task.strict_schema
     return offered
