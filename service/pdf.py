@@ -83,6 +83,7 @@ class _Child:
         self.proc: Any = ctx.Process(target=_serve, args=(child, limits), name="pdf-reader", daemon=True)
         self.proc.start()
         child.close()
+        self._kill_lock = threading.Lock()
 
     def read(self, raw: bytes, timeout_s: float) -> tuple[str, Any]:
         """Blocking: ("ok", text), ("error", ExtractorError), or ("timeout" | "died", None)."""
@@ -96,9 +97,15 @@ class _Child:
             return "died", None
 
     def kill(self) -> None:
-        self.proc.kill()
-        self.proc.join(5)
-        self.conn.close()
+        """Kill the child and close its pipe, once: a cancelled read kills it from the event loop
+        while its waiting thread, seeing it die, kills it too (two closes of one pipe raced, and
+        one raised `OSError: Bad file descriptor`)."""
+        with self._kill_lock:
+            if self.conn.closed:
+                return
+            self.proc.kill()
+            self.proc.join(5)
+            self.conn.close()
 
 
 class PdfReaders:
